@@ -1,0 +1,176 @@
+//! The one error type of tandem, and the words it uses.
+
+use std::fmt;
+use std::io;
+
+/// Everything that can go wrong when running a task on a thread or a process.
+///
+/// Each message says what happened and what to do about it.
+///
+/// ```
+/// use tandem::Error;
+/// let e = Error::TimedOut;
+/// assert!(e.to_string().contains("time limit"));
+/// ```
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum Error {
+    /// The task panicked; the unit that ran it survives (a process worker
+    /// catches the panic and goes on).
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The unit running the task died: killed by a signal or exited.
+    #[non_exhaustive]
+    WorkerDied {
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+        /// Its process id.
+        pid: u32,
+        /// The task it was running, where it has a number (pool tasks).
+        task: Option<u64>,
+        /// The worker memory limit in force, if one was set: the likely
+        /// reason for an abort or a kill.
+        memory_limit: Option<u64>,
+    },
+    /// The task ran past its time limit.
+    TimedOut,
+    /// The task was cancelled before it finished.
+    Cancelled,
+    /// An argument or result could not be serialized or deserialized.
+    Codec(String),
+    /// The pool was shut down.
+    Closed,
+    /// The operation does not exist in this mode.
+    Unsupported(&'static str),
+    /// An OS call failed.
+    Io(io::Error),
+}
+
+impl Error {
+    /// A `WorkerDied` error for process `pid`.
+    pub(crate) fn died(pid: u32, signal: Option<i32>, code: Option<i32>) -> Error {
+        Error::WorkerDied { signal, code, pid, task: None, memory_limit: None }
+    }
+
+    /// The same error, naming the task it happened to.
+    #[allow(dead_code)] // used by the pool
+    pub(crate) fn in_task(mut self, id: u64) -> Error {
+        if let Error::WorkerDied { task, .. } = &mut self {
+            *task = Some(id);
+        }
+        self
+    }
+
+    /// An `Io` error that says which operation failed, keeping the kind.
+    pub(crate) fn os(what: &str, err: impl Into<io::Error>) -> Error {
+        let err: io::Error = err.into();
+        let hint = match err.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                "; the open-file limit (RLIMIT_NOFILE, `ulimit -n`) is reached: raise it or run fewer units at once"
+            }
+            Some(libc::EAGAIN) | Some(libc::ENOMEM) => {
+                "; the process or memory limit is reached: run fewer units at once"
+            }
+            _ => "",
+        };
+        Error::Io(io::Error::new(err.kind(), format!("{what}: {err}{hint}")))
+    }
+
+    pub(crate) fn codec(what: &str, err: impl fmt::Display) -> Error {
+        Error::Codec(format!("{what}: {err}"))
+    }
+}
+
+/// The conventional name of a signal number, such as `SIGKILL`.
+///
+/// ```
+/// assert_eq!(tandem::signal_name(9), "SIGKILL");
+/// ```
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => "an unnamed signal",
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Panicked { message } => write!(
+                f,
+                "the task panicked: {message} (its unit survives; fix the panic or return an error from the task instead)"
+            ),
+            Error::WorkerDied { signal, code, pid, task, memory_limit } => {
+                write!(f, "worker pid {pid} ")?;
+                match (signal, code) {
+                    (Some(sig), _) => write!(f, "was killed by signal {sig} ({})", signal_name(*sig))?,
+                    (None, Some(code)) => write!(f, "exited with code {code}")?,
+                    (None, None) => write!(f, "vanished")?,
+                }
+                match task {
+                    Some(t) => write!(f, " while running task {t}")?,
+                    None => write!(f, " while running its task")?,
+                }
+                if let Some(limit) = memory_limit {
+                    write!(
+                        f,
+                        "; it had a memory limit of {limit} bytes, which the task probably exceeded: raise worker_memory_limit or make the task use less memory"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "; the task's work is lost: look for a crash, abort or exit in the task, or run it again (a pool's retries(n) does this)"
+                    )
+                }
+            }
+            Error::TimedOut => write!(
+                f,
+                "the task ran past its time limit and was stopped (a process is killed; a thread is left to finish on its own): raise the limit or split the task"
+            ),
+            Error::Cancelled => write!(f, "the task was cancelled before it finished"),
+            Error::Codec(msg) => write!(
+                f,
+                "an argument or result could not be carried between units: {msg}; check that the type's Serialize and Deserialize agree, or use thread mode, which does not serialize"
+            ),
+            Error::Closed => write!(f, "the pool is shut down: submit to a pool that is still running"),
+            Error::Unsupported(what) => write!(f, "not supported: {what}"),
+            Error::Io(err) => write!(f, "an OS call failed: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Error {
+        Error::Io(err)
+    }
+}

@@ -1,0 +1,162 @@
+//! tandem runs work on OS threads or OS processes behind one API.
+//!
+//! Switching a program from threads to processes is one changed line
+//! ([`Mode::Thread`] to [`Mode::Process`]); results, errors and time-outs
+//! keep the same shape.
+//!
+//! ```
+//! fn main() {
+//!     tandem::init(); // first line of main; in a worker it never returns
+//!     let t = tandem::thread::spawn(21u64, |x| x * 2).unwrap();
+//!     let p = tandem::process::spawn(21u64, |x| x * 2).unwrap();
+//!     assert_eq!(t.join().unwrap(), p.join().unwrap());
+//! }
+//! ```
+//!
+//! A task is a plain function, or a closure that captures nothing, from `A`
+//! to `R`, both `Serialize + DeserializeOwned + Send + 'static`.
+//!
+//! Layers, bottom up: `sys` (all `unsafe`: fork, the before-main hook, code
+//! pointers), `wire` (frames with descriptors), `codec` (postcard),
+//! `launch`/`forkserver`/`child`/`reaper` (worker processes), `worker` (the
+//! loop inside one), and the public units on top.
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![allow(clippy::needless_doctest_main)] // the crate example shows where init() goes
+
+mod child;
+mod codec;
+mod error;
+pub mod floor;
+mod forkserver;
+mod launch;
+mod reaper;
+#[allow(unsafe_code)]
+mod sys;
+mod task;
+mod unit;
+mod wire;
+mod worker;
+
+pub use error::{Error, signal_name};
+pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
+
+/// Make this process ready for tandem: call it first thing in `main`.
+///
+/// In an ordinary process it costs one environment lookup. In a process that
+/// tandem started as a worker it runs the worker loop and exits, never
+/// returning. tandem also runs this check before `main` through an ELF
+/// constructor, so tests and examples work without calling it; calling it
+/// again is harmless.
+///
+/// ```
+/// tandem::init();
+/// tandem::init(); // idempotent
+/// ```
+pub fn init() {
+    worker::run_if_worker();
+}
+
+/// Threads: the `threading.Thread` analogue.
+pub mod thread {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use crate::unit::thread::ThreadUnit;
+    use crate::{Error, JoinHandle};
+
+    /// Run `f(arg)` on a new OS thread. The argument is moved, not serialized.
+    ///
+    /// ```
+    /// let h = tandem::thread::spawn(String::from("hi"), |s| s.len()).unwrap();
+    /// assert_eq!(h.join().unwrap(), 2);
+    /// ```
+    pub fn spawn<A, R>(arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Ok(JoinHandle::from_thread(ThreadUnit::start(arg, f)?))
+    }
+}
+
+/// Processes: the `multiprocessing.Process` analogue.
+pub mod process {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use crate::unit::process::ProcessUnit;
+    use crate::worker::WorkerConfig;
+    use crate::{Error, JoinHandle, StartMethod};
+
+    /// Run `f(arg)` in a new OS process started by re-executing this binary.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let h = tandem::process::spawn(vec![1u32, 2, 3], |v| v.len()).unwrap();
+    /// assert_eq!(h.join().unwrap(), 3);
+    /// ```
+    pub fn spawn<A, R>(arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Builder::new().spawn(arg, f)
+    }
+
+    /// Settings for starting a process unit.
+    ///
+    /// ```
+    /// use tandem::StartMethod;
+    /// tandem::init();
+    /// let h = tandem::process::Builder::new()
+    ///     .start_method(StartMethod::ForkServer)
+    ///     .spawn(2u8, |x| x + 1)
+    ///     .unwrap();
+    /// assert_eq!(h.join().unwrap(), 3);
+    /// ```
+    #[derive(Clone, Debug, Default)]
+    pub struct Builder {
+        method: StartMethod,
+        config: WorkerConfig,
+    }
+
+    impl Builder {
+        /// Default settings: [`StartMethod::Spawn`], no memory limit, 1 GiB
+        /// largest message.
+        pub fn new() -> Builder {
+            Builder::default()
+        }
+
+        /// How the process starts.
+        pub fn start_method(mut self, method: StartMethod) -> Builder {
+            self.method = method;
+            self
+        }
+
+        /// Cap the process's address space at `bytes` (RLIMIT_AS). A task
+        /// that allocates past it dies, and the error names the limit.
+        pub fn memory_limit(mut self, bytes: u64) -> Builder {
+            self.config.memory_limit = bytes;
+            self
+        }
+
+        /// The largest argument or result accepted, in bytes (default 1 GiB).
+        /// A bigger message is refused without being allocated.
+        pub fn max_message_size(mut self, bytes: u64) -> Builder {
+            self.config.max_message = bytes;
+            self
+        }
+
+        /// Start the process and run `f(arg)` in it.
+        pub fn spawn<A, R>(&self, arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
+        where
+            A: Serialize + DeserializeOwned + Send + 'static,
+            R: Serialize + DeserializeOwned + Send + 'static,
+        {
+            let worker = crate::launch::start(self.method, self.config)?;
+            Ok(JoinHandle::from_process(ProcessUnit::start(worker, self.config, &arg, f)?))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! fork(2), only where it is sound, and `_exit(2)`.
+//!
+//! After `fork` in a multi-threaded process the child may only make
+//! async-signal-safe calls, because locks held by other threads stay locked.
+//! So this module offers exactly two shapes: a full fork from a process that
+//! is verifiably single-threaded (the fork-server template), and a fork whose
+//! child runs a fixed loop of raw syscalls (for measuring the OS floor).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::process::Pid;
+
+/// Which side of a fork this is.
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The original process; the child's pid.
+    Parent(Pid),
+}
+
+/// Number of threads in this process, from /proc/self/task.
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `fork(2)` for a process that has exactly one thread.
+///
+/// Fails with `Unsupported` in a multi-threaded process, where the child
+/// could inherit locks held by threads that no longer exist.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    if thread_count()? != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "fork from a process with more than one thread (the fork server must stay single-threaded)",
+        ));
+    }
+    // SAFETY: the process has one thread (checked just above, and only this
+    // thread could start another), so the child inherits no lock held by a
+    // thread that does not exist in it and may run arbitrary code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid).expect("fork returned a positive pid"))),
+    }
+}
+
+/// Exit now, without running atexit handlers or unwinding: `_exit(2)`.
+///
+/// For a worker whose parent is gone, and for forked children that must not
+/// flush buffers they share with their parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// What a floor-measurement child does between fork and `_exit`.
+pub enum RawChild<'a> {
+    /// Exit at once with status 0: the cost of a bare fork.
+    ExitImmediately,
+    /// Echo every byte read from `input` to `output` until end of file:
+    /// the far side of a pipe round trip.
+    Echo {
+        /// Read end.
+        input: &'a OwnedFd,
+        /// Write end.
+        output: &'a OwnedFd,
+    },
+}
+
+/// Fork a child that runs only raw syscalls (`read`, `write`, `_exit`), which
+/// is sound even in a multi-threaded parent. Returns the child's pid; the
+/// caller must reap it.
+pub fn fork_raw_child(what: RawChild<'_>) -> io::Result<Pid> {
+    // SAFETY: the child executes only the code below: rustix's read/write,
+    // which are direct syscalls without allocation or locks, and _exit.
+    // Those are async-signal-safe, so no lock inherited from another thread
+    // of the parent can be touched.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            if let RawChild::Echo { input, output } = what {
+                let mut byte = [0u8; 1];
+                while let Ok(1) = rustix::io::read(input.as_fd(), &mut byte) {
+                    if rustix::io::write(output.as_fd(), &byte).is_err() {
+                        break;
+                    }
+                }
+            }
+            exit_now(0)
+        }
+        pid => Ok(Pid::from_raw(pid).expect("fork returned a positive pid")),
+    }
+}

@@ -1,0 +1,21 @@
+//! The OS layer: every `unsafe` block in tandem lives below this module.
+//!
+//! Like rustix's backends, each item here wraps one OS facility behind a safe
+//! signature and says, next to its `unsafe` block, why the call is sound. The
+//! rest of the crate is `#![deny(unsafe_code)]` and reaches the OS through
+//! rustix (already safe) or through this module.
+//!
+//! What this layer must provide for tandem to work on a platform:
+//! - [`code`]: function pointers that survive re-executing the same binary
+//!   (`/proc/self/exe`), checked against the executable's text mapping.
+//! - [`bootstrap`]: a hook that runs before `main` so a re-executed binary
+//!   becomes a worker before any test harness or user code runs, and the
+//!   handshake proving the worker's channel came from its parent.
+//! - [`fork`]: `fork(2)` where it is sound (a single-threaded fork-server
+//!   template, or a child that only makes raw syscalls and `_exit`s).
+//! - [`signal`]: the few process-wide signal settings a worker needs.
+
+pub mod bootstrap;
+pub mod code;
+pub mod fork;
+pub mod signal;

@@ -1,0 +1,167 @@
+//! One-off units: a task on its own thread or its own process.
+
+pub(crate) mod process;
+pub(crate) mod thread;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+/// Where a unit of work runs.
+///
+/// ```
+/// use tandem::Mode;
+/// assert_eq!(Mode::default(), Mode::Thread);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// An OS thread in this process: shares memory, moves values without
+    /// serializing them, dies with the process.
+    #[default]
+    Thread,
+    /// An OS process: isolated, values serialized, a crash harms only it.
+    Process,
+}
+
+/// How a process unit starts, like Python's start methods.
+///
+/// ```
+/// use tandem::StartMethod;
+/// assert_eq!(StartMethod::default(), StartMethod::Spawn);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// Re-execute the running binary; nothing is inherited but what is sent.
+    #[default]
+    Spawn,
+    /// Fork from a single-threaded template process started once: much
+    /// faster starts, and still nothing inherited from the caller's threads.
+    ForkServer,
+}
+
+/// Which OS unit ran (or runs) a task.
+///
+/// ```
+/// let h = tandem::thread::spawn((), |()| 1u8).unwrap();
+/// assert!(matches!(h.id(), tandem::UnitId::Thread(_)));
+/// h.join().unwrap();
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnitId {
+    /// A thread of this process.
+    Thread(std::thread::ThreadId),
+    /// A process, by pid.
+    Process(u32),
+}
+
+/// A running task on a thread or a process; join it for its result.
+///
+/// Dropping a handle without joining detaches the unit, as std does for
+/// threads: it runs to completion and a process is reaped in the background,
+/// so no zombie is left. A detached process still dies with its parent.
+///
+/// ```
+/// let h = tandem::spawn(tandem::Mode::Thread, 20u32, |x| x + 1).unwrap();
+/// assert_eq!(h.join().unwrap(), 21);
+/// ```
+pub struct JoinHandle<R> {
+    inner: Inner<R>,
+}
+
+enum Inner<R> {
+    Thread(thread::ThreadUnit<R>),
+    Process(process::ProcessUnit<R>),
+}
+
+impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
+    /// Wait for the task and return its result.
+    ///
+    /// A panic comes back as [`Error::Panicked`]; a process that died as
+    /// [`Error::WorkerDied`] with its signal or exit code.
+    pub fn join(self) -> Result<R, Error> {
+        match self.inner {
+            Inner::Thread(t) => t.join(),
+            Inner::Process(p) => p.join(None),
+        }
+    }
+
+    /// Wait at most `limit`. On time-out a process is killed (and reaped);
+    /// a thread cannot be killed, so it is left to finish detached. Either
+    /// way the result is `Err(Error::TimedOut)`.
+    pub fn join_timeout(self, limit: Duration) -> Result<R, Error> {
+        match self.inner {
+            Inner::Thread(t) => t.join_timeout(limit),
+            Inner::Process(p) => p.join(Some(limit)),
+        }
+    }
+
+    /// Kill the unit now: SIGKILL for a process. A thread cannot be killed
+    /// safely, so for one this returns `Err(Error::Unsupported)`.
+    pub fn kill(&self) -> Result<(), Error> {
+        match &self.inner {
+            Inner::Thread(_) => Err(Error::Unsupported("killing a thread (only a process can be killed)")),
+            Inner::Process(p) => p.kill(),
+        }
+    }
+
+    /// Whether the task has finished (its result is ready or its unit died).
+    /// Never blocks.
+    pub fn is_finished(&self) -> bool {
+        match &self.inner {
+            Inner::Thread(t) => t.is_finished(),
+            Inner::Process(p) => p.is_finished(),
+        }
+    }
+
+    /// The thread or process running the task.
+    pub fn id(&self) -> UnitId {
+        match &self.inner {
+            Inner::Thread(t) => UnitId::Thread(t.id()),
+            Inner::Process(p) => UnitId::Process(p.pid()),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for JoinHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Thread(t) => write!(f, "JoinHandle(thread {:?})", t.id()),
+            Inner::Process(p) => write!(f, "JoinHandle(process {})", p.pid()),
+        }
+    }
+}
+
+/// Run `f(arg)` on a new thread or a new process.
+///
+/// The task is a plain function or a closure that captures nothing. In
+/// process mode the argument and result are serialized; in thread mode they
+/// are moved.
+///
+/// ```
+/// use tandem::Mode;
+/// tandem::init();
+/// let h = tandem::spawn(Mode::Thread, vec![1u64, 2, 3], |v| v.iter().sum::<u64>()).unwrap();
+/// assert_eq!(h.join().unwrap(), 6);
+/// ```
+pub fn spawn<A, R>(mode: Mode, arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    match mode {
+        Mode::Thread => crate::thread::spawn(arg, f),
+        Mode::Process => crate::process::spawn(arg, f),
+    }
+}
+
+impl<R> JoinHandle<R> {
+    pub(crate) fn from_thread(t: thread::ThreadUnit<R>) -> Self {
+        JoinHandle { inner: Inner::Thread(t) }
+    }
+    pub(crate) fn from_process(p: process::ProcessUnit<R>) -> Self {
+        JoinHandle { inner: Inner::Process(p) }
+    }
+}

@@ -1,0 +1,129 @@
+//! A task on its own OS process.
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::child::{self, ChildProcess};
+use crate::codec;
+use crate::launch::Worker;
+use crate::task;
+use crate::wire::{self, Kind, RecvError};
+use crate::worker::WorkerConfig;
+
+pub(crate) struct ProcessUnit<R> {
+    child: Option<ChildProcess>,
+    socket: Option<OwnedFd>,
+    config: WorkerConfig,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> ProcessUnit<R> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, ChildProcess::pid)
+    }
+}
+
+impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
+    /// Send one task to a fresh worker, then close our writing side so the
+    /// worker exits after answering.
+    pub(crate) fn start<A>(
+        worker: Worker,
+        config: WorkerConfig,
+        arg: &A,
+        f: fn(A) -> R,
+    ) -> Result<Self, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize,
+    {
+        let Worker { child, socket } = worker;
+        let unit = ProcessUnit { child: Some(child), socket: Some(socket), config, _result: PhantomData };
+        let encoded = codec::encode(arg)?;
+        let header = task::task_header(0, f);
+        let sock = unit.socket.as_ref().expect("just set");
+        match wire::send(sock.as_fd(), Kind::Task, &[&header, &encoded.bytes], &codec::borrowed(&encoded.fds))
+        {
+            // A worker that died before reading its task is reported by join.
+            Ok(()) | Err(_) => {}
+        }
+        wire::shutdown_write(sock);
+        Ok(unit)
+    }
+
+    pub(crate) fn kill(&self) -> Result<(), Error> {
+        match &self.child {
+            Some(child) => child.kill().map_err(|e| Error::os("killing the worker", e)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        let (Some(child), Some(sock)) = (&self.child, &self.socket) else { return true };
+        let mut fds = [PollFd::new(sock, PollFlags::IN), PollFd::new(child.pidfd(), PollFlags::IN)];
+        matches!(rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
+    }
+
+    pub(crate) fn join(mut self, limit: Option<Duration>) -> Result<R, Error> {
+        let mut child = self.child.take().expect("joined once");
+        let socket = self.socket.take().expect("joined once");
+        let deadline = limit.map(|l| Instant::now() + l);
+        let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
+        drop(socket);
+        let died = |child: &mut ChildProcess| {
+            let status = child.wait().map_err(|e| Error::os("waiting for the worker", e))?;
+            let mut err = Error::died(child.pid(), status.signal, status.code);
+            if let Error::WorkerDied { memory_limit, .. } = &mut err {
+                if self.config.memory_limit > 0 {
+                    *memory_limit = Some(self.config.memory_limit);
+                }
+            }
+            Err(err)
+        };
+        match received {
+            Ok(frame) if frame.kind == Kind::Done => {
+                let result = task::decode_done(frame);
+                // The worker exits once it sees our socket closed.
+                child.wait().map_err(|e| Error::os("waiting for the worker", e))?;
+                result
+            }
+            Ok(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(Error::Codec("the worker answered with a message that is not a result".into()))
+            }
+            Err(RecvError::Closed) => died(&mut child),
+            Err(RecvError::TimedOut) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(Error::TimedOut)
+            }
+            Err(RecvError::Malformed(why)) => {
+                if child.has_exited() {
+                    return died(&mut child);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(Error::Codec(format!("the worker's answer could not be read: {why}")))
+            }
+            Err(RecvError::Io(e)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(Error::os("reading the worker's answer", e))
+            }
+        }
+    }
+}
+
+impl<R> Drop for ProcessUnit<R> {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            child::detach(child, self.socket.take());
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The worker side: what a process started by tandem does instead of `main`.
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::sys::bootstrap::{self, Claim, ParentLink};
+use crate::sys::{code, fork, signal};
+use crate::task::{self, Invocation, Outcome, Trampoline};
+use crate::wire::{self, Frame, Kind, RecvError};
+
+/// Exit code of a worker whose parent vanished.
+const EXIT_PARENT_GONE: i32 = 70;
+/// Exit code of a worker that received something it cannot understand.
+const EXIT_PROTOCOL: i32 = 71;
+
+/// Become a worker if this process was started as one; otherwise return at
+/// once. Runs before `main` (see `sys::bootstrap`) and again from `init()`.
+pub(crate) fn run_if_worker() {
+    static CLAIMED: AtomicBool = AtomicBool::new(false);
+    if CLAIMED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    match bootstrap::claim() {
+        Claim::NotAWorker => {}
+        Claim::Refused(why) => {
+            eprintln!(
+                "tandem: {} is set but {why}; running as an ordinary program (unset it if you set it by hand)",
+                bootstrap::WORKER_ENV
+            );
+        }
+        Claim::Worker(link) => {
+            signal::ignore_sigpipe();
+            signal::default_fatal_signals();
+            let code = first_message(link);
+            finish(code)
+        }
+    }
+}
+
+/// Flush what the task printed, then leave without running `main`.
+fn finish(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    fork::exit_now(code)
+}
+
+fn first_message(link: ParentLink) -> i32 {
+    match wire::recv(link.socket.as_fd(), wire::DEFAULT_MAX_MESSAGE, None) {
+        Ok(frame) if frame.kind == Kind::BecomeForkServer => crate::forkserver::template(link, frame),
+        Ok(frame) => serve(link, Some(frame)),
+        Err(RecvError::Closed) => 0,
+        Err(e) => {
+            eprintln!("tandem worker: bad first message from the parent: {e}");
+            EXIT_PROTOCOL
+        }
+    }
+}
+
+/// Worker settings sent in a Config frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerConfig {
+    /// Address-space limit in bytes (RLIMIT_AS); 0 for none.
+    pub memory_limit: u64,
+    /// Largest task message accepted; 0 for the default.
+    pub max_message: u64,
+}
+
+impl WorkerConfig {
+    pub(crate) fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
+        b[8..].copy_from_slice(&self.max_message.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<WorkerConfig> {
+        Some(WorkerConfig {
+            memory_limit: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            max_message: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+        })
+    }
+
+    pub(crate) fn max_message(self) -> u64 {
+        if self.max_message == 0 { wire::DEFAULT_MAX_MESSAGE } else { self.max_message }
+    }
+}
+
+/// Run tasks from the parent until it closes the connection.
+pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
+    start_watchdog(&link.socket);
+    let sock = link.socket.as_fd();
+    let mut config = WorkerConfig::default();
+    let mut pending = first;
+    loop {
+        let frame = match pending.take() {
+            Some(frame) => frame,
+            None => match wire::recv(sock, config.max_message(), None) {
+                Ok(frame) => frame,
+                Err(RecvError::Closed) => return 0,
+                Err(e) => {
+                    eprintln!("tandem worker: reading from the parent: {e}");
+                    return EXIT_PROTOCOL;
+                }
+            },
+        };
+        match frame.kind {
+            Kind::Config => {
+                let Some(new) = WorkerConfig::from_bytes(&frame.payload) else {
+                    return EXIT_PROTOCOL;
+                };
+                config = new;
+                if config.memory_limit > 0 {
+                    let limit = rustix::process::Rlimit {
+                        current: Some(config.memory_limit),
+                        maximum: rustix::process::getrlimit(rustix::process::Resource::As).maximum,
+                    };
+                    if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::As, limit) {
+                        eprintln!("tandem worker: could not set the memory limit: {e}");
+                    }
+                }
+            }
+            Kind::Task => {
+                let (id, outcome) = run_task(&link, frame);
+                let (header, body) = task::done_parts(id, &outcome);
+                let fds = match &outcome {
+                    Outcome::Value(e) => crate::codec::borrowed(&e.fds),
+                    _ => Vec::new(),
+                };
+                if wire::send(sock, Kind::Done, &[&header, body], &fds).is_err() {
+                    return EXIT_PARENT_GONE;
+                }
+            }
+            other => {
+                eprintln!("tandem worker: unexpected {other:?} message from the parent");
+                return EXIT_PROTOCOL;
+            }
+        }
+    }
+}
+
+fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
+    let Some((id, call, func)) = task::parse_task(&frame.payload) else {
+        return (0, Outcome::Codec("a task message too short to read".into()));
+    };
+    let Some(trampoline) = code::resolve::<Trampoline>(&link.trusted, call) else {
+        return (id, Outcome::Codec("the task's entry point is not in this executable".into()));
+    };
+    let inv = Invocation {
+        func,
+        payload: frame.payload,
+        arg_at: task::TASK_HEADER_LEN,
+        fds: frame.fds,
+        trusted: link.trusted,
+    };
+    (id, trampoline(inv))
+}
+
+/// A thread that ends this process as soon as the parent's end of the socket
+/// is gone (the parent exited or was killed), even in the middle of a task.
+fn start_watchdog(sock: &OwnedFd) {
+    let Ok(watch) = sock.try_clone() else { return };
+    let spawned =
+        std::thread::Builder::new().name("tandem-watchdog".into()).stack_size(64 * 1024).spawn(move || {
+            loop {
+                // With no events requested, poll returns only for hang-up or
+                // error: the parent has closed its end for good.
+                let mut pfd = [PollFd::new(&watch, PollFlags::empty())];
+                if let Ok(n) = rustix::event::poll(&mut pfd, None) {
+                    if n > 0 {
+                        fork::exit_now(EXIT_PARENT_GONE);
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        eprintln!("tandem worker: could not start the parent watchdog; the worker may outlive its parent");
+    }
+}
