@@ -25,6 +25,7 @@
 #![deny(unsafe_code)]
 #![allow(clippy::needless_doctest_main)] // the crate example shows where init() goes
 
+pub mod chaos;
 mod child;
 mod codec;
 mod error;

@@ -17,5 +17,6 @@
 
 pub mod bootstrap;
 pub mod code;
+pub mod crash;
 pub mod fork;
 pub mod signal;
