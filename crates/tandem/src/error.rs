@@ -83,6 +83,14 @@ impl Error {
     pub(crate) fn codec(what: &str, err: impl fmt::Display) -> Error {
         Error::Codec(format!("{what}: {err}"))
     }
+
+    /// The bare detail of a `Codec` error, for wrapping in another message.
+    pub(crate) fn codec_detail(self) -> String {
+        match self {
+            Error::Codec(detail) => detail,
+            other => other.to_string(),
+        }
+    }
 }
 
 /// The conventional name of a signal number, such as `SIGKILL`.

@@ -42,13 +42,13 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     };
     let arg: A = match codec::decode(&inv.payload[inv.arg_at..], inv.fds) {
         Ok(arg) => arg,
-        Err(e) => return Outcome::Codec(format!("the argument: {e}")),
+        Err(e) => return Outcome::Codec(format!("the argument: {}", e.codec_detail())),
     };
     drop(inv.payload);
     match catch_unwind(AssertUnwindSafe(|| f(arg))) {
         Ok(result) => match codec::encode(&result) {
             Ok(encoded) => Outcome::Value(encoded),
-            Err(e) => Outcome::Codec(format!("the result: {e}")),
+            Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
         },
         Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
     }

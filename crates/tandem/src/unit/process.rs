@@ -103,10 +103,8 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
                 let _ = child.wait();
                 Err(Error::TimedOut)
             }
+            Err(RecvError::Truncated(_)) => died(&mut child),
             Err(RecvError::Malformed(why)) => {
-                if child.has_exited() {
-                    return died(&mut child);
-                }
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(Error::Codec(format!("the worker's answer could not be read: {why}")))
