@@ -112,7 +112,9 @@ pub fn run() -> Result<(), tandem::Error> {
             "{:>8.1} ms  demo: unexpected: the process survived and its threads did {steps} steps",
             ms(origin, ended)
         ),
-        Ok(Err(e)) => println!("{:>8.1} ms  demo: the process could not run its threads: {e}", ms(origin, ended)),
+        Ok(Err(e)) => {
+            println!("{:>8.1} ms  demo: the process could not run its threads: {e}", ms(origin, ended))
+        }
         Err(e) => println!(
             "{:>8.1} ms  demo: process {doomed_pid} {}; of the {} steps its threads were to do, none came \
              back, and the steps not yet printed never happened",

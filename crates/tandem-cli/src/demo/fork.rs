@@ -45,7 +45,10 @@ pub fn run() -> Result<(), tandem::Error> {
         let handle = tandem::process::Builder::new().start_method(method).spawn((), who_am_i)?;
         let started = now_ns();
         let child_pid = pid_of(&handle);
-        println!("{:>8.1} ms  parent: started a child with {method:?}; its pid is {child_pid}", ms(origin, started));
+        println!(
+            "{:>8.1} ms  parent: started a child with {method:?}; its pid is {child_pid}",
+            ms(origin, started)
+        );
         let child = handle.join()?;
         println!(
             "{:>8.1} ms  child:  my pid is {}, my parent's pid is {}",

@@ -40,7 +40,8 @@ fn round(origin: u64, mode: Mode) -> Result<u64, tandem::Error> {
         ms(origin, now_ns()),
         pid()
     );
-    let handles = (0..UNITS).map(|_| tandem::spawn(mode, (), add_to_counter)).collect::<Result<Vec<_>, _>>()?;
+    let handles =
+        (0..UNITS).map(|_| tandem::spawn(mode, (), add_to_counter)).collect::<Result<Vec<_>, _>>()?;
     let mut seen = handles.into_iter().map(|h| h.join()).collect::<Result<Vec<_>, _>>()?;
     seen.sort_by_key(|s| s.at_ns);
     for s in &seen {
@@ -64,9 +65,13 @@ pub fn run() -> Result<(), tandem::Error> {
     println!("1) threads");
     let after_threads = round(origin, Mode::Thread)?;
     if after_threads == total {
-        println!("             all {UNITS} threads changed the parent's own counter: {total} = {UNITS} x {ADDS_PER_UNIT}");
+        println!(
+            "             all {UNITS} threads changed the parent's own counter: {total} = {UNITS} x {ADDS_PER_UNIT}"
+        );
     } else {
-        println!("             unexpected: the threads' adds should make {total}, the parent sees {after_threads}");
+        println!(
+            "             unexpected: the threads' adds should make {total}, the parent sees {after_threads}"
+        );
     }
 
     println!("\n2) processes");
