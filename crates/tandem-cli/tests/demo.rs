@@ -59,8 +59,7 @@ fn an_unknown_name_fails_and_lists_the_valid_names() {
 #[test]
 fn threads_and_processes_all_run_at_once() {
     let stdout = demo("threads-and-processes");
-    let demo_pid =
-        number_after(stdout.lines().find(|l| l.contains("units spawned by pid")).unwrap(), "by pid");
+    let demo_pid = number_after(stdout.lines().find(|l| l.starts_with("demo pid ")).unwrap(), "demo pid");
     let events: Vec<&str> =
         stdout.lines().filter(|l| l.contains(" ms  start ") || l.contains(" ms  finish ")).collect();
     let starts: Vec<&str> = events.iter().copied().filter(|l| l.contains(" start ")).collect();

@@ -131,26 +131,28 @@ pub fn run() -> Result<(), tandem::Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let pids: Vec<String> = units.iter().map(|(n, h)| format!("{n} (pid {})", pid_of(h))).collect();
     println!("{:>8.1} ms  demo: started processes {}", ms(origin, now_ns()), pids.join(", "));
+    // Print in the order things happened; a death is stamped when it was seen.
+    let mut lines = Vec::new();
     let mut survivors = 0;
     for (n, h) in units {
         let unit_pid = pid_of(&h);
         match h.join() {
             Ok(f) => {
                 survivors += 1;
-                println!(
-                    "{:>8.1} ms  process {n} (pid {}): finished, sum of 1..={} is {}",
-                    ms(origin, f.at_ns),
-                    f.pid,
-                    n * 1000,
-                    f.sum
-                );
+                lines.push((
+                    f.at_ns,
+                    format!("process {n} (pid {}): finished, sum of 1..={} is {}", f.pid, n * 1000, f.sum),
+                ));
             }
-            Err(e) => println!(
-                "{:>8.1} ms  process {n} (pid {unit_pid}): {} (seen when joined)",
-                ms(origin, now_ns()),
-                describe_failure(&e)
-            ),
+            Err(e) => lines.push((
+                now_ns(),
+                format!("process {n} (pid {unit_pid}): {} (seen when joined)", describe_failure(&e)),
+            )),
         }
+    }
+    lines.sort_by_key(|(at, _)| *at);
+    for (at, line) in lines {
+        println!("{:>8.1} ms  {line}", ms(origin, at));
     }
     println!(
         "{:>8.1} ms  demo (pid {}): still running; {survivors} of 4 processes returned their results",

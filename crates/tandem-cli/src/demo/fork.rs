@@ -38,6 +38,11 @@ fn parent_of(of: u32) -> Option<u32> {
 pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
     let me = pid();
+    println!(
+        "tandem does not fork this program itself (a fork copies only the calling thread, so locks held by \
+         other threads\nstay locked in the child): a process unit starts by Spawn (re-executing this binary) or \
+         ForkServer\n(forked from a single-threaded template process). One child of each:\n"
+    );
     println!("{:>8.1} ms  parent: my pid is {me}, my own parent is {}", ms(origin, now_ns()), ppid());
 
     for method in [StartMethod::Spawn, StartMethod::ForkServer] {

@@ -30,7 +30,10 @@ fn work(_: ()) -> Report {
 
 pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
-    println!("spawning {UNITS_PER_KIND} threads, then {UNITS_PER_KIND} processes; each sleeps {WORK:?}");
+    println!(
+        "demo pid {}: spawning {UNITS_PER_KIND} threads, then {UNITS_PER_KIND} processes; each sleeps {WORK:?}\n",
+        pid()
+    );
     // Start every unit before joining any: that is what lets them overlap.
     let mut handles = Vec::new();
     for mode in [Mode::Thread, Mode::Process] {
@@ -43,7 +46,6 @@ pub fn run() -> Result<(), tandem::Error> {
         }
     }
     let all_spawned = now_ns();
-    println!("{:>8.1} ms  all {} units spawned by pid {}\n", ms(origin, all_spawned), handles.len(), pid());
 
     let mut reports = Vec::new();
     for (label, handle) in handles {
@@ -67,7 +69,8 @@ pub fn run() -> Result<(), tandem::Error> {
         by_time.sort_by_key(|(_, r)| pick(r));
         by_time.iter().map(|(l, _)| l.replace("thread ", "T").replace("process ", "P")).collect::<Vec<_>>()
     };
-    println!("\nstarted  in order: {}", order(|r| r.started_ns).join(" "));
+    println!("\nall {} units were spawned {:.1} ms after the start", reports.len(), ms(origin, all_spawned));
+    println!("started  in order: {}", order(|r| r.started_ns).join(" "));
     println!("finished in order: {}", order(|r| r.finished_ns).join(" "));
     let last_start = reports.iter().map(|(_, r)| r.started_ns).max().unwrap_or(0);
     let first_finish = reports.iter().map(|(_, r)| r.finished_ns).min().unwrap_or(0);
