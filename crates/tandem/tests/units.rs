@@ -253,7 +253,7 @@ fn a_fork_server_worker_inherits_no_threads_and_no_files() {
         // The task's thread and the parent watchdog, nothing of ours.
         assert!(threads <= 2, "{method:?}: {threads} threads");
         let name = marker.to_string_lossy().into_owned();
-        assert!(!fds.iter().any(|f| *f == name), "{method:?} inherited {name}: {fds:?}");
+        assert!(!fds.contains(&name), "{method:?} inherited {name}: {fds:?}");
     }
     drop(stop_tx);
     for t in busy {
