@@ -81,7 +81,6 @@ impl ChildProcess {
     }
 
     /// Whether it has exited (without reaping it).
-    #[allow(dead_code)] // used by the pool
     pub(crate) fn has_exited(&self) -> bool {
         self.status.is_some() || poll_ready(self.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
     }

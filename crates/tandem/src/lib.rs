@@ -32,6 +32,7 @@ mod error;
 pub mod floor;
 mod forkserver;
 mod launch;
+mod pool;
 mod reaper;
 #[allow(unsafe_code)]
 mod sys;
@@ -41,6 +42,7 @@ mod wire;
 mod worker;
 
 pub use error::{Error, signal_name};
+pub use pool::{Map, MapUnordered, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats};
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
 
 /// Make this process ready for tandem: call it first thing in `main`.

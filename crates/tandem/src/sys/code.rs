@@ -24,6 +24,7 @@ pub trait FnPtr: Copy + Send + Sync + 'static + sealed::Sealed {
 mod sealed {
     pub trait Sealed {}
     impl<A, R> Sealed for fn(A) -> R {}
+    impl Sealed for fn() {}
 }
 
 impl<A: 'static, R: 'static> FnPtr for fn(A) -> R {
@@ -35,6 +36,16 @@ impl<A: 'static, R: 'static> FnPtr for fn(A) -> R {
         // tandem supports; the caller guarantees `addr` is a function of this
         // exact type in this image.
         unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) }
+    }
+}
+
+impl FnPtr for fn() {
+    fn addr(self) -> usize {
+        self as usize
+    }
+    unsafe fn from_addr(addr: usize) -> Self {
+        // SAFETY: as above, for the one argument-less function type.
+        unsafe { std::mem::transmute::<usize, fn()>(addr) }
     }
 }
 

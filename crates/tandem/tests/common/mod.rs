@@ -75,3 +75,40 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A named pipe for "I have started" signals from a task in any unit: the
+/// task calls [`signal`] with the path; the test blocks in [`Fifo::wait`].
+pub struct Fifo {
+    pub path: String,
+}
+
+static FIFO_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Fifo {
+    pub fn new() -> Fifo {
+        let n = FIFO_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("tandem-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        rustix::fs::mknodat(rustix::fs::CWD, &path, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap();
+        Fifo { path: path.to_string_lossy().into_owned() }
+    }
+
+    /// Block until a task has written its line; return it.
+    pub fn wait(&self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(&self.path).unwrap().read_to_string(&mut text).unwrap();
+        text.trim().to_string()
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// From inside a task: write `line` to the FIFO at `path`.
+pub fn signal(path: &str, line: &str) {
+    std::fs::write(path, format!("{line}\n")).unwrap();
+}
