@@ -31,8 +31,11 @@ mod codec;
 mod error;
 pub mod floor;
 mod forkserver;
+pub mod ipc;
 mod launch;
 mod reaper;
+pub mod shm;
+pub mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod task;
