@@ -158,9 +158,9 @@ impl<T: Serialize> Sender<T> {
     /// Send `value`. Blocks only while the channel's buffer is full.
     ///
     /// ```
-    /// let (tx, rx) = tandem::ipc::channel::<&'static str>().unwrap();
+    /// let (tx, rx) = tandem::ipc::channel::<u32>().unwrap();
     /// drop(rx);
-    /// assert!(matches!(tx.send("lost"), Err(tandem::ipc::SendError::Disconnected("lost"))));
+    /// assert!(matches!(tx.send(5), Err(tandem::ipc::SendError::Disconnected(5))));
     /// ```
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         let encoded = match codec::encode(&value) {
@@ -248,7 +248,7 @@ pub struct Receiver<T> {
     sock: OwnedFd,
     max: u64,
     broken: Cell<bool>,
-    _t: PhantomData<(fn() -> T, Cell<()>)>,
+    _t: PhantomData<fn() -> T>, // `broken` (a Cell) keeps it !Sync, as std's Receiver
 }
 
 /// Why [`Receiver::recv`] returned no message.
