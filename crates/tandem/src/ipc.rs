@@ -121,7 +121,8 @@ pub struct Sender<T> {
 }
 
 /// Why a message was not sent. The message comes back.
-#[derive(Debug)]
+///
+/// `Debug` does not print the message, so `unwrap()` works for any `T`.
 pub enum SendError<T> {
     /// The receiver is gone (dropped, or its process died).
     Disconnected(T),
@@ -152,7 +153,16 @@ impl<T> fmt::Display for SendError<T> {
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for SendError<T> {}
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Disconnected(_) => write!(f, "Disconnected(..)"),
+            SendError::Failed(_, e) => f.debug_tuple("Failed").field(&"..").field(e).finish(),
+        }
+    }
+}
+
+impl<T> std::error::Error for SendError<T> {}
 
 impl<T: Serialize> Sender<T> {
     /// Send `value`. Blocks only while the channel's buffer is full.
