@@ -155,6 +155,15 @@ impl Region {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) }
     }
 
+    /// Fill `out` from the region at `offset`; same contract as
+    /// [`Region::write_bytes`].
+    pub(in crate::sys) fn read_into(&self, offset: usize, out: &mut [u8]) {
+        let ptr = self.ptr(offset, out.len(), 1);
+        // SAFETY: in bounds (checked); nothing writes these bytes meanwhile
+        // (see write_bytes); the destination is a distinct local buffer.
+        unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), out.len()) }
+    }
+
     /// Copy `len` bytes out of the region at `offset`; same contract as
     /// [`Region::write_bytes`].
     pub(in crate::sys) fn read_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
