@@ -645,3 +645,43 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         Ok(Queue { ring: Arc::new(ring), _t: PhantomData })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StartMethod;
+
+    fn send_huge(tx: Sender<Vec<u8>>) {
+        // Far bigger than the socket buffer: blocks mid-frame until read.
+        tx.send(vec![1u8; 4 << 20]).unwrap();
+    }
+
+    #[test]
+    fn a_sender_killed_mid_message_breaks_the_channel_clearly() {
+        let (tx, rx) = channel::<Vec<u8>>().unwrap();
+        let h = crate::process::Builder::new()
+            .start_method(StartMethod::ForkServer)
+            .spawn(tx.clone(), send_huge)
+            .unwrap();
+        // Readable means the huge frame has begun: its sender is mid-message.
+        let mut fds = [PollFd::new(&rx.sock, PollFlags::IN)];
+        rustix::event::poll(&mut fds, None).unwrap();
+        h.kill().unwrap();
+        assert!(h.join().is_err());
+        match tx.send(vec![2]) {
+            Err(SendError::Failed(v, Error::Broken(why))) => {
+                assert_eq!(v, [2]);
+                assert!(why.contains("killed in the middle of a message"), "{why}");
+            }
+            other => panic!("expected Broken, got {other:?}"),
+        }
+        drop(tx);
+        match rx.recv() {
+            Err(RecvError::Failed(Error::Broken(why))) => {
+                assert!(why.contains("make a new channel"), "{why}")
+            }
+            other => panic!("expected Broken, got {:?}", other.map(|v| v.len())),
+        }
+        assert!(matches!(rx.recv(), Err(RecvError::Failed(Error::Broken(_)))), "stays broken");
+    }
+}
