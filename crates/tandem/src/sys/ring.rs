@@ -30,12 +30,13 @@
 //! getter had committed to taking when it died is lost with it, as it would
 //! be if the getter died a moment after returning.
 //!
-//! Waiting: a blocked unit notes itself in `*_waiting`, reads the sequence
-//! word under the lock, unlocks and `futex_wait`s on that word. The other
-//! side bumps the word and wakes *all* waiters: waking one could pick a unit
-//! that is then killed before it acts, stranding the rest. A killed waiter
-//! leaves its count raised, which costs later operations a spare wake-up
-//! call and nothing else.
+//! Waiting: a blocked unit unlocks, spins and yields a little, then notes
+//! itself in `*_waiting`, reads the sequence word, looks once more and
+//! `futex_wait`s on that word. The other side, after its commit, bumps the
+//! word and wakes *all* sleepers if the count says anyone sleeps: waking
+//! one could pick a unit that is then killed before it acts, stranding the
+//! rest. A killed sleeper leaves its count raised, which costs later
+//! operations a spare wake-up call and nothing else.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -193,16 +194,8 @@ impl Ring {
                 mutex.unlock();
                 return Err(RingError::WouldBlock);
             }
-            // Read the sequence, announce ourselves, then look again: a getter
-            // that frees a slot after our look sees the announcement and bumps
-            // the sequence, so the futex wait cannot miss it.
-            let seq = self.word(NOT_FULL).load(Ordering::SeqCst);
-            self.word(PUTTERS).fetch_add(1, Ordering::SeqCst);
-            let full = !has_room();
             mutex.unlock();
-            let waited = if full { self.sleep(NOT_FULL, seq, deadline, has_room) } else { Ok(()) };
-            self.word(PUTTERS).fetch_sub(1, Ordering::SeqCst);
-            waited?;
+            self.wait(PUTTERS, NOT_FULL, deadline, has_room)?;
         }
     }
 
@@ -238,27 +231,30 @@ impl Ring {
                 mutex.unlock();
                 return Err(RingError::WouldBlock);
             }
-            let seq = self.word(NOT_EMPTY).load(Ordering::SeqCst);
-            self.word(GETTERS).fetch_add(1, Ordering::SeqCst);
-            let empty = !has_item();
             mutex.unlock();
-            let waited = if empty { self.sleep(NOT_EMPTY, seq, deadline, has_item) } else { Ok(()) };
-            self.word(GETTERS).fetch_sub(1, Ordering::SeqCst);
-            waited?;
+            self.wait(GETTERS, NOT_EMPTY, deadline, has_item)?;
         }
     }
 
-    /// Spin a little on `ready`, then sleep on the futex word at `at` while it
-    /// still reads `seq`. Returns when woken, when `ready`, or at the deadline.
-    fn sleep(
+    /// Wait until `ready` may hold (the caller looks again under its lock)
+    /// or the deadline passes.
+    ///
+    /// First spin, then yield, without telling anyone: most waits end here,
+    /// and the other side pays for a wake-up call only when someone really
+    /// sleeps. Then announce ourselves in `waiters_at`, read the sequence at
+    /// `seq_at`, look once more and sleep on the sequence: the other side
+    /// stores its commit before reading the waiter count, and we bump the
+    /// count before looking, so either our look sees its commit or it sees
+    /// us and bumps the sequence, which ends (or prevents) our futex sleep.
+    fn wait(
         &self,
-        at: usize,
-        seq: u32,
+        waiters_at: usize,
+        seq_at: usize,
         deadline: Option<Instant>,
         ready: impl Fn() -> bool,
     ) -> Result<(), RingError> {
         for i in 0..SPINS + YIELDS {
-            if ready() || self.word(at).load(Ordering::Acquire) != seq {
+            if ready() {
                 return Ok(());
             }
             if i < SPINS {
@@ -267,7 +263,11 @@ impl Ring {
                 std::thread::yield_now();
             }
         }
-        futex_wait(self.word(at), seq, deadline)
+        let seq = self.word(seq_at).load(Ordering::SeqCst);
+        self.word(waiters_at).fetch_add(1, Ordering::SeqCst);
+        let slept = if ready() { Ok(()) } else { futex_wait(self.word(seq_at), seq, deadline) };
+        self.word(waiters_at).fetch_sub(1, Ordering::SeqCst);
+        slept
     }
 }
 
