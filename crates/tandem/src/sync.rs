@@ -63,15 +63,27 @@ fn wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
-/// Sleep on `word` while it reads `seq`, spinning briefly first.
-fn wait_on(word: &AtomicU32, seq: u32, deadline: Option<Instant>) -> bool {
+/// Wait while `word` reads `seq`: spin briefly, then announce ourselves in
+/// `waiters` (if given) and sleep on the futex. Announcing only after the
+/// spin means the waking side makes a wake-up call only for real sleepers;
+/// it changes `word` before reading `waiters`, and we count ourselves before
+/// the kernel compares `word`, so no wake-up is missed. `false` once the
+/// deadline passed.
+fn wait_on(word: &AtomicU32, seq: u32, waiters: Option<&AtomicU32>, deadline: Option<Instant>) -> bool {
     for _ in 0..100 {
         if word.load(Ordering::Acquire) != seq {
             return true;
         }
         std::hint::spin_loop();
     }
-    futex_wait(word, seq, deadline).is_ok()
+    if let Some(w) = waiters {
+        w.fetch_add(1, Ordering::SeqCst);
+    }
+    let woke = futex_wait(word, seq, deadline).is_ok();
+    if let Some(w) = waiters {
+        w.fetch_sub(1, Ordering::SeqCst);
+    }
+    woke
 }
 
 // ---------------------------------------------------------------- Mutex
@@ -301,11 +313,7 @@ impl Semaphore {
             if self.try_acquire() {
                 return true;
             }
-            let waiters = self.region.atomic_u32(SEM_WAITERS);
-            waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = wait_on(self.count(), 0, deadline);
-            waiters.fetch_sub(1, Ordering::SeqCst);
-            if !woke {
+            if !wait_on(self.count(), 0, Some(self.region.atomic_u32(SEM_WAITERS)), deadline) {
                 return self.try_acquire();
             }
         }
@@ -426,15 +434,11 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let waiters = self.region.atomic_u32(EVENT_WAITERS);
         loop {
             if self.is_set() {
                 return true;
             }
-            waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = wait_on(self.flag(), 0, deadline);
-            waiters.fetch_sub(1, Ordering::SeqCst);
-            if !woke {
+            if !wait_on(self.flag(), 0, Some(self.region.atomic_u32(EVENT_WAITERS)), deadline) {
                 return self.is_set();
             }
         }
@@ -596,7 +600,7 @@ impl Barrier {
             return Ok(BarrierWaitResult { leader: true });
         }
         loop {
-            wait_on(generation, seen, Some(Instant::now() + LIVENESS_EVERY));
+            wait_on(generation, seen, None, Some(Instant::now() + LIVENESS_EVERY));
             if generation.load(Ordering::Acquire) != seen {
                 return Ok(BarrierWaitResult { leader: false });
             }
