@@ -32,7 +32,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error>
     let outer = OUTGOING.with(|slot| slot.replace(Some(Vec::new())));
     let bytes = postcard::to_stdvec(value);
     let fds = OUTGOING.with(|slot| slot.replace(outer)).unwrap_or_default();
-    let bytes = bytes.map_err(|e| Error::codec("serializing", e))?;
+    let bytes = bytes.map_err(|e| match e {
+        // postcard drops the custom message; say at least whose error it is.
+        postcard::Error::SerdeSerCustom => {
+            Error::Codec("serializing: the value's Serialize implementation returned an error".into())
+        }
+        e => Error::codec("serializing", e),
+    })?;
     if fds.len() > crate::wire::MAX_FDS {
         return Err(Error::Codec(format!(
             "the value holds {} shareable objects; one message can carry at most {}",

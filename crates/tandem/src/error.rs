@@ -69,7 +69,6 @@ impl Error {
     }
 
     /// The same error, naming the task it happened to.
-    #[allow(dead_code)] // used by the pool
     pub(crate) fn in_task(mut self, id: u64) -> Error {
         if let Error::WorkerDied { task, .. } = &mut self {
             *task = Some(id);
@@ -94,6 +93,37 @@ impl Error {
 
     pub(crate) fn codec(what: &str, err: impl fmt::Display) -> Error {
         Error::Codec(format!("{what}: {err}"))
+    }
+
+    /// A copy of this error, for reporting one failure to several waiters
+    /// (every item of a failed map batch).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Panicked { message } => Error::Panicked { message: message.clone() },
+            Error::WorkerDied { signal, code, pid, task, memory_limit } => Error::WorkerDied {
+                signal: *signal,
+                code: *code,
+                pid: *pid,
+                task: *task,
+                memory_limit: *memory_limit,
+            },
+            Error::TimedOut => Error::TimedOut,
+            Error::Cancelled => Error::Cancelled,
+            Error::Codec(m) => Error::Codec(m.clone()),
+            Error::Closed => Error::Closed,
+            Error::Unsupported(w) => Error::Unsupported(w),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::TooLarge { size, max } => Error::TooLarge { size: *size, max: *max },
+            Error::Broken(m) => Error::Broken(m.clone()),
+        }
+    }
+
+    /// The bare detail of a `Codec` error, for wrapping in another message.
+    pub(crate) fn codec_detail(self) -> String {
+        match self {
+            Error::Codec(detail) => detail,
+            other => other.to_string(),
+        }
     }
 }
 

@@ -356,7 +356,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                 Err(RecvError::Failed(torn(&format!("unexpected frame {:?}", frame.kind))))
             }
             Err(wire::RecvError::Closed) => Err(RecvError::Disconnected),
-            Err(wire::RecvError::Malformed(why)) => {
+            Err(wire::RecvError::Malformed(why)) | Err(wire::RecvError::Truncated(why)) => {
                 self.broken.set(true);
                 Err(RecvError::Failed(torn(&why)))
             }
