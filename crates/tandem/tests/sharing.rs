@@ -630,3 +630,29 @@ fn nothing_under_dev_shm_and_every_descriptor_close_on_exec() {
         }
     }
 }
+
+// ------------------------------------------------------------------ through a pool
+
+fn bump((counts, q, m): (SharedSlice<AtomicU64>, Queue<u64>, Mutex<u64>)) -> u64 {
+    counts[0].fetch_add(1, Ordering::SeqCst);
+    *m.lock().unwrap() += 1;
+    q.put(7).unwrap();
+    std::process::id() as u64
+}
+
+#[test]
+fn shareables_ride_in_pool_tasks_in_both_modes() {
+    for mode in [Mode::Thread, Mode::Process] {
+        let pool = tandem::Pool::builder().mode(mode).workers(2).build().unwrap();
+        let counts = SharedSlice::<AtomicU64>::new(1).unwrap();
+        let q = Queue::<u64>::bounded(64).unwrap();
+        let m = Mutex::new(0u64).unwrap();
+        let hs: Vec<_> = (0..20).map(|_| pool.submit((counts.clone(), q.clone(), m.clone()), bump)).collect();
+        let pids: HashSet<u64> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        let here = std::process::id() as u64;
+        assert_eq!(pids.contains(&here), mode == Mode::Thread, "{mode:?} ran in {pids:?}");
+        assert_eq!(counts[0].load(Ordering::SeqCst), 20, "{mode:?}");
+        assert_eq!(*m.lock().unwrap(), 20, "{mode:?}");
+        assert_eq!(q.len(), 20, "{mode:?}");
+    }
+}
