@@ -60,6 +60,16 @@ mod sealed {
 /// needs_plain::<std::sync::atomic::AtomicU32>();
 /// needs_plain::<[f64; 4]>();
 /// ```
+///
+/// Heap-owning types are refused at compile time:
+///
+/// ```compile_fail
+/// let s = tandem::shm::SharedSlice::<String>::new(1);
+/// ```
+///
+/// ```compile_fail
+/// let m = tandem::sync::Mutex::new(vec![1u8]);
+/// ```
 pub trait Plain: sealed::Sealed + Send + Sync + 'static {}
 
 macro_rules! plain {
