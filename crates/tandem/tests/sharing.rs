@@ -656,3 +656,36 @@ fn shareables_ride_in_pool_tasks_in_both_modes() {
         assert_eq!(q.len(), 20, "{mode:?}");
     }
 }
+
+fn take_permit((s, started): (Semaphore, Event)) {
+    started.set();
+    s.acquire();
+}
+
+fn await_event((e, started): (Event, Event)) {
+    started.set();
+    e.wait();
+}
+
+#[test]
+fn killed_waiters_do_not_wedge_semaphore_or_event() {
+    let s = Semaphore::new(0).unwrap();
+    let e = Event::new().unwrap();
+    for _ in 0..3 {
+        let started = Event::new().unwrap();
+        let a = fork_server().spawn((s.clone(), started.clone()), take_permit).unwrap();
+        let b = fork_server().spawn((e.clone(), started.clone()), await_event).unwrap();
+        assert!(started.wait_timeout(LONG));
+        a.kill().unwrap();
+        b.kill().unwrap();
+        let _ = (a.join(), b.join());
+    }
+    let started = Event::new().unwrap();
+    let a = fork_server().spawn((s.clone(), started.clone()), take_permit).unwrap();
+    let b = fork_server().spawn((e.clone(), started.clone()), await_event).unwrap();
+    s.release();
+    e.set();
+    a.join_timeout(LONG).unwrap();
+    b.join_timeout(LONG).unwrap();
+    assert_eq!(s.available(), 0);
+}
