@@ -93,6 +93,24 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Resu
     })
 }
 
+/// A descriptor to write into a message (see [`serialize_fd`]).
+pub(crate) struct SendFd<'a>(pub BorrowedFd<'a>);
+
+impl Serialize for SendFd<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, serializer)
+    }
+}
+
+/// A descriptor read from a message (see [`deserialize_fd`]).
+pub(crate) struct RecvFd(pub OwnedFd);
+
+impl<'de> Deserialize<'de> for RecvFd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RecvFd, D::Error> {
+        deserialize_fd(deserializer).map(RecvFd)
+    }
+}
+
 /// Borrow the descriptors of an encoded value for sending.
 pub(crate) fn borrowed(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
     fds.iter().map(|fd| fd.as_fd()).collect()

@@ -48,6 +48,18 @@ pub enum Error {
     Unsupported(&'static str),
     /// An OS call failed.
     Io(io::Error),
+    /// A message or queue item is bigger than the limit set for it; refused
+    /// on the sending side, before anything was sent.
+    TooLarge {
+        /// Its size in bytes, serialized.
+        size: u64,
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// A shared object can no longer work because a unit using it died
+    /// (a barrier party was killed before arriving, a channel sender was
+    /// killed in the middle of a message).
+    Broken(String),
 }
 
 impl Error {
@@ -101,6 +113,8 @@ impl Error {
             Error::Closed => Error::Closed,
             Error::Unsupported(w) => Error::Unsupported(w),
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::TooLarge { size, max } => Error::TooLarge { size: *size, max: *max },
+            Error::Broken(m) => Error::Broken(m.clone()),
         }
     }
 
@@ -184,6 +198,11 @@ impl fmt::Display for Error {
             Error::Closed => write!(f, "the pool is shut down: submit to a pool that is still running"),
             Error::Unsupported(what) => write!(f, "not supported: {what}"),
             Error::Io(err) => write!(f, "an OS call failed: {err}"),
+            Error::TooLarge { size, max } => write!(
+                f,
+                "a message of {size} bytes is over the limit of {max} bytes and was not sent: raise the limit where the channel or queue is made, or send less per message"
+            ),
+            Error::Broken(what) => write!(f, "{what}"),
         }
     }
 }

@@ -31,9 +31,12 @@ mod codec;
 mod error;
 pub mod floor;
 mod forkserver;
+pub mod ipc;
 mod launch;
 mod pool;
 mod reaper;
+pub mod shm;
+pub mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod task;
