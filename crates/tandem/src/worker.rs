@@ -97,7 +97,12 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     loop {
         let frame = match pending.take() {
             Some(frame) => frame,
-            None => match wire::recv(sock, config.max_message(), None) {
+            None => match {
+                // The next task often follows at once (pools, maps): look
+                // for it briefly before sleeping.
+                wire::spin_until_ready(&mut [PollFd::new(&sock, PollFlags::IN)]);
+                wire::recv(sock, config.max_message(), None)
+            } {
                 Ok(frame) => frame,
                 Err(RecvError::Closed) => return 0,
                 Err(e) => {

@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub slots: Vec<Mutex<SlotStats>>,
     /// Process mode: the eventfd of each slot's driver.
     pub wakes: Vec<Arc<OwnedFd>>,
+    /// Jobs in the queue, readable without the lock (for spinning workers).
+    pub queued: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -125,11 +127,13 @@ impl Shared {
     /// worker's generation was abandoned.
     pub(crate) fn next_job(&self, slot: usize, generation: Option<u64>) -> Option<Job> {
         let mut state = self.lock();
+        let mut spun = false;
         loop {
             if generation.is_some_and(|g| state.generations[slot] != g) || state.terminating {
                 return None;
             }
             while let Some(job) = state.queue.pop_front() {
+                self.queued.store(state.queue.len(), Ordering::SeqCst);
                 if !job.completion.is_resolved() {
                     return Some(job);
                 }
@@ -137,13 +141,27 @@ impl Shared {
             if state.closed {
                 return None;
             }
+            if !spun {
+                // Look for the next job briefly before sleeping (wire::SPIN).
+                spun = true;
+                drop(state);
+                let start = Instant::now();
+                while self.queued.load(Ordering::SeqCst) == 0 && start.elapsed() < crate::wire::SPIN {
+                    std::thread::yield_now();
+                }
+                state = self.lock();
+                continue;
+            }
             state = self.work_ready.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// Put a job back at the front (a retry after its worker died).
     pub(crate) fn requeue(&self, job: Job) {
-        self.lock().queue.push_front(job);
+        let mut state = self.lock();
+        state.queue.push_front(job);
+        self.queued.store(state.queue.len(), Ordering::SeqCst);
+        drop(state);
         self.work_ready.notify_one();
     }
 }
@@ -249,6 +267,7 @@ impl PoolBuilder {
                 .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
                 .collect(),
             wakes,
+            queued: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             config,
         });
@@ -402,6 +421,7 @@ impl Pool {
             return handle;
         }
         state.queue.push_back(job);
+        self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
         drop(state);
         self.shared.work_ready.notify_one();
         handle
@@ -474,6 +494,7 @@ impl Pool {
             state.closed = true;
             state.terminating = true;
             let queued: Vec<Job> = state.queue.drain(..).collect();
+            self.shared.queued.store(0, Ordering::SeqCst);
             let mut running: Vec<Arc<dyn Resolve>> = Vec::new();
             for slot in 0..state.running.len() {
                 if let Some(r) = state.running[slot].take() {

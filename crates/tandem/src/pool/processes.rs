@@ -235,11 +235,15 @@ fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max:
                 PollFd::new(live.child.pidfd(), PollFlags::IN),
                 PollFd::new(wake, PollFlags::IN),
             ];
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(0) => return Answer::TimedOut,
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Answer::Garbage(format!("poll failed: {e}")),
+            if wire::spin_until_ready(&mut fds) {
+                // Ready within the spin: no sleep, no wake-up.
+            } else {
+                match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(0) => return Answer::TimedOut,
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Answer::Garbage(format!("poll failed: {e}")),
+                }
             }
             (!fds[0].revents().is_empty(), !fds[1].revents().is_empty(), !fds[2].revents().is_empty())
         };
