@@ -97,12 +97,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     loop {
         let frame = match pending.take() {
             Some(frame) => frame,
-            None => match {
-                // The next task often follows at once (pools, maps): look
-                // for it briefly before sleeping.
-                wire::spin_until_ready(&mut [PollFd::new(&sock, PollFlags::IN)]);
-                wire::recv(sock, config.max_message(), None)
-            } {
+            None => match next_frame(sock, config.max_message()) {
                 Ok(frame) => frame,
                 Err(RecvError::Closed) => return 0,
                 Err(e) => {
@@ -144,6 +139,13 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
             }
         }
     }
+}
+
+/// The next frame from the parent. The next task often follows at once
+/// (pools, maps): look for it briefly before sleeping.
+fn next_frame(sock: std::os::fd::BorrowedFd<'_>, max: u64) -> Result<Frame, RecvError> {
+    wire::spin_until_ready(&mut [PollFd::new(&sock, PollFlags::IN)]);
+    wire::recv(sock, max, None)
 }
 
 fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
