@@ -31,6 +31,7 @@ pub(crate) fn run_if_worker() {
                 bootstrap::WORKER_ENV
             );
         }
+        Claim::Orphaned => finish(EXIT_PARENT_GONE),
         Claim::Worker(link) => {
             signal::ignore_sigpipe();
             signal::default_fatal_signals();

@@ -52,6 +52,26 @@ pub enum Claim {
     Worker(ParentLink),
     /// The marker was set but the handshake failed; the reason.
     Refused(String),
+    /// A worker whose parent died before the handshake finished: it must
+    /// exit quietly, never run `main` in the background.
+    Orphaned,
+}
+
+enum Failure {
+    NotOurs(String),
+    ParentGone,
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure::NotOurs(why)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Failure {
+        Failure::NotOurs(why.into())
+    }
 }
 
 /// Random token for a new worker, as hex for its environment.
@@ -70,7 +90,8 @@ pub fn claim() -> Claim {
     remove_marker();
     match handshake(value.to_str().unwrap_or("")) {
         Ok(link) => Claim::Worker(link),
-        Err(why) => Claim::Refused(why),
+        Err(Failure::NotOurs(why)) => Claim::Refused(why),
+        Err(Failure::ParentGone) => Claim::Orphaned,
     }
 }
 
@@ -85,7 +106,7 @@ fn remove_marker() {
     }
 }
 
-fn handshake(hex: &str) -> Result<ParentLink, String> {
+fn handshake(hex: &str) -> Result<ParentLink, Failure> {
     let expected = parse_hex(hex).ok_or("the marker is not a token")?;
     let stdin = io::stdin();
     let fd = stdin.as_fd();
@@ -95,9 +116,6 @@ fn handshake(hex: &str) -> Result<ParentLink, String> {
     }
     let peer = rustix::net::sockopt::socket_peercred(fd)
         .map_err(|e| format!("standard input is not a local socket: {e}"))?;
-    if Some(peer.pid) != rustix::process::getppid() {
-        return Err("the socket on standard input was not made by this process's parent".into());
-    }
     let limit = Timespec::try_from(HANDSHAKE_LIMIT).expect("small duration");
     let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
     match rustix::event::poll(&mut pfd, Some(&limit)) {
@@ -107,10 +125,21 @@ fn handshake(hex: &str) -> Result<ParentLink, String> {
     let mut got = [0u8; TOKEN_LEN];
     {
         let mut reader = std::fs::File::from(fd.try_clone_to_owned().map_err(|e| e.to_string())?);
-        reader.read_exact(&mut got).map_err(|e| format!("reading the token: {e}"))?;
+        match reader.read_exact(&mut got) {
+            Ok(()) => {}
+            // The parent closed the socket without a token: it gave up on us.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(Failure::ParentGone),
+            Err(e) => return Err(format!("reading the token: {e}").into()),
+        }
     }
     if got != expected {
         return Err("the parent's token does not match".into());
+    }
+    if Some(peer.pid) != rustix::process::getppid() {
+        // The right token on a socket made by a process that is no longer
+        // our parent: it was, and it died before the handshake finished
+        // (we were re-parented). A stranger could not know the token.
+        return Err(Failure::ParentGone);
     }
     close_inherited_descriptors();
     let socket = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| e.to_string())?;
