@@ -9,11 +9,28 @@
 //! machine, so a worker process can stamp its own observations against the
 //! parent's start time (sent to it in the task argument).
 
+/// `println!` for demo output, except that a closed stdout (`tandem demo
+/// NAME | head`) ends the program quietly instead of panicking.
+macro_rules! out {
+    () => {
+        $crate::demo::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::demo::write_line(format_args!($($arg)*))
+    };
+}
+
 mod crash;
 mod fork;
+mod lock;
 mod memory;
+mod pipe;
+mod queue;
+mod shared_memory;
 mod thread_ids;
 mod threads_and_processes;
+
+use std::io::Write;
 
 use rustix::time::{ClockId, clock_gettime};
 
@@ -54,6 +71,26 @@ pub const DEMOS: &[Demo] = &[
         about: "a crashing thread kills its whole process; a crashing process harms no one else",
         run: crash::run,
     },
+    Demo {
+        name: "pipe",
+        about: "a parent and a child process talk both ways through channels (multiprocessing.Pipe)",
+        run: pipe::run,
+    },
+    Demo {
+        name: "queue",
+        about: "two producer and two consumer processes share one queue (multiprocessing.Queue)",
+        run: queue::run,
+    },
+    Demo {
+        name: "shared-memory",
+        about: "processes write into shared memory and the parent reads it in place (multiprocessing.Array)",
+        run: shared_memory::run,
+    },
+    Demo {
+        name: "lock",
+        about: "processes lose updates to a shared counter without a lock, none with one (multiprocessing.Lock)",
+        run: lock::run,
+    },
 ];
 
 /// Exit code for a name that is not a demo (a usage error, as clap uses).
@@ -64,7 +101,7 @@ const EXIT_DEMO_FAILED: i32 = 1;
 /// `tandem demo [NAME]`: list the demos, or run one. Returns the exit code.
 pub fn main(name: Option<&str>) -> i32 {
     let Some(name) = name else {
-        println!("tandem demo NAME runs one of the classic examples for real:\n");
+        out!("tandem demo NAME runs one of the classic examples for real:\n");
         print_list();
         return 0;
     };
@@ -76,8 +113,8 @@ pub fn main(name: Option<&str>) -> i32 {
         eprintln!("\nfor example: tandem demo {}", DEMOS[0].name);
         return EXIT_UNKNOWN_DEMO;
     };
-    println!("tandem demo {}: {}", demo.name, demo.about);
-    println!("(times are ms since the demo started; pid = process id, tid = kernel thread id)\n");
+    out!("tandem demo {}: {}", demo.name, demo.about);
+    out!("(times are ms since the demo started; pid = process id, tid = kernel thread id)\n");
     match (demo.run)() {
         Ok(()) => 0,
         Err(e) => {
@@ -89,7 +126,22 @@ pub fn main(name: Option<&str>) -> i32 {
 
 fn print_list() {
     for d in DEMOS {
-        println!("  {:<24}{}", d.name, d.about);
+        out!("  {:<24}{}", d.name, d.about);
+    }
+}
+
+/// Write one line of demo output to stdout. If the reader has gone away
+/// (a closed pipe), there is no one left to tell: exit at once, quietly and
+/// successfully, as `yes | head` ends. Any other write error is reported.
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("tandem: cannot write to standard output: {e}");
+            std::process::exit(EXIT_DEMO_FAILED);
+        }
     }
 }
 
@@ -130,7 +182,7 @@ pub fn pid_of<R: serde::de::DeserializeOwned + Send + 'static>(handle: &tandem::
 
 /// Print the closing line every demo ends with.
 pub fn shows(what: &str) {
-    println!("\nshows: {what}");
+    out!("\nshows: {what}");
 }
 
 /// Describe how a unit ended when it did not return a result.
