@@ -10,7 +10,7 @@
 //! parent's start time (sent to it in the task argument).
 
 /// `println!` for demo output, except that a closed stdout (`tandem demo
-/// NAME | head`) ends the program quietly instead of panicking.
+/// NAME | head`) silences the demo instead of panicking.
 macro_rules! out {
     () => {
         $crate::demo::write_line(format_args!(""))
@@ -31,6 +31,7 @@ mod thread_ids;
 mod threads_and_processes;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::time::{ClockId, clock_gettime};
 
@@ -103,7 +104,7 @@ pub fn main(name: Option<&str>) -> i32 {
     let Some(name) = name else {
         out!("tandem demo NAME runs one of the classic examples for real:\n");
         print_list();
-        return 0;
+        return if STDOUT_FAILED.load(Ordering::Relaxed) { EXIT_DEMO_FAILED } else { 0 };
     };
     let Some(demo) = DEMOS.iter().find(|d| d.name == name) else {
         eprintln!("tandem demo: there is no demo called {name:?}. Choose one of:\n");
@@ -116,6 +117,7 @@ pub fn main(name: Option<&str>) -> i32 {
     out!("tandem demo {}: {}", demo.name, demo.about);
     out!("(times are ms since the demo started; pid = process id, tid = kernel thread id)\n");
     match (demo.run)() {
+        Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => EXIT_DEMO_FAILED,
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tandem demo {}: failed: {e}", demo.name);
@@ -130,17 +132,26 @@ fn print_list() {
     }
 }
 
-/// Write one line of demo output to stdout. If the reader has gone away
-/// (a closed pipe), there is no one left to tell: exit at once, quietly and
-/// successfully, as `yes | head` ends. Any other write error is reported.
+/// Set once standard output cannot be written any more.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// Set if that was an error worth failing for (not a reader that left).
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Write one line of demo output to stdout. If the reader has gone away (a
+/// closed pipe, as in `tandem demo NAME | head`), there is no one left to
+/// tell: the rest of the output is dropped quietly and the demo runs to its
+/// end. It does not exit on the spot: that would orphan process units that
+/// are still starting. Any other write error is reported once.
 pub fn write_line(line: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{line}") {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            eprintln!("tandem: cannot write to standard output: {e}");
-            std::process::exit(EXIT_DEMO_FAILED);
+    if let Err(e) = writeln!(stdout, "{line}") {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("tandem: cannot write to standard output ({e}); the rest of the output is lost");
         }
     }
 }

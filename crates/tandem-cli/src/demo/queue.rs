@@ -89,15 +89,11 @@ fn consume(queue: Queue<Item>) -> Result<Report, String> {
     let mut tally = Tally::default();
     let mut per_producer = vec![0; PRODUCERS as usize];
     let mut first_ns = None;
-    loop {
-        match queue.get().map_err(|e| e.to_string())? {
-            Item::Value { producer, value } => {
-                first_ns.get_or_insert_with(now_ns);
-                tally.add(value);
-                per_producer[producer as usize - 1] += 1;
-            }
-            Item::Stop => break,
-        }
+    // Until the stop marker.
+    while let Item::Value { producer, value } = queue.get().map_err(|e| e.to_string())? {
+        first_ns.get_or_insert_with(now_ns);
+        tally.add(value);
+        per_producer[producer as usize - 1] += 1;
     }
     let last_ns = now_ns();
     Ok(Report { pid: pid(), tally, per_producer, first_ns: first_ns.unwrap_or(last_ns), last_ns })

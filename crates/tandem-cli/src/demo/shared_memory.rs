@@ -66,7 +66,7 @@ pub fn run() -> Result<(), tandem::Error> {
          header (a total counter and one pid slot per process)",
         ms(origin, now_ns()),
         pid(),
-        VALUES * 8 >> 20
+        (VALUES * 8) >> 20
     );
     let handles = (0..UNITS)
         .map(|unit| {
