@@ -122,31 +122,32 @@ pub fn run() -> Result<(), tandem::Error> {
     let pids = |hs: &[tandem::JoinHandle<Result<Report, String>>]| {
         hs.iter().map(|h| pid_of(h).to_string()).collect::<Vec<_>>().join(", ")
     };
-    out!(
-        "{:>8.1} ms  parent: consumers are pids {}; producers are pids {}",
-        ms(origin, now_ns()),
-        pids(&consumers),
-        pids(&producers)
-    );
-
-    // Join all, then print in the order they finished.
-    let mut producer_reports = Vec::new();
-    for (n, h) in producers.into_iter().enumerate() {
-        producer_reports.push((n + 1, h.join()?.map_err(|e| unit_failed("a producer", e))?));
-    }
-    producer_reports.sort_by_key(|(_, r)| r.last_ns);
+    // Producers may finish before this line is printed: it joins their
+    // lines and all are printed in the order they happened.
+    let mut events = vec![(
+        now_ns(),
+        format!("parent: consumers are pids {}; producers are pids {}", pids(&consumers), pids(&producers)),
+    )];
     let mut put = Tally::default();
-    for (n, r) in &producer_reports {
-        out!(
-            "{:>8.1} ms  producer {n} (pid {}): put its {} items (from {:.1} ms on); sum {}, checksum {:016x}",
-            ms(origin, r.last_ns),
-            r.pid,
-            r.tally.count,
-            ms(origin, r.first_ns),
-            r.tally.sum,
-            r.tally.checksum
-        );
+    for (n, h) in producers.into_iter().enumerate() {
+        let r = h.join()?.map_err(|e| unit_failed("a producer", e))?;
+        events.push((
+            r.last_ns,
+            format!(
+                "producer {} (pid {}): put its {} items (from {:.1} ms on); sum {}, checksum {:016x}",
+                n + 1,
+                r.pid,
+                r.tally.count,
+                ms(origin, r.first_ns),
+                r.tally.sum,
+                r.tally.checksum
+            ),
+        ));
         put = put.merge(r.tally);
+    }
+    events.sort_by_key(|(at, _)| *at);
+    for (at, line) in events {
+        out!("{:>8.1} ms  {line}", ms(origin, at));
     }
     out!(
         "{:>8.1} ms  parent: both producers are done; putting {CONSUMERS} stop markers, one per consumer",
