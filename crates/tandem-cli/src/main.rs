@@ -37,9 +37,9 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Compare { .. } => {
-            println!(
+            demo::write_line(format_args!(
                 "tandem compare: will measure every row of the thread-vs-process table on this machine (not built yet)."
-            );
+            ));
         }
         Command::Demo { name } => {
             let code = demo::main(name.as_deref());

@@ -31,7 +31,7 @@ fn no_core_dump() {
 fn steady_worker((origin, n): (u64, u32)) -> u32 {
     for step in 1..=STEPS {
         std::thread::sleep(STEP);
-        println!(
+        out!(
             "{:>8.1} ms    [pid {} tid {}] thread {n}: step {step} of {STEPS} done",
             ms(origin, now_ns()),
             pid(),
@@ -43,7 +43,7 @@ fn steady_worker((origin, n): (u64, u32)) -> u32 {
 
 fn crashing_worker(origin: u64) -> u32 {
     std::thread::sleep(CRASH_AFTER);
-    println!(
+    out!(
         "{:>8.1} ms    [pid {} tid {}] crashing thread: writing through a null pointer now",
         ms(origin, now_ns()),
         pid(),
@@ -83,7 +83,7 @@ fn side_by_side((origin, n, crasher): (u64, u64, u64)) -> Finished {
     if n == crasher {
         std::thread::sleep(Duration::from_millis(100));
         // Said from inside, as it happens: nobody will hear from it again.
-        println!(
+        out!(
             "{:>8.1} ms    [pid {}] process {n}: writing through a null pointer now",
             ms(origin, now_ns()),
             pid()
@@ -97,25 +97,25 @@ fn side_by_side((origin, n, crasher): (u64, u64, u64)) -> Finished {
 pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
 
-    println!(
+    out!(
         "1) one process, {} threads: {STEADY_THREADS} count to {STEPS} in {STEP:?} steps, one crashes after \
          {CRASH_AFTER:?}",
         STEADY_THREADS + 1
     );
     let doomed = tandem::process::spawn(origin, doomed_process)?;
     let doomed_pid = pid_of(&doomed);
-    println!("{:>8.1} ms  demo (pid {}): started the process, pid {doomed_pid}", ms(origin, now_ns()), pid());
+    out!("{:>8.1} ms  demo (pid {}): started the process, pid {doomed_pid}", ms(origin, now_ns()), pid());
     let outcome = doomed.join();
     let ended = now_ns();
     match &outcome {
-        Ok(Ok(steps)) => println!(
+        Ok(Ok(steps)) => out!(
             "{:>8.1} ms  demo: unexpected: the process survived and its threads did {steps} steps",
             ms(origin, ended)
         ),
         Ok(Err(e)) => {
-            println!("{:>8.1} ms  demo: the process could not run its threads: {e}", ms(origin, ended))
+            out!("{:>8.1} ms  demo: the process could not run its threads: {e}", ms(origin, ended))
         }
-        Err(e) => println!(
+        Err(e) => out!(
             "{:>8.1} ms  demo: process {doomed_pid} {}; of the {} steps its threads were to do, none came \
              back, and the steps not yet printed never happened",
             ms(origin, ended),
@@ -125,12 +125,12 @@ pub fn run() -> Result<(), tandem::Error> {
     }
 
     const CRASHER: u64 = 3;
-    println!("\n2) four processes side by side; process {CRASHER} crashes while the others work");
+    out!("\n2) four processes side by side; process {CRASHER} crashes while the others work");
     let units = (1..=4u64)
         .map(|n| tandem::process::spawn((origin, n, CRASHER), side_by_side).map(|h| (n, h)))
         .collect::<Result<Vec<_>, _>>()?;
     let pids: Vec<String> = units.iter().map(|(n, h)| format!("{n} (pid {})", pid_of(h))).collect();
-    println!("{:>8.1} ms  demo: started processes {}", ms(origin, now_ns()), pids.join(", "));
+    out!("{:>8.1} ms  demo: started processes {}", ms(origin, now_ns()), pids.join(", "));
     // Print in the order things happened; a death is stamped when it was seen.
     let mut lines = Vec::new();
     let mut survivors = 0;
@@ -152,9 +152,9 @@ pub fn run() -> Result<(), tandem::Error> {
     }
     lines.sort_by_key(|(at, _)| *at);
     for (at, line) in lines {
-        println!("{:>8.1} ms  {line}", ms(origin, at));
+        out!("{:>8.1} ms  {line}", ms(origin, at));
     }
-    println!(
+    out!(
         "{:>8.1} ms  demo (pid {}): still running; {survivors} of 4 processes returned their results",
         ms(origin, now_ns()),
         pid()

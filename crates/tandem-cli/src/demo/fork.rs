@@ -38,43 +38,44 @@ fn parent_of(of: u32) -> Option<u32> {
 pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
     let me = pid();
-    println!(
+    out!(
         "tandem does not fork this program itself (a fork copies only the calling thread, so locks held by \
          other threads\nstay locked in the child): a process unit starts by Spawn (re-executing this binary) or \
          ForkServer\n(forked from a single-threaded template process). One child of each:\n"
     );
-    println!("{:>8.1} ms  parent: my pid is {me}, my own parent is {}", ms(origin, now_ns()), ppid());
+    out!("{:>8.1} ms  parent: my pid is {me}, my own parent is {}", ms(origin, now_ns()), ppid());
 
     for method in [StartMethod::Spawn, StartMethod::ForkServer] {
-        println!();
+        out!();
         let handle = tandem::process::Builder::new().start_method(method).spawn((), who_am_i)?;
         let started = now_ns();
         let child_pid = pid_of(&handle);
-        println!(
+        out!(
             "{:>8.1} ms  parent: started a child with {method:?}; its pid is {child_pid}",
             ms(origin, started)
         );
         let child = handle.join()?;
-        println!(
+        out!(
             "{:>8.1} ms  child:  my pid is {}, my parent's pid is {}",
             ms(origin, child.at_ns),
             child.pid,
             child.ppid
         );
-        println!("{:>8.1} ms  parent: joined the child (pid {})", ms(origin, now_ns()), child.pid);
+        out!("{:>8.1} ms  parent: joined the child (pid {})", ms(origin, now_ns()), child.pid);
         match method {
-            StartMethod::Spawn if child.ppid == me => println!(
+            StartMethod::Spawn if child.ppid == me => out!(
                 "             Spawn re-executed this binary as a new process, so the child's parent is this \
                  process ({me})."
             ),
-            StartMethod::ForkServer if child.ppid != me && child.grandparent == Some(me) => println!(
+            StartMethod::ForkServer if child.ppid != me && child.grandparent == Some(me) => out!(
                 "             ForkServer forked the child from the template process {}, so the child's parent \
                  is the template; the template's parent is this process ({me}).",
                 child.ppid
             ),
-            _ => println!(
+            _ => out!(
                 "             unexpected ancestry for {method:?}: parent {}, grandparent {:?}, this process {me}",
-                child.ppid, child.grandparent
+                child.ppid,
+                child.grandparent
             ),
         }
     }

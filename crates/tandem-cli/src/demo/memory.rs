@@ -35,7 +35,7 @@ fn add_to_counter(_: ()) -> Seen {
 /// each saw. Returns the parent's counter afterwards.
 fn round(origin: u64, mode: Mode) -> Result<u64, tandem::Error> {
     let before = COUNTER.load(Ordering::SeqCst);
-    println!(
+    out!(
         "{:>8.1} ms  parent (pid {}): counter = {before}; starting {UNITS} {mode:?} units, each adds {ADDS_PER_UNIT}",
         ms(origin, now_ns()),
         pid()
@@ -45,7 +45,7 @@ fn round(origin: u64, mode: Mode) -> Result<u64, tandem::Error> {
     let mut seen = handles.into_iter().map(|h| h.join()).collect::<Result<Vec<_>, _>>()?;
     seen.sort_by_key(|s| s.at_ns);
     for s in &seen {
-        println!(
+        out!(
             "{:>8.1} ms  {mode:?} unit pid {:<7} tid {:<7}: counter after my adds = {}",
             ms(origin, s.at_ns),
             s.pid,
@@ -54,7 +54,7 @@ fn round(origin: u64, mode: Mode) -> Result<u64, tandem::Error> {
         );
     }
     let after = COUNTER.load(Ordering::SeqCst);
-    println!("{:>8.1} ms  parent: counter = {after}", ms(origin, now_ns()));
+    out!("{:>8.1} ms  parent: counter = {after}", ms(origin, now_ns()));
     Ok(after)
 }
 
@@ -62,29 +62,27 @@ pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
     let total = UNITS as u64 * ADDS_PER_UNIT;
 
-    println!("1) threads");
+    out!("1) threads");
     let after_threads = round(origin, Mode::Thread)?;
     if after_threads == total {
-        println!(
+        out!(
             "             all {UNITS} threads changed the parent's own counter: {total} = {UNITS} x {ADDS_PER_UNIT}"
         );
     } else {
-        println!(
+        out!(
             "             unexpected: the threads' adds should make {total}, the parent sees {after_threads}"
         );
     }
 
-    println!("\n2) processes");
+    out!("\n2) processes");
     let after_processes = round(origin, Mode::Process)?;
     if after_processes == after_threads {
-        println!(
+        out!(
             "             each process added {ADDS_PER_UNIT} to its own copy (it started from 0: a fresh \
              process, not a copy of this one);\n             the parent's counter is still {after_processes}"
         );
     } else {
-        println!(
-            "             unexpected: the parent's counter moved from {after_threads} to {after_processes}"
-        );
+        out!("             unexpected: the parent's counter moved from {after_threads} to {after_processes}");
     }
     shows(
         "threads share their process's memory, so a change by one is seen by all; each process has its own \

@@ -9,11 +9,29 @@
 //! machine, so a worker process can stamp its own observations against the
 //! parent's start time (sent to it in the task argument).
 
+/// `println!` for demo output, except that a closed stdout (`tandem demo
+/// NAME | head`) silences the demo instead of panicking.
+macro_rules! out {
+    () => {
+        $crate::demo::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::demo::write_line(format_args!($($arg)*))
+    };
+}
+
 mod crash;
 mod fork;
+mod lock;
 mod memory;
+mod pipe;
+mod queue;
+mod shared_memory;
 mod thread_ids;
 mod threads_and_processes;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::time::{ClockId, clock_gettime};
 
@@ -54,6 +72,26 @@ pub const DEMOS: &[Demo] = &[
         about: "a crashing thread kills its whole process; a crashing process harms no one else",
         run: crash::run,
     },
+    Demo {
+        name: "pipe",
+        about: "a parent and a child process talk both ways through channels (multiprocessing.Pipe)",
+        run: pipe::run,
+    },
+    Demo {
+        name: "queue",
+        about: "two producer and two consumer processes share one queue (multiprocessing.Queue)",
+        run: queue::run,
+    },
+    Demo {
+        name: "shared-memory",
+        about: "processes write into shared memory and the parent reads it in place (multiprocessing.Array)",
+        run: shared_memory::run,
+    },
+    Demo {
+        name: "lock",
+        about: "processes lose updates to a shared counter without a lock, none with one (multiprocessing.Lock)",
+        run: lock::run,
+    },
 ];
 
 /// Exit code for a name that is not a demo (a usage error, as clap uses).
@@ -64,9 +102,9 @@ const EXIT_DEMO_FAILED: i32 = 1;
 /// `tandem demo [NAME]`: list the demos, or run one. Returns the exit code.
 pub fn main(name: Option<&str>) -> i32 {
     let Some(name) = name else {
-        println!("tandem demo NAME runs one of the classic examples for real:\n");
+        out!("tandem demo NAME runs one of the classic examples for real:\n");
         print_list();
-        return 0;
+        return if STDOUT_FAILED.load(Ordering::Relaxed) { EXIT_DEMO_FAILED } else { 0 };
     };
     let Some(demo) = DEMOS.iter().find(|d| d.name == name) else {
         eprintln!("tandem demo: there is no demo called {name:?}. Choose one of:\n");
@@ -76,9 +114,10 @@ pub fn main(name: Option<&str>) -> i32 {
         eprintln!("\nfor example: tandem demo {}", DEMOS[0].name);
         return EXIT_UNKNOWN_DEMO;
     };
-    println!("tandem demo {}: {}", demo.name, demo.about);
-    println!("(times are ms since the demo started; pid = process id, tid = kernel thread id)\n");
+    out!("tandem demo {}: {}", demo.name, demo.about);
+    out!("(times are ms since the demo started; pid = process id, tid = kernel thread id)\n");
     match (demo.run)() {
+        Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => EXIT_DEMO_FAILED,
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tandem demo {}: failed: {e}", demo.name);
@@ -89,7 +128,31 @@ pub fn main(name: Option<&str>) -> i32 {
 
 fn print_list() {
     for d in DEMOS {
-        println!("  {:<24}{}", d.name, d.about);
+        out!("  {:<24}{}", d.name, d.about);
+    }
+}
+
+/// Set once standard output cannot be written any more.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// Set if that was an error worth failing for (not a reader that left).
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Write one line of demo output to stdout. If the reader has gone away (a
+/// closed pipe, as in `tandem demo NAME | head`), there is no one left to
+/// tell: the rest of the output is dropped quietly and the demo runs to its
+/// end. It does not exit on the spot: that would orphan process units that
+/// are still starting. Any other write error is reported once.
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("tandem: cannot write to standard output ({e}); the rest of the output is lost");
+        }
     }
 }
 
@@ -130,7 +193,7 @@ pub fn pid_of<R: serde::de::DeserializeOwned + Send + 'static>(handle: &tandem::
 
 /// Print the closing line every demo ends with.
 pub fn shows(what: &str) {
-    println!("\nshows: {what}");
+    out!("\nshows: {what}");
 }
 
 /// Describe how a unit ended when it did not return a result.

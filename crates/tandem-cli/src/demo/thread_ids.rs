@@ -51,7 +51,7 @@ fn report_while_both_alive(_: ()) -> Ids {
 }
 
 fn print_ids(origin: u64, name: &str, ids: &Ids) {
-    println!(
+    out!(
         "{:>8.1} ms  {name}: std {:<13} kernel tid {:<7} pid {:<7} stack near {:#x}",
         ms(origin, ids.at_ns),
         ids.std_id,
@@ -63,7 +63,7 @@ fn print_ids(origin: u64, name: &str, ids: &Ids) {
 
 fn compare(a: &Ids, b: &Ids) {
     let same = |x: bool| if x { "SAME" } else { "different" };
-    println!(
+    out!(
         "             std ThreadId: {}; kernel tid: {}; stack (and pthread_t): {}",
         same(a.std_id == b.std_id),
         same(a.tid == b.tid),
@@ -75,26 +75,26 @@ pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
     let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap_or_default();
 
-    println!("1) one after another: thread A runs and is joined, then thread B starts");
+    out!("1) one after another: thread A runs and is joined, then thread B starts");
     let a = tandem::thread::spawn((), report)?.join()?;
     let b = tandem::thread::spawn((), report)?.join()?;
     print_ids(origin, "thread A", &a);
     print_ids(origin, "thread B", &b);
     compare(&a, &b);
-    println!(
+    out!(
         "             A was gone before B began, so B may get A's ids back: glibc hands B the stack A \
          left behind,\n             and the kernel may give B A's tid once tids wrap around at pid_max ({}).",
         pid_max.trim()
     );
 
-    println!("\n2) at the same time: both threads note their ids, then wait for each other before ending");
+    out!("\n2) at the same time: both threads note their ids, then wait for each other before ending");
     let c = tandem::thread::spawn((), report_while_both_alive)?;
     let d = tandem::thread::spawn((), report_while_both_alive)?;
     let (c, d) = (c.join()?, d.join()?);
     print_ids(origin, "thread C", &c);
     print_ids(origin, "thread D", &d);
     compare(&c, &d);
-    println!("             C and D were alive at once, so no id of theirs can be the same.");
+    out!("             C and D were alive at once, so no id of theirs can be the same.");
 
     shows(
         "thread ids are unique only among threads alive at the same time: a thread that ended may see its \

@@ -30,7 +30,7 @@ fn work(_: ()) -> Report {
 
 pub fn run() -> Result<(), tandem::Error> {
     let origin = now_ns();
-    println!(
+    out!(
         "demo pid {}: spawning {UNITS_PER_KIND} threads, then {UNITS_PER_KIND} processes; each sleeps {WORK:?}\n",
         pid()
     );
@@ -61,7 +61,7 @@ pub fn run() -> Result<(), tandem::Error> {
     }
     events.sort_by_key(|e| e.0);
     for (at, what, label, r) in &events {
-        println!("{:>8.1} ms  {what}  {label:<10}  pid {:<7} tid {}", ms(origin, *at), r.pid, r.tid);
+        out!("{:>8.1} ms  {what}  {label:<10}  pid {:<7} tid {}", ms(origin, *at), r.pid, r.tid);
     }
 
     let order = |pick: fn(&Report) -> u64| {
@@ -69,22 +69,22 @@ pub fn run() -> Result<(), tandem::Error> {
         by_time.sort_by_key(|(_, r)| pick(r));
         by_time.iter().map(|(l, _)| l.replace("thread ", "T").replace("process ", "P")).collect::<Vec<_>>()
     };
-    println!("\nall {} units were spawned {:.1} ms after the start", reports.len(), ms(origin, all_spawned));
-    println!("started  in order: {}", order(|r| r.started_ns).join(" "));
-    println!("finished in order: {}", order(|r| r.finished_ns).join(" "));
+    out!("\nall {} units were spawned {:.1} ms after the start", reports.len(), ms(origin, all_spawned));
+    out!("started  in order: {}", order(|r| r.started_ns).join(" "));
+    out!("finished in order: {}", order(|r| r.finished_ns).join(" "));
     let last_start = reports.iter().map(|(_, r)| r.started_ns).max().unwrap_or(0);
     let first_finish = reports.iter().map(|(_, r)| r.finished_ns).min().unwrap_or(0);
     if last_start < first_finish {
-        println!(
+        out!(
             "all {} units were running at once: the last one started {:.1} ms before the first one finished",
             reports.len(),
             ms(last_start, first_finish)
         );
     } else {
-        println!("not all units overlapped: one finished before the last one started (a very busy machine?)");
+        out!("not all units overlapped: one finished before the last one started (a very busy machine?)");
     }
     let one_after_another = WORK.as_secs_f64() * reports.len() as f64;
-    println!(
+    out!(
         "total elapsed: {:.3} s for {} units of {:.0} s each ({one_after_another:.0} s if run one after another)",
         elapsed as f64 / 1e9,
         reports.len(),
