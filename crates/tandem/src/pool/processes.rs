@@ -65,7 +65,9 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
 
 fn drive(shared: &Arc<Shared>, slot: usize) {
     let wake = shared.wakes[slot].clone();
-    let mut live: Option<Live> = None;
+    // Start the worker now, as Python's pools do, so the first task does not
+    // pay for it; if that fails, the first task tries again and reports it.
+    let mut live: Option<Live> = start_worker(shared, slot).ok();
     while let Some(mut job) = shared.next_job(slot, None) {
         // A worker killed while idle is replaced before it can fail a task.
         if live.as_ref().is_some_and(|l| l.child.has_exited()) {

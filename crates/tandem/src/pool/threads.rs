@@ -34,18 +34,17 @@ fn spawn_worker(
     generation: u64,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     let pool = shared.clone();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name(format!("tandem-pool-{slot}"))
         .spawn(move || work(&pool, slot, generation))
-        .map_err(|e| Error::os("starting a pool thread", e))
+        .map_err(|e| Error::os("starting a pool thread", e))?;
+    // Named at once, so stats never show a slot without its thread.
+    shared.slot(slot).unit = Some(UnitId::Thread(handle.thread().id()));
+    Ok(handle)
 }
 
 fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
-    {
-        let mut stats = shared.slot(slot);
-        stats.unit = Some(UnitId::Thread(std::thread::current().id()));
-        stats.tid = Some(rustix::thread::gettid().as_raw_nonzero().get());
-    }
+    shared.slot(slot).tid = Some(rustix::thread::gettid().as_raw_nonzero().get());
     let mut init_error = shared
         .config
         .initializer
