@@ -33,8 +33,8 @@ def run_lines(cmd):
 def us(v):
     if v is None:
         return "-"
-    if v >= 10_000:
-        return f"{v / 1000:.1f} ms"
+    if v >= 1000:
+        return f"{v / 1000:.2f} ms"
     return f"{v:.1f} us"
 
 

@@ -3,7 +3,7 @@
 //! beside Python's `concurrent.futures` and `multiprocessing` run the same way.
 //!
 //! ```text
-//! cargo run --release -p tandem --example pool_workloads [-- --quick]
+//! cargo run --release -p tandem --example pool_workloads [-- --quick] [--only round_trip|map|replace]
 //! ```
 //!
 //! 1. `round_trip`: submit one trivial task, wait for its result; the median
@@ -105,7 +105,8 @@ fn maps(items: u64, runs: usize) {
         let mut rates: Vec<f64> = (0..runs)
             .map(|_| {
                 let start = Instant::now();
-                let sum = pool.map(0..items, square).map(|r| r.expect("map item")).fold(0u64, u64::wrapping_add);
+                let sum =
+                    pool.map(0..items, square).map(|r| r.expect("map item")).fold(0u64, u64::wrapping_add);
                 let seconds = start.elapsed().as_secs_f64();
                 assert_eq!(sum, expected);
                 items as f64 / seconds
@@ -144,7 +145,10 @@ fn replacements(iterations: usize) {
             let started = next.join().expect("the task after a worker's death");
             let got = monotonic_ns();
             let died = death[0].load(Ordering::SeqCst);
-            assert!(died > 0 && started > died, "the crash task stamps its death before the next task starts");
+            assert!(
+                died > 0 && started > died,
+                "the crash task stamps its death before the next task starts"
+            );
             to_start.push(started - died);
             to_result.push(got - died);
         }
@@ -159,10 +163,20 @@ fn replacements(iterations: usize) {
 
 fn main() {
     tandem::init();
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only round_trip|map|replace`: one workload (for profiling).
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+    let wanted = |w: &str| only.is_none_or(|o| o == w);
     let (round_trip_n, map_items, map_runs, replace_n) =
         if quick { (500, 100_000, 1, 5) } else { (5_000, 1_000_000, 3, 40) };
-    round_trips(round_trip_n);
-    maps(map_items, map_runs);
-    replacements(replace_n);
+    if wanted("round_trip") {
+        round_trips(round_trip_n);
+    }
+    if wanted("map") {
+        maps(map_items, map_runs);
+    }
+    if wanted("replace") {
+        replacements(replace_n);
+    }
 }
