@@ -16,7 +16,8 @@
 //!    next task starting in the new worker, and to its result in the caller.
 //!
 //! Also the raw OS floor in the same run: a 1-byte pipe round trip between
-//! two processes (`tandem::floor::PipeEcho`).
+//! two processes (`tandem::floor::PipeEcho`), and for the replacement
+//! workload a bare fork + exit + wait and a posix_spawn of /bin/true + wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -122,6 +123,14 @@ fn maps(items: u64, runs: usize) {
 }
 
 fn replacements(iterations: usize) {
+    // For reference: the OS floor of starting a process at all.
+    let forks = (0..iterations).map(|_| tandem::floor::fork_wait().expect("fork").as_nanos() as u64).collect();
+    print_latency("floor", "fork + _exit + wait", "replace", forks);
+    let spawns = (0..iterations)
+        .map(|_| tandem::floor::spawn_true_wait().expect("spawning /bin/true").as_nanos() as u64)
+        .collect();
+    print_latency("floor", "posix_spawn /bin/true + wait", "replace", spawns);
+
     let death = SharedSlice::<AtomicU64>::new(1).expect("a shared slot for the death stamp");
     for (name, mode, method) in variants() {
         if mode == Mode::Thread {
