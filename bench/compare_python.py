@@ -82,7 +82,7 @@ def report(records):
     floor = pick("round_trip", "floor")
     if floor:
         f = floor[0]["median_us"]
-        out.append("\nMultiples of the OS floor (pipe round trip, "
+        out.append("\nMultiples of the OS floor (" + floor[0]["variant"] + ", "
                    f"{us(f)} in this run): "
                    + ", ".join(f"{name(r)} {ratio(r['median_us'] / f)}" for r in tandem + python))
 

@@ -64,7 +64,18 @@ fn print_latency(implementation: &str, variant: &str, workload: &str, samples: V
     );
 }
 
-fn round_trips(iterations: usize) {
+/// Median pipe round trip between two processes. The kernel decides where
+/// the echo child runs: on the same CPU a round trip is a few microseconds,
+/// across CPUs of this VM tens (an idle vCPU must be woken), so the floor is
+/// measured both as placed and with both ends pinned to one CPU.
+fn pipe_floor(iterations: usize, pinned: bool) {
+    let saved = rustix::thread::sched_getaffinity(None).expect("reading this thread's CPU affinity");
+    if pinned {
+        let mut one = rustix::thread::CpuSet::new();
+        one.set((0..rustix::thread::CpuSet::MAX_CPU).find(|&c| saved.is_set(c)).unwrap_or(0));
+        // The forked echo child inherits the mask.
+        rustix::thread::sched_setaffinity(None, &one).expect("pinning to one CPU");
+    }
     let mut echo = tandem::floor::PipeEcho::start().expect("starting the pipe echo child");
     for _ in 0..iterations / 10 {
         echo.round_trip().expect("pipe round trip");
@@ -77,7 +88,14 @@ fn round_trips(iterations: usize) {
         })
         .collect();
     drop(echo);
-    print_latency("floor", "pipe 1 byte, 2 processes", "round_trip", samples);
+    rustix::thread::sched_setaffinity(None, &saved).expect("restoring this thread's CPU affinity");
+    let variant = if pinned { "pipe 1 byte, 2 processes, one CPU" } else { "pipe 1 byte, 2 processes" };
+    print_latency("floor", variant, "round_trip", samples);
+}
+
+fn round_trips(iterations: usize) {
+    pipe_floor(iterations, true);
+    pipe_floor(iterations, false);
 
     for (name, mode, method) in variants() {
         let pool = pool(mode, method, 2);
@@ -124,7 +142,8 @@ fn maps(items: u64, runs: usize) {
 
 fn replacements(iterations: usize) {
     // For reference: the OS floor of starting a process at all.
-    let forks = (0..iterations).map(|_| tandem::floor::fork_wait().expect("fork").as_nanos() as u64).collect();
+    let forks =
+        (0..iterations).map(|_| tandem::floor::fork_wait().expect("fork").as_nanos() as u64).collect();
     print_latency("floor", "fork + _exit + wait", "replace", forks);
     let spawns = (0..iterations)
         .map(|_| tandem::floor::spawn_true_wait().expect("spawning /bin/true").as_nanos() as u64)
