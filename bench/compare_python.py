@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tandem beside Python's concurrent.futures and multiprocessing, in one run.
 
-    python3 bench/compare_python.py [--quick] [--json FILE]
+    python3 bench/compare_python.py [--quick] [--rounds N] [--json FILE]
 
 Builds and runs crates/tandem/examples/pool_workloads.rs (release), then
 bench/python_workloads.py (standard library only, fork start method), and
@@ -11,13 +11,15 @@ Python peer. --json FILE keeps the raw JSON lines of both sides.
 Ratios are always "how many times better tandem is": Python's time / tandem's
 time for latencies, tandem's tasks/s / Python's for throughput. Above 1 means
 tandem wins. Both sides run on the same machine one after the other; on a
-busy machine run it more than once and compare runs, not single numbers.
+busy machine use --rounds 3 (medians over rounds, the sides alternating) or
+run it more than once and compare runs, not single numbers.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -131,18 +133,43 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for numbers)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw JSON lines of both sides here")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="run both sides N times, alternating, and report medians over the rounds")
     args = ap.parse_args()
     extra = ["--quick"] if args.quick else []
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "tandem", "--example", "pool_workloads"],
                    cwd=ROOT, check=True)
-    records = run_lines(["cargo", "run", "--release", "-q", "-p", "tandem", "--example", "pool_workloads",
-                         "--"] + extra)
-    records += run_lines([sys.executable, os.path.join("bench", "python_workloads.py")] + extra)
+    rounds = []
+    for i in range(args.rounds):
+        records = run_lines(["cargo", "run", "--release", "-q", "-p", "tandem", "--example",
+                             "pool_workloads", "--"] + extra)
+        records += run_lines([sys.executable, os.path.join("bench", "python_workloads.py")] + extra)
+        for r in records:
+            r["round"] = i
+        rounds.append(records)
     if args.json:
         with open(args.json, "w") as f:
-            for r in records:
+            for r in (r for records in rounds for r in records):
                 f.write(json.dumps(r) + "\n")
-    print(report(records))
+    if args.rounds > 1:
+        print(f"Each number is the median over {args.rounds} rounds (tandem, then Python, per round).\n")
+    print(report(merge(rounds)))
+
+
+def merge(rounds):
+    """One record per measurement: each number the median over the rounds."""
+    merged = {}
+    for records in rounds:
+        for r in records:
+            merged.setdefault((r["impl"], r["variant"], r["workload"]), []).append(r)
+    out = []
+    for same in merged.values():
+        r = dict(same[0])
+        for k, v in r.items():
+            if isinstance(v, float) or (isinstance(v, int) and k.endswith("_s")):
+                r[k] = statistics.median(x[k] for x in same)
+        out.append(r)
+    return out
 
 
 if __name__ == "__main__":
