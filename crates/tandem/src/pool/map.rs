@@ -42,6 +42,29 @@ impl Sizer {
     }
 }
 
+/// The input side of a map: the items, cut into batches of the size the
+/// [`Sizer`] picks, until the iterator runs dry.
+struct Feeder<I> {
+    items: I,
+    sizer: Sizer,
+    exhausted: bool,
+}
+
+impl<I: Iterator> Feeder<I> {
+    fn new(items: I) -> Self {
+        Feeder { items, sizer: Sizer::new(), exhausted: false }
+    }
+
+    fn next_batch(&mut self) -> Option<Vec<I::Item>> {
+        if self.exhausted {
+            return None;
+        }
+        let batch: Vec<I::Item> = self.items.by_ref().take(self.sizer.next).collect();
+        self.exhausted = batch.is_empty();
+        (!self.exhausted).then_some(batch)
+    }
+}
+
 fn batch_results<R>(out: Result<BatchOut<R>, Error>, len: usize, sizer: &mut Sizer) -> Vec<Result<R, Error>> {
     match out {
         Ok((results, nanos)) => {
@@ -68,12 +91,10 @@ where
 /// The iterator of [`Pool::map`]: results in input order.
 pub struct Map<'p, I, A, R> {
     pool: &'p Pool,
-    items: I,
+    feeder: Feeder<I>,
     f: fn(A) -> R,
     in_flight: VecDeque<(usize, TaskHandle<BatchOut<R>>)>,
     ready: VecDeque<Result<R, Error>>,
-    sizer: Sizer,
-    exhausted: bool,
 }
 
 impl<'p, I, A, R> Map<'p, I, A, R>
@@ -83,25 +104,12 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     pub(crate) fn new(pool: &'p Pool, items: I, f: fn(A) -> R) -> Self {
-        Map {
-            pool,
-            items,
-            f,
-            in_flight: VecDeque::new(),
-            ready: VecDeque::new(),
-            sizer: Sizer::new(),
-            exhausted: false,
-        }
+        Map { pool, feeder: Feeder::new(items), f, in_flight: VecDeque::new(), ready: VecDeque::new() }
     }
 
     fn fill(&mut self) {
-        let limit = 2 * self.pool.workers();
-        while !self.exhausted && self.in_flight.len() < limit {
-            let batch: Vec<A> = self.items.by_ref().take(self.sizer.next).collect();
-            if batch.is_empty() {
-                self.exhausted = true;
-                break;
-            }
+        while self.in_flight.len() < 2 * self.pool.workers() {
+            let Some(batch) = self.feeder.next_batch() else { break };
             let len = batch.len();
             self.in_flight.push_back((len, submit_batch(self.pool, batch, self.f, None)));
         }
@@ -123,7 +131,7 @@ where
             }
             self.fill();
             let (len, handle) = self.in_flight.pop_front()?;
-            self.ready.extend(batch_results(handle.join(), len, &mut self.sizer));
+            self.ready.extend(batch_results(handle.join(), len, &mut self.feeder.sizer));
             self.fill();
         }
     }
@@ -133,7 +141,7 @@ where
 /// in the order batches finish.
 pub struct MapUnordered<'p, I, A, R> {
     pool: &'p Pool,
-    items: I,
+    feeder: Feeder<I>,
     f: fn(A) -> R,
     next_index: usize,
     next_key: u64,
@@ -141,8 +149,6 @@ pub struct MapUnordered<'p, I, A, R> {
     finished: Receiver<u64>,
     notify: std::sync::mpsc::Sender<u64>,
     ready: VecDeque<(usize, Result<R, Error>)>,
-    sizer: Sizer,
-    exhausted: bool,
 }
 
 impl<'p, I, A, R> MapUnordered<'p, I, A, R>
@@ -155,7 +161,7 @@ where
         let (notify, finished) = channel();
         MapUnordered {
             pool,
-            items,
+            feeder: Feeder::new(items),
             f,
             next_index: 0,
             next_key: 0,
@@ -163,19 +169,12 @@ where
             finished,
             notify,
             ready: VecDeque::new(),
-            sizer: Sizer::new(),
-            exhausted: false,
         }
     }
 
     fn fill(&mut self) {
-        let limit = 2 * self.pool.workers();
-        while !self.exhausted && self.in_flight.len() < limit {
-            let batch: Vec<A> = self.items.by_ref().take(self.sizer.next).collect();
-            if batch.is_empty() {
-                self.exhausted = true;
-                break;
-            }
+        while self.in_flight.len() < 2 * self.pool.workers() {
+            let Some(batch) = self.feeder.next_batch() else { break };
             let (start, len, key) = (self.next_index, batch.len(), self.next_key);
             self.next_index += len;
             self.next_key += 1;
@@ -204,7 +203,7 @@ where
             }
             let key = self.finished.recv().ok()?;
             let Some((start, len, handle)) = self.in_flight.remove(&key) else { continue };
-            let results = batch_results(handle.join(), len, &mut self.sizer);
+            let results = batch_results(handle.join(), len, &mut self.feeder.sizer);
             self.ready.extend(results.into_iter().enumerate().map(|(i, r)| (start + i, r)));
         }
     }

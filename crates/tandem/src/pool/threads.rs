@@ -97,9 +97,11 @@ fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
     }
 }
 
-/// Give `slot` a new thread of the next generation; the current one exits
-/// when it sees its generation is stale.
+/// Give `slot` a new thread of the next generation. The old thread exits
+/// when it sees its generation is stale; it is detached, not joined, since
+/// an abandoned one may still be running a task that never returns.
 fn replace(shared: &Arc<Shared>, state: &mut super::State, slot: usize) {
+    state.joinable.retain(|(s, _)| *s != slot);
     state.generations[slot] += 1;
     state.running[slot] = None;
     shared.slot(slot).restarts += 1;
@@ -107,10 +109,6 @@ fn replace(shared: &Arc<Shared>, state: &mut super::State, slot: usize) {
         Ok(handle) => state.joinable.push((slot, handle)),
         Err(e) => eprintln!("tandem pool: could not replace a worker thread: {e}"),
     }
-    // The old thread's handle stays in `joinable` only if it was never
-    // abandoned; an abandoned thread is detached, since it may run forever.
-    let current = std::thread::current().id();
-    state.joinable.retain(|(s, h)| *s != slot || h.thread().id() != current);
 }
 
 /// Abandon the thread running in `slot` (generation `generation`) after its
@@ -120,19 +118,7 @@ pub(crate) fn abandon(shared: &Arc<Shared>, slot: usize, generation: u64) {
     if state.generations[slot] != generation || state.terminating {
         return;
     }
-    // Detach the abandoned thread: it may never return.
-    let old: Vec<usize> =
-        state.joinable.iter().enumerate().filter(|(_, (s, _))| *s == slot).map(|(i, _)| i).collect();
-    for i in old.into_iter().rev() {
-        drop(state.joinable.swap_remove(i));
-    }
-    state.generations[slot] += 1;
-    state.running[slot] = None;
-    shared.slot(slot).restarts += 1;
-    match spawn_worker(shared, slot, state.generations[slot]) {
-        Ok(handle) => state.joinable.push((slot, handle)),
-        Err(e) => eprintln!("tandem pool: could not replace a worker thread: {e}"),
-    }
+    replace(shared, &mut state, slot);
 }
 
 /// Resolve tasks that run past the time limit, and abandon their threads.
