@@ -385,3 +385,28 @@ fn pool_workers_die_with_their_parent() {
         }
     }
 }
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn map_over_ten_million_items_keeps_memory_flat() {
+    for mode in MODES {
+        let pool = pool(mode, 2);
+        let before = peak_rss_kib();
+        let mut count = 0u64;
+        let mut sum = 0u64;
+        for r in pool.map(0..10_000_000u64, |x| x & 0xff) {
+            sum = sum.wrapping_add(r.unwrap());
+            count += 1;
+        }
+        assert_eq!(count, 10_000_000);
+        assert_eq!(sum, (0..10_000_000u64).map(|x| x & 0xff).sum::<u64>());
+        // Unbounded read-ahead would hold ~10 M results (hundreds of MiB).
+        let grown = peak_rss_kib().saturating_sub(before);
+        assert!(grown < 64 * 1024, "{mode:?}: peak memory grew by {grown} KiB over the map");
+    }
+}
