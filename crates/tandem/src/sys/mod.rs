@@ -14,9 +14,12 @@
 //! - [`fork`]: `fork(2)` where it is sound (a single-threaded fork-server
 //!   template, or a child that only makes raw syscalls and `_exit`s).
 //! - [`signal`]: the few process-wide signal settings a worker needs.
+//! - [`floor_raw`]: shared memory and forked children for the floor
+//!   measurements of `tandem compare` (not needed by tandem itself).
 
 pub mod bootstrap;
 pub mod code;
 pub mod crash;
+pub mod floor_raw;
 pub mod fork;
 pub mod signal;
