@@ -233,7 +233,7 @@ pub fn specs() -> Vec<RowSpec> {
         row(
             "bandwidth.shm",
             Bandwidth,
-            "shared memory (write, then peer reads)",
+            "shared memory (write; peer reads)",
             "GB/s",
             Higher,
             probe("1 MiB of shared words, reader thread", p::bw_shm_thread),

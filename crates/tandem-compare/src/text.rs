@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::stats::significant;
 use crate::{Cell, Report, Row, Section};
 
-const FACTOR: usize = 36;
+const FACTOR: usize = 40;
 const CELL: usize = 25;
 
 /// A cell as text: "12.3 us (11.8-14.1)", or why it is missing.
