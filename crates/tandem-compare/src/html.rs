@@ -92,11 +92,10 @@ fn bar_chart(rows: &[&Row], log: bool) -> String {
     let axis_y = height - 14.0;
     let _ = write!(
         out,
-        r##"<line x1="{LABEL}" x2="{}" y1="{axis_y}" y2="{axis_y}" stroke="#888"/><text x="{LABEL}" y="{}" font-size="10" fill="#555">{}{}</text>"##,
+        r##"<line x1="{LABEL}" x2="{}" y1="{axis_y}" y2="{axis_y}" stroke="#888"/><text x="{LABEL}" y="{}" font-size="10" fill="#555">{}bars: median; whiskers: p10-p90</text>"##,
         LABEL + PLOT,
         axis_y + 12.0,
         if log { "log scale, " } else { "" },
-        "bars: median; whiskers: p10-p90"
     );
     out.push_str("</svg>");
     out
@@ -246,7 +245,7 @@ th.section {{ background: #f3f3f3; }}
         let log = matches!(section, Section::Creation | Section::Latency | Section::Memory);
         let _ = write!(out, "<h2>{}</h2>\n{}\n", esc(section.title()), bar_chart(&rows, log));
     }
-    let _ = write!(out, "<h2>{}</h2>\n", esc(Section::Scaling.title()));
+    let _ = writeln!(out, "<h2>{}</h2>", esc(Section::Scaling.title()));
     for (workload, title) in [("cpu", "CPU-bound"), ("io", "I/O-bound (blocking sleep)")] {
         let curves: Vec<&Curve> = report.curves.iter().filter(|c| c.workload == workload).collect();
         let _ = write!(

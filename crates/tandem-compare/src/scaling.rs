@@ -29,6 +29,9 @@ fn burn(iters: u64) -> u64 {
     black_box(x)
 }
 
+/// A unit's share of the work: (size of one task, number of tasks).
+type Share = fn((u64, u64)) -> u64;
+
 /// One unit's share: `count` CPU tasks of `iters` rounds each.
 fn cpu_share((iters, count): (u64, u64)) -> u64 {
     (0..count).fold(0, |acc, _| acc ^ burn(iters))
@@ -58,7 +61,7 @@ enum Kind {
 }
 
 /// Wall time for `units` units sharing `tasks` tasks of `param` each.
-fn run_split(kind: Kind, units: usize, tasks: usize, param: u64, share: fn((u64, u64)) -> u64) -> Duration {
+fn run_split(kind: Kind, units: usize, tasks: usize, param: u64, share: Share) -> Duration {
     let builder = tandem::process::Builder::new().start_method(StartMethod::ForkServer);
     let start = Instant::now();
     let handles: Vec<_> = (0..units)
@@ -80,8 +83,7 @@ fn run_split(kind: Kind, units: usize, tasks: usize, param: u64, share: fn((u64,
 /// Speedup curves: CPU and I/O, threads and processes.
 pub fn curves(plan: &Plan, bar: &indicatif::ProgressBar) -> Vec<Curve> {
     let iters = calibrate(plan.task_ms);
-    let workloads: [(&str, u64, fn((u64, u64)) -> u64); 2] =
-        [("cpu", iters, cpu_share), ("io", plan.task_ms, io_share)];
+    let workloads: [(&str, u64, Share); 2] = [("cpu", iters, cpu_share), ("io", plan.task_ms, io_share)];
     let mut out = Vec::new();
     for (workload, param, share) in workloads {
         // Baseline: one thread, this one, doing every task in turn.
