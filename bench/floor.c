@@ -58,6 +58,32 @@ static double thread_create(void) {
     }
     return median(v);
 }
+/* What Rust's std::thread::spawn adds per thread: a 2 MiB stack and a
+ * guarded sigaltstack for its stack-overflow handler (seen with strace). */
+static void *nothing_like_std(void *a) {
+    size_t len = 16048;
+    char *alt = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    mprotect(alt, 4096, PROT_NONE);
+    stack_t ss = {.ss_sp = alt + 4096, .ss_size = len - 4096}, off = {.ss_flags = SS_DISABLE};
+    sigaltstack(&ss, NULL);
+    sigaltstack(&off, NULL);
+    munmap(alt, len);
+    return a;
+}
+static double thread_create_like_std(void) {
+    double v[SAMPLES];
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 2 << 20);
+    for (int i = -3; i < SAMPLES; i++) {
+        double t = now_us();
+        pthread_t th;
+        pthread_create(&th, &attr, nothing_like_std, NULL);
+        pthread_join(th, NULL);
+        if (i >= 0) v[i] = now_us() - t;
+    }
+    return median(v);
+}
 static double fork_wait(void) {
     double v[SAMPLES];
     for (int i = -3; i < SAMPLES; i++) {
@@ -231,6 +257,7 @@ static double pipe_bw(int process) {
 
 int main(void) {
     printf("thread create+join          %8.1f us\n", thread_create());
+    printf("thread create+join, std-like %7.1f us\n", thread_create_like_std());
     printf("fork+_exit+waitpid          %8.1f us\n", fork_wait());
     printf("posix_spawn /bin/true+wait  %8.1f us\n", spawn_true());
     printf("pipe RTT across, thread     %8.2f us\n", echo_rtt(0, 0, 1, 150));
