@@ -130,11 +130,12 @@ pub fn judge(r: &Report) -> Vec<Claim> {
             Some((
                 verdict,
                 format!(
-                    "between processes a round trip through shared memory takes {} with futex wake-ups and {} with a short spin, against {} over pipes ({} faster at best); bandwidth {} against {} ({}). Two threads talking over a pipe pay the same {}: the cost is the mechanism, not threads vs processes",
-                    show(shm),
+                    "between processes a round trip through shared memory takes {} when the waiting side polls briefly, against {} over a pipe ({} faster); with futex sleeps it takes {} ({} the pipe's time): waking a sleeping unit, not copying bytes, is the cost. Bandwidth {} against {} ({}). Two threads talking over a pipe pay the same {}: the cost is the mechanism, not threads vs processes",
                     show(spin),
                     show(pipe),
-                    x(faster),
+                    x(pipe.median / spin.median),
+                    show(shm),
+                    x(shm.median / pipe.median),
                     show(bw_shm),
                     show(bw_pipe),
                     x(bw_shm.median / bw_pipe.median),
