@@ -194,12 +194,13 @@ th.section {{ background: #f3f3f3; }}
 </style></head><body>
 <h1>tandem compare: threads vs processes</h1>
 <p><b>Machine:</b> {}<br><b>Run:</b> tandem {}, {} plan, {:.1} s. Figures are medians of repeated runs after a warm-up; whiskers and ranges are p10-p90.
-<span class="t">&#9632; thread</span> <span class="p">&#9632; process</span></p>
+<span class="t">&#9632; thread</span> <span class="p">&#9632; process</span>{}</p>
 "#,
         esc(&report.machine.describe()),
         esc(&report.version),
         esc(&report.plan.name),
-        report.elapsed_s
+        report.elapsed_s,
+        report.machine.busy_warning().map_or(String::new(), |w| format!("<br><b>{}</b>", esc(&w)))
     );
     out.push_str("<h2>The table</h2><table><tr><th>Factor</th><th>Thread</th><th>Process</th><th>ratio (process / thread)</th></tr>");
     for section in Section::ALL {

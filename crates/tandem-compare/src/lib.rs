@@ -269,6 +269,8 @@ impl Report {
 /// Measure everything in `plan`; show a progress bar on stderr if asked.
 pub fn run(plan: &Plan, progress: bool) -> Report {
     let started = Instant::now();
+    // Before the run, so the load is others' work, not ours.
+    let machine = Machine::detect();
     let specs = rows::specs();
     let cells: u64 = specs.iter().map(|s| s.thread.is_some() as u64 + s.process.is_some() as u64).sum();
     let bar = if progress {
@@ -308,7 +310,7 @@ pub fn run(plan: &Plan, progress: bool) -> Report {
     bar.finish_and_clear();
     let mut report = Report {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        machine: Machine::detect(),
+        machine,
         plan: plan.clone(),
         rows: measured,
         curves,

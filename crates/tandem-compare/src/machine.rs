@@ -19,6 +19,9 @@ pub struct Machine {
     pub product: Option<String>,
     /// `systemd-detect-virt` output, if the tool exists.
     pub virt: Option<String>,
+    /// One-minute load average when the run started: other work running
+    /// during the run makes every figure noisier.
+    pub load_average: f64,
 }
 
 impl Machine {
@@ -50,7 +53,21 @@ impl Machine {
             hypervisor_flag,
             product: read_trimmed("/sys/class/dmi/id/product_name"),
             virt,
+            load_average: read_trimmed("/proc/loadavg")
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0),
         }
+    }
+
+    /// A warning when other work kept the CPUs busy (load above a third of
+    /// the cores), else None.
+    pub fn busy_warning(&self) -> Option<String> {
+        (self.load_average > self.cores as f64 / 3.0).then(|| {
+            format!(
+                "warning: the machine was busy (load average {:.2} on {} cores): other programs compete for the CPUs, so figures are noisier, CPU scaling most of all",
+                self.load_average, self.cores
+            )
+        })
     }
 
     /// One line: "Intel Xeon ..., 2 cores, Linux 6.1, 24 GiB, virtual machine (kvm, Standard PC)".

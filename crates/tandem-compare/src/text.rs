@@ -46,6 +46,9 @@ pub fn render(report: &Report) -> String {
         report.version, report.plan.name, report.elapsed_s
     );
     let _ = writeln!(out, "machine: {}", report.machine.describe());
+    if let Some(w) = report.machine.busy_warning() {
+        let _ = writeln!(out, "{w}");
+    }
     let _ = writeln!(
         out,
         "figures: median (p10-p90) of repeated runs after a warm-up; ratio = process / thread\n"
