@@ -2,7 +2,7 @@
  * to validate them (see BENCHMARKS.md).
  *   gcc -O2 -pthread -o /tmp/floor bench/floor.c && /tmp/floor
  * Each figure: median of 21 samples; a sample averages a batch of operations.
- * Placement as in tandem compare: "across" = measuring side on CPU 0, peer on
+ * Placement as in tandem compare: creation with the creator on CPU 0; "across" = measuring side on CPU 0, peer on
  * CPU 1; "same CPU" = both on CPU 0 (a round trip is two context switches). */
 #define _GNU_SOURCE
 #include <linux/futex.h>
@@ -256,6 +256,7 @@ static double pipe_bw(int process) {
 }
 
 int main(void) {
+    pin(0); /* creation measured with the creator on CPU 0, as tandem compare does */
     printf("thread create+join          %8.1f us\n", thread_create());
     printf("thread create+join, std-like %7.1f us\n", thread_create_like_std());
     printf("fork+_exit+waitpid          %8.1f us\n", fork_wait());

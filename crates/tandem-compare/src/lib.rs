@@ -162,7 +162,7 @@ impl Section {
     /// Heading used in the reports.
     pub fn title(self) -> &'static str {
         match self {
-            Section::Creation => "Creation (spawn + join of a trivial unit)",
+            Section::Creation => "Creation (spawn + join of a trivial unit; the creator on CPU 0)",
             Section::Memory => "Memory per idle unit",
             Section::Latency => "Communication latency (round trip; the two units on different CPUs)",
             Section::Bandwidth => "Communication bandwidth (the two units on different CPUs)",

@@ -45,27 +45,42 @@ fn batch_us<E>(batch: usize, mut op: impl FnMut() -> Result<(), E>) -> Result<f6
 
 // ---------------------------------------------------------------- creation
 
+/// Creation is measured with the creating thread on CPU 0: where the
+/// scheduler puts a new unit otherwise decides whether its start pays an
+/// idle CPU's wake-up (tens of microseconds in a VM), which would swamp
+/// the cost of creating it.
+fn on_cpu0(plan: &Plan, probe: fn(&Plan) -> Samples) -> Samples {
+    let plan = plan.clone();
+    placed(Place::SameCpu, move |_| probe(&plan))
+}
+
 pub fn create_std_thread(plan: &Plan) -> Samples {
-    sample(plan.warmup, plan.samples, "thread spawn", || {
-        Ok::<_, io::Error>(micros(floor::thread_spawn_join()))
+    on_cpu0(plan, |plan| {
+        sample(plan.warmup, plan.samples, "thread spawn", || {
+            Ok::<_, io::Error>(micros(floor::thread_spawn_join()))
+        })
     })
 }
 
 pub fn create_fork(plan: &Plan) -> Samples {
-    sample(plan.warmup, plan.samples, "fork", || floor::fork_wait().map(micros))
+    on_cpu0(plan, |plan| sample(plan.warmup, plan.samples, "fork", || floor::fork_wait().map(micros)))
 }
 
 pub fn create_posix_spawn(plan: &Plan) -> Samples {
-    sample(plan.warmup, plan.samples, "posix_spawn /bin/true", || floor::spawn_true_wait().map(micros))
+    on_cpu0(plan, |plan| {
+        sample(plan.warmup, plan.samples, "posix_spawn /bin/true", || floor::spawn_true_wait().map(micros))
+    })
 }
 
 fn nothing(_: ()) {}
 
 pub fn create_tandem_thread(plan: &Plan) -> Samples {
-    sample(plan.warmup, plan.samples, "tandem::thread::spawn", || {
-        let start = Instant::now();
-        tandem::thread::spawn((), nothing)?.join()?;
-        Ok::<_, Error>(micros(start.elapsed()))
+    on_cpu0(plan, |plan| {
+        sample(plan.warmup, plan.samples, "tandem::thread::spawn", || {
+            let start = Instant::now();
+            tandem::thread::spawn((), nothing)?.join()?;
+            Ok::<_, Error>(micros(start.elapsed()))
+        })
     })
 }
 
@@ -79,11 +94,11 @@ fn create_tandem_process(plan: &Plan, method: StartMethod) -> Samples {
 }
 
 pub fn create_tandem_spawn(plan: &Plan) -> Samples {
-    create_tandem_process(plan, StartMethod::Spawn)
+    on_cpu0(plan, |plan| create_tandem_process(plan, StartMethod::Spawn))
 }
 
 pub fn create_tandem_forkserver(plan: &Plan) -> Samples {
-    create_tandem_process(plan, StartMethod::ForkServer)
+    on_cpu0(plan, |plan| create_tandem_process(plan, StartMethod::ForkServer))
 }
 
 // ------------------------------------------------------------------ memory
