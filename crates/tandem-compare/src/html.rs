@@ -35,7 +35,7 @@ impl Scale {
     }
 }
 
-fn bar(out: &mut String, scale: &Scale, y: f64, f: &Figure, color: &str, label: &str) {
+fn bar(out: &mut String, scale: &Scale, y: f64, f: &Figure, color: &str, label: &str, value: &str) {
     let x1 = scale.x(f.median);
     let _ = write!(
         out,
@@ -56,12 +56,12 @@ fn bar(out: &mut String, scale: &Scale, y: f64, f: &Figure, color: &str, label: 
         r#"<text x="{:.1}" y="{}" font-size="11">{}</text>"#,
         scale.x(f.p90.max(f.median)) + 4.0,
         y + 11.0,
-        esc(&f.show())
+        esc(value)
     );
 }
 
 /// Grouped horizontal bars: thread and process for each row.
-fn bar_chart(rows: &[&Row], log: bool) -> String {
+fn bar_chart(report: &Report, rows: &[&Row], log: bool) -> String {
     let figures: Vec<&Figure> = rows
         .iter()
         .flat_map(|r| [&r.thread, &r.process].into_iter().flatten().filter_map(|c| c.figure.as_ref()))
@@ -85,7 +85,11 @@ fn bar_chart(rows: &[&Row], log: bool) -> String {
         {
             if let Some(f) = cell.as_ref().and_then(|c| c.figure.as_ref()) {
                 let how = cell.as_ref().map_or("", |c| c.how.as_str());
-                bar(&mut out, &scale, y + 15.0 * k as f64, f, color, how);
+                let value = match row.section {
+                    Section::Crash => format!("{:.0} of {} alive", f.median, report.plan.crash_units),
+                    _ => f.show(),
+                };
+                bar(&mut out, &scale, y + 15.0 * k as f64, f, color, how, &value);
             }
         }
     }
@@ -244,14 +248,15 @@ th.section {{ background: #f3f3f3; }}
             continue;
         }
         let log = matches!(section, Section::Creation | Section::Latency | Section::Memory);
-        let _ = write!(out, "<h2>{}</h2>\n{}\n", esc(section.title()), bar_chart(&rows, log));
+        let _ = write!(out, "<h2>{}</h2>\n{}\n", esc(section.title()), bar_chart(report, &rows, log));
     }
     let _ = writeln!(out, "<h2>{}</h2>", esc(Section::Scaling.title()));
     for (workload, title) in [("cpu", "CPU-bound"), ("io", "I/O-bound (blocking sleep)")] {
         let curves: Vec<&Curve> = report.curves.iter().filter(|c| c.workload == workload).collect();
         let _ = write!(
             out,
-            r#"<figure style="display:inline-block;margin:0 8px"><figcaption>{title}</figcaption>{}</figure>"#,
+            r#"<figure style="display:inline-block;margin:0 8px"><figcaption>{title}: <span class="t">threads</span>, <span class="p">processes</span>{}</figcaption>{}</figure>"#,
+            if workload == "cpu" { ", dashed: ideal (one unit per core)" } else { "" },
             line_chart(&curves, report.machine.cores)
         );
     }
