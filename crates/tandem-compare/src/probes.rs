@@ -620,7 +620,7 @@ fn panic_now(_: ()) -> bool {
 }
 
 /// How long the other units run: far longer than a failing unit takes.
-const SURVIVOR_MS: u64 = 200;
+const SURVIVOR_MS: u64 = 300;
 
 fn survive(ms: u64) -> bool {
     std::thread::sleep(Duration::from_millis(ms));
