@@ -283,6 +283,7 @@ pub fn run(plan: &Plan, progress: bool) -> Report {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    probes::start_fork_server_unpinned();
     let mut measured = Vec::with_capacity(specs.len());
     for spec in &specs {
         let side = |probe: &Option<rows::Probe>, who: &str| {

@@ -93,6 +93,17 @@ fn create_tandem_process(plan: &Plan, method: StartMethod) -> Samples {
     })
 }
 
+/// Start tandem's fork server from this (unpinned) thread. The template
+/// process inherits the CPU affinity of the thread that first needs it, and
+/// every unit it forks inherits it in turn: started from a probe pinned to
+/// CPU 0, it would confine every later process unit to that CPU.
+pub fn start_fork_server_unpinned() {
+    let _ = tandem::process::Builder::new()
+        .start_method(StartMethod::ForkServer)
+        .spawn((), nothing)
+        .map(|h| h.join());
+}
+
 pub fn create_tandem_spawn(plan: &Plan) -> Samples {
     on_cpu0(plan, |plan| create_tandem_process(plan, StartMethod::Spawn))
 }

@@ -173,3 +173,21 @@ fn html_page_renders_in_a_browser_without_errors() {
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "not a real screenshot");
 }
+
+fn cpus_allowed(_: ()) -> usize {
+    rustix::thread::sched_getaffinity(None).unwrap().count() as usize
+}
+
+#[test]
+fn pinned_probes_do_not_pin_later_process_units() {
+    let _ = report(); // runs the pinned probes, and starts the fork server
+    let here = cpus_allowed(());
+    let unit = tandem::process::Builder::new()
+        .start_method(tandem::StartMethod::ForkServer)
+        .spawn((), cpus_allowed)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(unit, here, "a fork-server unit inherited a probe's CPU pinning");
+    assert_eq!(tandem::thread::spawn((), cpus_allowed).unwrap().join().unwrap(), here);
+}
