@@ -169,6 +169,17 @@ pub fn judge(r: &Report) -> Vec<Claim> {
         (|| {
             let t = fig(r, "scaling.cpu", false)?;
             let p = fig(r, "scaling.cpu", true)?;
+            let cores = r.machine.cores as f64;
+            if cores >= 2.0 && t.median.max(p.median) < 1.0 + 0.3 * (cores - 1.0) {
+                return Some((
+                    Verdict::Unmeasured,
+                    format!(
+                        "neither scaled (threads {}, processes {} with one unit per core): other programs held the CPUs during the run; run again on a quiet machine",
+                        show(t),
+                        show(p)
+                    ),
+                ));
+            }
             let verdict = if t.median >= 0.85 * p.median { Verdict::PythonOnly } else { Verdict::Holds };
             Some((
                 verdict,

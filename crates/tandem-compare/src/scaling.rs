@@ -96,18 +96,27 @@ pub fn curves(plan: &Plan, bar: &indicatif::ProgressBar) -> Vec<Curve> {
             .collect();
         base.sort_by(f64::total_cmp);
         let baseline = base[base.len() / 2];
-        for (kind, unit) in [(Kind::Thread, "thread"), (Kind::Process, "process")] {
-            bar.set_message(format!("workload fit: {workload}-bound, {unit}s"));
-            run_split(kind, 1, 1, param, share); // warm-up (fork server start)
-            let points = (1..=max_units())
-                .map(|units| {
-                    let samples: Vec<f64> = (0..plan.few_samples)
-                        .map(|_| {
-                            baseline / run_split(kind, units, plan.scaling_tasks, param, share).as_secs_f64()
-                        })
-                        .collect();
-                    bar.inc(1);
-                    Point { units, speedup: Figure::from_samples("x", &samples).expect("finite speedups") }
+        run_split(Kind::Process, 1, 1, param, share); // warm-up (fork server start)
+        // Thread and process samples alternate, so a burst of other work on
+        // the machine hits both sides alike.
+        let mut samples = [vec![Vec::new(); max_units()], vec![Vec::new(); max_units()]];
+        for units in 1..=max_units() {
+            bar.set_message(format!("workload fit: {workload}-bound, {units} units"));
+            for _ in 0..plan.few_samples {
+                for (side, kind) in [Kind::Thread, Kind::Process].into_iter().enumerate() {
+                    let t = run_split(kind, units, plan.scaling_tasks, param, share).as_secs_f64();
+                    samples[side][units - 1].push(baseline / t);
+                }
+            }
+            bar.inc(2);
+        }
+        for (side, unit) in ["thread", "process"].into_iter().enumerate() {
+            let points = samples[side]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Point {
+                    units: i + 1,
+                    speedup: Figure::from_samples("x", s).expect("finite speedups"),
                 })
                 .collect();
             out.push(Curve { workload: workload.to_string(), unit: unit.to_string(), points });
