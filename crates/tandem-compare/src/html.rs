@@ -277,7 +277,6 @@ document.body.setAttribute("data-rendered", document.querySelectorAll("svg").len
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::significant;
 
     #[test]
     fn escapes_markup() {
@@ -290,10 +289,5 @@ mod tests {
         assert_eq!(s.x(1.0), LABEL);
         assert!((s.x(1000.0) - (LABEL + PLOT)).abs() < 1e-9);
         assert!(s.x(10.0) < s.x(100.0));
-    }
-
-    #[test]
-    fn significant_is_used_for_labels() {
-        assert_eq!(significant(0.5), "0.500");
     }
 }

@@ -102,7 +102,6 @@ fn text_report_names_machine_rows_and_claims() {
     for c in &r.claims {
         assert!(text.contains(&c.claim) && text.contains(c.verdict.label()));
     }
-    assert!(text.contains("PYTHON ONLY") || text.contains("threads reach"), "CPU-bound claim judged");
 }
 
 /// Chromium as CI installs it (scripts/setup.sh).
