@@ -1,5 +1,7 @@
 //! The `tandem` command: a thin shell over the library and its reports.
 
+mod demo;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -53,7 +55,11 @@ fn main() {
             }
         }
         Command::Demo { name } => {
-            println!("tandem demo {}: not built yet", name.unwrap_or_default());
+            let code = demo::main(name.as_deref());
+            if code != 0 {
+                std::io::Write::flush(&mut std::io::stdout()).ok();
+                std::process::exit(code);
+            }
         }
     }
 }

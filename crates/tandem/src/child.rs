@@ -85,6 +85,18 @@ impl ChildProcess {
         self.status.is_some() || poll_ready(self.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
     }
 
+    /// Let go of a worker that delivered its result and is exiting: reap our
+    /// own child; a fork-server worker is reaped by its template, so only
+    /// tell the book its status is not wanted (saves three wake-ups).
+    pub(crate) fn release(mut self) -> io::Result<()> {
+        if let Some(Process { origin: Origin::ForkServer(book), pid, .. }) = &self.inner {
+            book.forget(pid.as_raw_nonzero().get() as u32);
+            self.status = Some(ExitStatus { signal: None, code: None });
+            return Ok(());
+        }
+        self.wait().map(drop)
+    }
+
     /// Block until it exits, reap it, and say how it ended.
     pub(crate) fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {

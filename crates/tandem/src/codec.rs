@@ -32,7 +32,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error>
     let outer = OUTGOING.with(|slot| slot.replace(Some(Vec::new())));
     let bytes = postcard::to_stdvec(value);
     let fds = OUTGOING.with(|slot| slot.replace(outer)).unwrap_or_default();
-    let bytes = bytes.map_err(|e| Error::codec("serializing", e))?;
+    let bytes = bytes.map_err(|e| match e {
+        // postcard drops the custom message; say at least whose error it is.
+        postcard::Error::SerdeSerCustom => {
+            Error::Codec("serializing: the value's Serialize implementation returned an error".into())
+        }
+        e => Error::codec("serializing", e),
+    })?;
     if fds.len() > crate::wire::MAX_FDS {
         return Err(Error::Codec(format!(
             "the value holds {} shareable objects; one message can carry at most {}",
@@ -85,6 +91,24 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Resu
             .and_then(Option::take)
             .ok_or_else(|| D::Error::custom(format!("descriptor {index} is missing from the message")))
     })
+}
+
+/// A descriptor to write into a message (see [`serialize_fd`]).
+pub(crate) struct SendFd<'a>(pub BorrowedFd<'a>);
+
+impl Serialize for SendFd<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, serializer)
+    }
+}
+
+/// A descriptor read from a message (see [`deserialize_fd`]).
+pub(crate) struct RecvFd(pub OwnedFd);
+
+impl<'de> Deserialize<'de> for RecvFd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RecvFd, D::Error> {
+        deserialize_fd(deserializer).map(RecvFd)
+    }
 }
 
 /// Borrow the descriptors of an encoded value for sending.

@@ -48,6 +48,18 @@ pub enum Error {
     Unsupported(&'static str),
     /// An OS call failed.
     Io(io::Error),
+    /// A message or queue item is bigger than the limit set for it; refused
+    /// on the sending side, before anything was sent.
+    TooLarge {
+        /// Its size in bytes, serialized.
+        size: u64,
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// A shared object can no longer work because a unit using it died
+    /// (a barrier party was killed before arriving, a channel sender was
+    /// killed in the middle of a message).
+    Broken(String),
 }
 
 impl Error {
@@ -57,7 +69,6 @@ impl Error {
     }
 
     /// The same error, naming the task it happened to.
-    #[allow(dead_code)] // used by the pool
     pub(crate) fn in_task(mut self, id: u64) -> Error {
         if let Error::WorkerDied { task, .. } = &mut self {
             *task = Some(id);
@@ -82,6 +93,37 @@ impl Error {
 
     pub(crate) fn codec(what: &str, err: impl fmt::Display) -> Error {
         Error::Codec(format!("{what}: {err}"))
+    }
+
+    /// A copy of this error, for reporting one failure to several waiters
+    /// (every item of a failed map batch).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Panicked { message } => Error::Panicked { message: message.clone() },
+            Error::WorkerDied { signal, code, pid, task, memory_limit } => Error::WorkerDied {
+                signal: *signal,
+                code: *code,
+                pid: *pid,
+                task: *task,
+                memory_limit: *memory_limit,
+            },
+            Error::TimedOut => Error::TimedOut,
+            Error::Cancelled => Error::Cancelled,
+            Error::Codec(m) => Error::Codec(m.clone()),
+            Error::Closed => Error::Closed,
+            Error::Unsupported(w) => Error::Unsupported(w),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::TooLarge { size, max } => Error::TooLarge { size: *size, max: *max },
+            Error::Broken(m) => Error::Broken(m.clone()),
+        }
+    }
+
+    /// The bare detail of a `Codec` error, for wrapping in another message.
+    pub(crate) fn codec_detail(self) -> String {
+        match self {
+            Error::Codec(detail) => detail,
+            other => other.to_string(),
+        }
     }
 }
 
@@ -156,6 +198,11 @@ impl fmt::Display for Error {
             Error::Closed => write!(f, "the pool is shut down: submit to a pool that is still running"),
             Error::Unsupported(what) => write!(f, "not supported: {what}"),
             Error::Io(err) => write!(f, "an OS call failed: {err}"),
+            Error::TooLarge { size, max } => write!(
+                f,
+                "a message of {size} bytes is over the limit of {max} bytes and was not sent: raise the limit where the channel or queue is made, or send less per message"
+            ),
+            Error::Broken(what) => write!(f, "{what}"),
         }
     }
 }

@@ -81,8 +81,8 @@ impl PipeEcho {
 
 impl Drop for PipeEcho {
     fn drop(&mut self) {
-        // The child holds its own copy of the write end (fork copies every
-        // descriptor), so closing ours never reaches EOF there: kill it.
+        // The forked child inherited this side's write end too, so closing
+        // ours never gives it end of file: stop it outright.
         self.to_child = None;
         let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
         let _ = reap(self.pid);

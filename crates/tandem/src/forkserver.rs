@@ -7,7 +7,7 @@
 //! them and reports each exit status on a second socket; a thread in the
 //! parent files those reports in a [`StatusBook`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -31,6 +31,8 @@ pub(crate) struct StatusBook {
 #[derive(Default)]
 struct BookState {
     exits: HashMap<u32, ExitStatus>,
+    /// Workers whose status nobody will ask for: dropped when filed.
+    unwanted: HashSet<u32>,
     template_gone: bool,
 }
 
@@ -50,9 +52,22 @@ impl StatusBook {
         }
     }
 
+    /// Nobody will `take` the status of `pid`: drop it now or when it comes.
+    /// The template reports statuses in the order its workers exit, so a
+    /// recycled pid's new status always comes after the old one.
+    pub(crate) fn forget(&self, pid: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.exits.remove(&pid).is_none() && !state.template_gone {
+            state.unwanted.insert(pid);
+        }
+    }
+
     fn file(&self, pid: u32, status: ExitStatus) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).exits.insert(pid, status);
-        self.filed.notify_all();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.unwanted.remove(&pid) {
+            state.exits.insert(pid, status);
+            self.filed.notify_all();
+        }
     }
 
     fn close(&self) {
@@ -190,6 +205,8 @@ pub(crate) fn template(link: ParentLink, first: Frame) -> i32 {
     let Some(status_sock) = first.fds.into_iter().next() else {
         return 71;
     };
+    // Parse our code ranges once, here, instead of in every forked worker.
+    crate::sys::code::warm();
     let mut children: Vec<(u32, OwnedFd)> = Vec::new();
     loop {
         let (control_ready, exited) = {

@@ -31,8 +31,12 @@ mod codec;
 mod error;
 pub mod floor;
 mod forkserver;
+pub mod ipc;
 mod launch;
+mod pool;
 mod reaper;
+pub mod shm;
+pub mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod task;
@@ -41,6 +45,7 @@ mod wire;
 mod worker;
 
 pub use error::{Error, signal_name};
+pub use pool::{Map, MapUnordered, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats};
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
 
 /// Make this process ready for tandem: call it first thing in `main`.

@@ -42,13 +42,13 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     };
     let arg: A = match codec::decode(&inv.payload[inv.arg_at..], inv.fds) {
         Ok(arg) => arg,
-        Err(e) => return Outcome::Codec(format!("the argument: {e}")),
+        Err(e) => return Outcome::Codec(format!("the argument: {}", e.codec_detail())),
     };
     drop(inv.payload);
     match catch_unwind(AssertUnwindSafe(|| f(arg))) {
         Ok(result) => match codec::encode(&result) {
             Ok(encoded) => Outcome::Value(encoded),
-            Err(e) => Outcome::Codec(format!("the result: {e}")),
+            Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
         },
         Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
     }
@@ -109,7 +109,6 @@ pub(crate) fn done_parts(id: u64, outcome: &Outcome) -> ([u8; 9], &[u8]) {
 }
 
 /// The task id a Done frame answers.
-#[allow(dead_code)] // used by the pool
 pub(crate) fn done_id(frame: &Frame) -> Option<u64> {
     Some(u64::from_le_bytes(frame.payload.get(..8)?.try_into().ok()?))
 }
@@ -125,5 +124,59 @@ pub(crate) fn decode_done<R: DeserializeOwned>(frame: Frame) -> Result<R, Error>
         STATUS_PANICKED => Err(Error::Panicked { message: String::from_utf8_lossy(body).into_owned() }),
         STATUS_CODEC => Err(Error::Codec(String::from_utf8_lossy(body).into_owned())),
         other => Err(Error::Codec(format!("the worker sent an unknown result status {other}"))),
+    }
+}
+
+/// What a batch of map items returns: each item's result (a panic as its
+/// message) and the nanoseconds the batch took inside its unit, from which
+/// `map` sizes the next batches.
+pub(crate) type BatchOut<R> = (Vec<Result<R, String>>, u64);
+
+/// Run `f` over every item here, catching each panic on its own.
+pub(crate) fn run_batch<A, R>(f: fn(A) -> R, items: Vec<A>) -> Result<BatchOut<R>, Error> {
+    let start = std::time::Instant::now();
+    let out = items
+        .into_iter()
+        .map(|item| catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|p| panic_message(p.as_ref())))
+        .collect();
+    Ok((out, start.elapsed().as_nanos() as u64))
+}
+
+/// The worker-side entry of a batch: decode `Vec<A>`, run, encode `BatchOut<R>`.
+pub(crate) fn batch_trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
+    inv: Invocation,
+) -> Outcome {
+    let Some(f) = code::resolve::<fn(A) -> R>(&inv.trusted, inv.func) else {
+        return Outcome::Codec("the task's function is not in this executable".into());
+    };
+    let items: Vec<A> = match codec::decode(&inv.payload[inv.arg_at..], inv.fds) {
+        Ok(items) => items,
+        Err(e) => return Outcome::Codec(format!("the argument: {}", e.codec_detail())),
+    };
+    drop(inv.payload);
+    let out = run_batch(f, items).expect("run_batch does not fail");
+    match codec::encode(&out) {
+        Ok(encoded) => Outcome::Value(encoded),
+        Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
+    }
+}
+
+/// The offsets a task frame names: the entry `call` and the user's `f`.
+pub(crate) fn header_for(id: u64, call: Trampoline, func: i64) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[..8].copy_from_slice(&id.to_le_bytes());
+    h[8..16].copy_from_slice(&code::offset_of(call).to_le_bytes());
+    h[16..].copy_from_slice(&func.to_le_bytes());
+    h
+}
+
+/// The entry that runs a pool's initializer (`fn()`) inside a worker.
+pub(crate) fn init_trampoline(inv: Invocation) -> Outcome {
+    let Some(f) = code::resolve::<fn()>(&inv.trusted, inv.func) else {
+        return Outcome::Codec("the initializer is not in this executable".into());
+    };
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(()) => Outcome::Value(codec::encode(&()).expect("() encodes")),
+        Err(p) => Outcome::Panicked(panic_message(p.as_ref())),
     }
 }

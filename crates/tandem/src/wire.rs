@@ -85,6 +85,9 @@ pub enum RecvError {
     TimedOut,
     /// The peer sent something that is not a valid frame.
     Malformed(String),
+    /// The peer closed the connection in the middle of a frame (it died
+    /// while writing, most likely).
+    Truncated(String),
     /// The socket failed.
     Io(io::Error),
 }
@@ -95,6 +98,7 @@ impl std::fmt::Display for RecvError {
             RecvError::Closed => write!(f, "the peer closed the connection"),
             RecvError::TimedOut => write!(f, "timed out waiting for a message"),
             RecvError::Malformed(why) => write!(f, "malformed message: {why}"),
+            RecvError::Truncated(why) => write!(f, "cut-off message: {why}"),
             RecvError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -195,6 +199,11 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
         let got = match rustix::net::recvmsg(sock, &mut iov, &mut control, flags | RecvFlags::CMSG_CLOEXEC) {
             Ok(got) => got,
             Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+            // A peer that died with our data unread resets the connection.
+            Err(rustix::io::Errno::CONNRESET) if filled == 0 => return Err(RecvError::Closed),
+            Err(rustix::io::Errno::CONNRESET) => {
+                return Err(RecvError::Truncated("the connection was reset inside a frame header".into()));
+            }
             Err(e) => return Err(RecvError::Io(e.into())),
         };
         for message in control.drain() {
@@ -209,7 +218,7 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
             return Err(if filled == 0 {
                 RecvError::Closed
             } else {
-                RecvError::Malformed("the connection closed inside a frame header".into())
+                RecvError::Truncated("the connection closed inside a frame header".into())
             });
         }
         filled += got.bytes;
@@ -244,8 +253,8 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
         // copy out of the socket, and keeps this layer free of `unsafe`.
         payload.resize(start + want, 0);
         match rustix::net::recv(sock, &mut payload[start..], flags) {
-            Ok((0, _)) => {
-                return Err(RecvError::Malformed(format!(
+            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => {
+                return Err(RecvError::Truncated(format!(
                     "the connection closed after {start} of {len} payload bytes"
                 )));
             }
@@ -310,7 +319,7 @@ mod tests {
         rustix::net::send(&a, &header, SendFlags::NOSIGNAL).unwrap();
         rustix::net::send(&a, b"short", SendFlags::NOSIGNAL).unwrap();
         drop(a);
-        assert!(matches!(recv(b.as_fd(), 1 << 20, None), Err(RecvError::Malformed(_))));
+        assert!(matches!(recv(b.as_fd(), 1 << 20, None), Err(RecvError::Truncated(_))));
     }
 
     #[test]

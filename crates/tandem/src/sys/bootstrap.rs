@@ -105,11 +105,14 @@ fn handshake(hex: &str) -> Result<ParentLink, String> {
         _ => return Err("the parent sent no token".into()),
     }
     let mut got = [0u8; TOKEN_LEN];
-    let mut reader = std::fs::File::from(fd.try_clone_to_owned().map_err(|e| e.to_string())?);
-    reader.read_exact(&mut got).map_err(|e| format!("reading the token: {e}"))?;
+    {
+        let mut reader = std::fs::File::from(fd.try_clone_to_owned().map_err(|e| e.to_string())?);
+        reader.read_exact(&mut got).map_err(|e| format!("reading the token: {e}"))?;
+    }
     if got != expected {
         return Err("the parent's token does not match".into());
     }
+    close_inherited_descriptors();
     let socket = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| e.to_string())?;
     let null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
     rustix::stdio::dup2_stdin(&null).map_err(|e| e.to_string())?;
@@ -131,4 +134,16 @@ fn parse_hex(hex: &str) -> Option<[u8; TOKEN_LEN]> {
 /// template): the child is a copy of an already-verified process.
 pub fn inherit(parent: &ParentLink, socket: OwnedFd) -> ParentLink {
     ParentLink { socket, trusted: parent.trusted }
+}
+
+/// Close every descriptor above standard error: `exec` keeps descriptors the
+/// parent opened without close-on-exec, and a Spawn worker must inherit
+/// nothing but its socket (which is on standard input at this point).
+fn close_inherited_descriptors() {
+    // SAFETY: this runs during the handshake, before `main` and before any
+    // code of this process has opened a descriptor it owns above 2; nothing
+    // holds an `OwnedFd` that this could invalidate.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
 }

@@ -24,6 +24,7 @@ pub trait FnPtr: Copy + Send + Sync + 'static + sealed::Sealed {
 mod sealed {
     pub trait Sealed {}
     impl<A, R> Sealed for fn(A) -> R {}
+    impl Sealed for fn() {}
 }
 
 impl<A: 'static, R: 'static> FnPtr for fn(A) -> R {
@@ -35,6 +36,16 @@ impl<A: 'static, R: 'static> FnPtr for fn(A) -> R {
         // tandem supports; the caller guarantees `addr` is a function of this
         // exact type in this image.
         unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) }
+    }
+}
+
+impl FnPtr for fn() {
+    fn addr(self) -> usize {
+        self as usize
+    }
+    unsafe fn from_addr(addr: usize) -> Self {
+        // SAFETY: as above, for the one argument-less function type.
+        unsafe { std::mem::transmute::<usize, fn()>(addr) }
     }
 }
 
@@ -73,10 +84,31 @@ pub fn resolve<F: FnPtr>(_from_parent: &Trusted, offset: i64) -> Option<F> {
     Some(unsafe { F::from_addr(addr) })
 }
 
-/// Executable mappings of the file that holds [`anchor`], from /proc/self/maps.
+// SAFETY: both symbols exist in every executable linked by GNU ld, gold
+// or lld, and are declared as bytes whose addresses alone are used.
+unsafe extern "C" {
+    // Provided by the GNU and LLVM linkers for every executable: the start of
+    // the image and the end of its text.
+    static __executable_start: u8;
+    static etext: u8;
+}
+
+/// Compute the code ranges now, so processes forked later inherit them.
+pub fn warm() {
+    let _ = text_ranges();
+}
+
+/// Where this image's code is: the linker's own bounds when the anchor lies
+/// within them (tandem linked into the executable), else the executable
+/// mappings of the file that holds [`anchor`], from /proc/self/maps.
 fn text_ranges() -> &'static [(usize, usize)] {
     static RANGES: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
     RANGES.get_or_init(|| {
+        // Only the addresses of the linker's symbols are taken, never read.
+        let (lo, hi) = (&raw const __executable_start as usize, &raw const etext as usize);
+        if (lo..hi).contains(&anchor_addr()) {
+            return vec![(lo, hi)];
+        }
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let anchor = anchor_addr();
         let parsed: Vec<(usize, usize, bool, &str)> = maps

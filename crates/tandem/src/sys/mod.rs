@@ -16,10 +16,15 @@
 //! - [`signal`]: the few process-wide signal settings a worker needs.
 //! - [`floor_raw`]: shared memory and forked children for the floor
 //!   measurements of `tandem compare` (not needed by tandem itself).
+//! - [`shm`], [`robust`], [`ring`]: anonymous shared memory (sealed memfd),
+//!   glibc's robust process-shared mutex in it, and the queue's ring.
 
 pub mod bootstrap;
 pub mod code;
 pub mod crash;
 pub mod floor_raw;
 pub mod fork;
+pub mod ring;
+pub mod robust;
+pub mod shm;
 pub mod signal;

@@ -88,8 +88,8 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         match received {
             Ok(frame) if frame.kind == Kind::Done => {
                 let result = task::decode_done(frame);
-                // The worker exits once it sees our socket closed.
-                child.wait().map_err(|e| Error::os("waiting for the worker", e))?;
+                // The worker exits after answering: it saw our end of file.
+                child.release().map_err(|e| Error::os("waiting for the worker", e))?;
                 result
             }
             Ok(_) => {
@@ -103,10 +103,8 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
                 let _ = child.wait();
                 Err(Error::TimedOut)
             }
+            Err(RecvError::Truncated(_)) => died(&mut child),
             Err(RecvError::Malformed(why)) => {
-                if child.has_exited() {
-                    return died(&mut child);
-                }
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(Error::Codec(format!("the worker's answer could not be read: {why}")))

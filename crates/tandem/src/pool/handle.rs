@@ -1,0 +1,206 @@
+//! A task's completion, its cancel control, and the public `TaskHandle`.
+
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::Shared;
+use crate::Error;
+use crate::wire::Frame;
+
+/// Something that resolves exactly once: with a result frame or an error.
+pub(crate) trait Resolve: Send + Sync {
+    /// Resolve from a worker's Done frame. False if already resolved.
+    fn resolve_frame(&self, frame: Frame) -> bool;
+    /// Resolve with an error. False if already resolved.
+    fn resolve_err(&self, err: Error) -> bool;
+    fn is_resolved(&self) -> bool;
+}
+
+pub(crate) struct Completion<R> {
+    slot: Mutex<Option<Result<R, Error>>>,
+    resolved: AtomicBool,
+    ready: Condvar,
+    /// map_unordered: told the key of each resolved batch.
+    notify: Option<(Mutex<Sender<u64>>, u64)>,
+}
+
+impl<R> Completion<R> {
+    pub(crate) fn new(notify: Option<(Sender<u64>, u64)>) -> Completion<R> {
+        Completion {
+            slot: Mutex::new(None),
+            resolved: AtomicBool::new(false),
+            ready: Condvar::new(),
+            notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
+        }
+    }
+
+    /// Store the outcome if none is stored yet.
+    pub(crate) fn resolve(&self, value: Result<R, Error>) -> bool {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if self.resolved.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        *slot = Some(value);
+        drop(slot);
+        self.ready.notify_all();
+        if let Some((tx, key)) = &self.notify {
+            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(*key);
+        }
+        true
+    }
+
+    fn wait(&self, limit: Option<Duration>) -> bool {
+        let deadline = limit.map(|l| Instant::now() + l);
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.resolved.load(Ordering::SeqCst) {
+            match deadline {
+                None => slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    slot = self.ready.wait_timeout(slot, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+        true
+    }
+
+    fn take(&self) -> Result<R, Error> {
+        self.wait(None);
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("a resolved completion holds its value")
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Resolve for Completion<R> {
+    fn resolve_frame(&self, frame: Frame) -> bool {
+        if self.is_resolved() {
+            return false;
+        }
+        self.resolve(crate::task::decode_done(frame))
+    }
+    fn resolve_err(&self, err: Error) -> bool {
+        self.resolve(Err(err))
+    }
+    fn is_resolved(&self) -> bool {
+        self.resolved.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a task is, for `cancel`.
+pub(crate) enum Place {
+    Queued,
+    /// Running in a process worker: the eventfd that wakes its driver.
+    InProcess(Arc<OwnedFd>),
+    /// Running on a pool thread: the worker's slot and generation.
+    OnThread {
+        slot: usize,
+        generation: u64,
+    },
+    Finished,
+}
+
+/// A task's cancel control, shared by its handle and the pool.
+pub(crate) struct Control {
+    pub place: Mutex<Place>,
+    pub cancelled: AtomicBool,
+    pub pool: Weak<Shared>,
+}
+
+impl Control {
+    pub(crate) fn new(pool: Weak<Shared>) -> Control {
+        Control { place: Mutex::new(Place::Queued), cancelled: AtomicBool::new(false), pool }
+    }
+
+    pub(crate) fn set(&self, place: Place) {
+        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = place;
+    }
+}
+
+/// The pending result of a task submitted to a [`Pool`](crate::Pool).
+///
+/// It resolves exactly once, whatever happens to the task: its result, its
+/// panic, its worker's death, a time-out, a cancel, or the pool's end.
+/// Dropping a handle unjoined lets the task run; its result is discarded.
+///
+/// ```
+/// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+/// let h = pool.submit(20u32, |x| x + 1);
+/// assert!(h.wait_timeout(std::time::Duration::from_secs(30)));
+/// assert!(h.is_finished());
+/// assert_eq!(h.join().unwrap(), 21);
+/// ```
+pub struct TaskHandle<R> {
+    pub(crate) completion: Arc<Completion<R>>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) id: u64,
+    pub(crate) _result: PhantomData<fn() -> R>,
+}
+
+impl<R> TaskHandle<R> {
+    /// Wait for the task's outcome.
+    pub fn join(self) -> Result<R, Error> {
+        self.completion.take()
+    }
+
+    /// Whether the task has an outcome yet. Never blocks.
+    pub fn is_finished(&self) -> bool {
+        self.completion.resolved.load(Ordering::SeqCst)
+    }
+
+    /// Wait at most `limit` for an outcome; true if there is one. The task
+    /// is not stopped when the wait ends (see [`cancel`](Self::cancel)).
+    pub fn wait_timeout(&self, limit: Duration) -> bool {
+        self.completion.wait(Some(limit))
+    }
+
+    /// The task's number in its pool (as named in error messages).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Cancel the task; true if this call resolved it to `Err(Cancelled)`.
+    ///
+    /// A queued task never runs. A task running in a process worker is
+    /// stopped by killing the worker, which the pool replaces. A task running
+    /// on a pool thread cannot be stopped: the handle resolves now, the thread
+    /// is no longer counted as a worker (it finishes the task and exits), and
+    /// a new thread takes its place so the pool keeps its size.
+    pub fn cancel(&self) -> bool {
+        let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*place, Place::Finished) || self.is_finished() {
+            return false;
+        }
+        self.control.cancelled.store(true, Ordering::SeqCst);
+        if !self.completion.resolve(Err(Error::Cancelled)) {
+            return false;
+        }
+        match &*place {
+            Place::InProcess(wake) => super::processes::wake(wake),
+            Place::OnThread { slot, generation } => {
+                if let Some(pool) = self.control.pool.upgrade() {
+                    super::threads::abandon(&pool, *slot, *generation);
+                }
+            }
+            Place::Queued | Place::Finished => {}
+        }
+        true
+    }
+}
+
+impl<R> std::fmt::Debug for TaskHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TaskHandle(task {}, finished: {})", self.id, self.is_finished())
+    }
+}

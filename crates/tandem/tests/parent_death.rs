@@ -1,0 +1,52 @@
+//! Children never outlive their parent, even when it dies by SIGKILL.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use tandem::{Error, StartMethod, UnitId};
+
+/// Runs in a middle process: start a grandchild that would sleep forever,
+/// report its pid through the FIFO, then wait to be killed.
+fn middle((fifo, method): (String, u8)) -> u8 {
+    let method = if method == 0 { StartMethod::Spawn } else { StartMethod::ForkServer };
+    let grandchild = tandem::process::Builder::new()
+        .start_method(method)
+        .spawn((), |()| -> u8 {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        })
+        .unwrap();
+    let UnitId::Process(pid) = grandchild.id() else { unreachable!() };
+    std::fs::write(&fifo, format!("{pid}\n")).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[test]
+fn killing_the_parent_with_sigkill_takes_its_children_down() {
+    for (index, method) in [StartMethod::Spawn, StartMethod::ForkServer].into_iter().enumerate() {
+        let fifo = std::env::temp_dir().join(format!("tandem-parent-death-{}-{index}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap();
+
+        let parent =
+            tandem::process::spawn((fifo.to_string_lossy().into_owned(), index as u8), middle).unwrap();
+        // Opening the FIFO blocks until the middle process opens it to write.
+        let mut text = String::new();
+        std::fs::File::open(&fifo).unwrap().read_to_string(&mut text).unwrap();
+        let grandchild: u32 = text.trim().parse().unwrap();
+        assert!(common::exists(grandchild));
+
+        parent.kill().unwrap();
+        assert!(matches!(parent.join(), Err(Error::WorkerDied { signal: Some(9), .. })));
+        assert!(
+            common::wait_gone(grandchild, Duration::from_secs(1)),
+            "{method:?}: grandchild {grandchild} outlived its parent by more than a second"
+        );
+        let _ = std::fs::remove_file(&fifo);
+    }
+}

@@ -1,0 +1,387 @@
+//! One behavioural suite for both pool modes, then process-only tests for
+//! each way a worker can die.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Fifo;
+use tandem::{Error, Mode, Pool, StartMethod, UnitId};
+
+const MODES: [Mode; 2] = [Mode::Thread, Mode::Process];
+
+fn pool(mode: Mode, workers: usize) -> Pool {
+    Pool::builder().mode(mode).workers(workers).build().unwrap()
+}
+
+/// Signal the FIFO, then sleep long: a task that is known to be running.
+fn announce_then_sleep(path: String) -> u8 {
+    common::signal(&path, &std::process::id().to_string());
+    std::thread::sleep(Duration::from_secs(20));
+    0
+}
+
+fn unit_name(_: u32) -> String {
+    format!("{}/{:?}", std::process::id(), std::thread::current().id())
+}
+
+#[test]
+fn results_in_both_modes_from_many_submitting_threads() {
+    for mode in MODES {
+        let pool = Arc::new(pool(mode, 2));
+        let submitters: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let handles: Vec<_> = (0..50u64).map(|i| pool.submit(t * 1000 + i, |x| x * 2)).collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+                })
+            })
+            .collect();
+        let total: u64 = submitters.into_iter().map(|s| s.join().unwrap()).sum();
+        let expected: u64 = (0..4u64).flat_map(|t| (0..50u64).map(move |i| 2 * (t * 1000 + i))).sum();
+        assert_eq!(total, expected, "{mode:?}");
+    }
+}
+
+#[test]
+fn a_panic_fails_only_its_task_and_the_worker_survives() {
+    for mode in MODES {
+        let pool = pool(mode, 1);
+        match pool.submit(3u32, |x| -> u32 { panic!("bad input {x}") }).join() {
+            Err(Error::Panicked { message }) => assert_eq!(message, "bad input 3"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        assert_eq!(pool.submit(3u32, |x| x + 1).join().unwrap(), 4);
+        let stats = pool.stats();
+        assert_eq!(stats.workers[0].restarts, 0, "{mode:?}: a panic must not replace the worker");
+        assert_eq!(stats.workers[0].tasks_done, 2);
+    }
+}
+
+#[test]
+fn map_is_ordered_lazy_and_reports_each_panic_in_place() {
+    for mode in MODES {
+        let pool = pool(mode, 2);
+        let out: Vec<u64> = pool.map(0..20_000u64, |x| x * 3).map(Result::unwrap).collect();
+        assert_eq!(out.len(), 20_000);
+        assert!(out.iter().enumerate().all(|(i, &v)| v == 3 * i as u64), "{mode:?}: out of order");
+
+        // An endless input: only what is taken (plus a bounded read-ahead) runs.
+        let first: Vec<u64> = pool.map(0u64.., |x| x + 1).take(10).map(Result::unwrap).collect();
+        assert_eq!(first, (1..=10).collect::<Vec<_>>());
+
+        let mixed: Vec<Result<u64, Error>> =
+            pool.map(0..10u64, |x| if x == 7 { panic!("seven") } else { x }).collect();
+        for (i, r) in mixed.iter().enumerate() {
+            match (i, r) {
+                (7, Err(Error::Panicked { message })) => assert_eq!(message, "seven"),
+                (i, Ok(v)) => assert_eq!(*v, i as u64),
+                other => panic!("{mode:?}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn map_unordered_yields_every_index_once() {
+    for mode in MODES {
+        let pool = pool(mode, 2);
+        let mut seen = HashSet::new();
+        for (i, r) in pool.map_unordered(0..5_000u64, |x| x * x) {
+            assert_eq!(r.unwrap(), (i as u64) * (i as u64));
+            assert!(seen.insert(i), "{mode:?}: index {i} twice");
+        }
+        assert_eq!(seen.len(), 5_000);
+    }
+}
+
+#[test]
+fn cancel_a_queued_task_and_a_running_one() {
+    for mode in MODES {
+        let pool = pool(mode, 1);
+        let started = Fifo::new();
+        let running = pool.submit(started.path.clone(), announce_then_sleep);
+        let queued = pool.submit(1u8, |x| x);
+        started.wait();
+        assert!(queued.cancel());
+        assert!(matches!(queued.join(), Err(Error::Cancelled)));
+        assert!(running.cancel(), "{mode:?}");
+        assert!(!running.cancel(), "a second cancel does nothing");
+        assert!(matches!(running.join(), Err(Error::Cancelled)));
+        // The pool keeps its size and goes on.
+        assert_eq!(pool.submit(5u8, |x| x + 1).join().unwrap(), 6);
+        assert_eq!(pool.stats().workers.len(), 1);
+        assert!(pool.stats().workers[0].restarts >= 1, "{mode:?}: the cancelled worker was replaced");
+        // A finished task cannot be cancelled.
+        let done = pool.submit(1u8, |x| x);
+        assert!(done.wait_timeout(Duration::from_secs(30)));
+        assert!(!done.cancel());
+        assert_eq!(done.join().unwrap(), 1);
+    }
+}
+
+#[test]
+fn a_task_past_its_time_limit_times_out_and_the_pool_goes_on() {
+    for mode in MODES {
+        let pool =
+            Pool::builder().mode(mode).workers(1).task_timeout(Duration::from_millis(200)).build().unwrap();
+        let slow = pool.submit(60u64, |s| {
+            std::thread::sleep(Duration::from_secs(s));
+            s
+        });
+        assert!(matches!(slow.join(), Err(Error::TimedOut)), "{mode:?}");
+        assert_eq!(pool.submit(2u64, |x| x * 2).join().unwrap(), 4);
+        assert_eq!(pool.stats().workers[0].restarts, 1, "{mode:?}");
+    }
+}
+
+#[test]
+fn shutdown_finishes_everything_then_refuses_new_work() {
+    for mode in MODES {
+        let pool = pool(mode, 2);
+        let handles: Vec<_> = (0..40u64).map(|i| pool.submit(i, |x| x + 1)).collect();
+        pool.shutdown();
+        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(sum, (1..=40).sum::<u64>());
+        assert!(matches!(pool.submit(1u8, |x| x).join(), Err(Error::Closed)), "{mode:?}");
+        pool.shutdown(); // idempotent
+    }
+}
+
+#[test]
+fn dropping_the_pool_finishes_submitted_work() {
+    for mode in MODES {
+        let pool = pool(mode, 2);
+        let handles: Vec<_> = (0..20u64).map(|i| pool.submit(i, |x| x * 10)).collect();
+        drop(pool);
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), i as u64 * 10, "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn terminate_cancels_running_and_queued_tasks() {
+    for mode in MODES {
+        let pool = pool(mode, 1);
+        let started = Fifo::new();
+        let running = pool.submit(started.path.clone(), announce_then_sleep);
+        let queued: Vec<_> = (0..10u8).map(|i| pool.submit(i, |x| x)).collect();
+        started.wait();
+        pool.terminate();
+        assert!(matches!(running.join(), Err(Error::Cancelled)), "{mode:?}");
+        for h in queued {
+            assert!(matches!(h.join(), Err(Error::Cancelled)), "{mode:?}");
+        }
+        assert!(matches!(pool.submit(1u8, |x| x).join(), Err(Error::Closed)));
+    }
+}
+
+#[test]
+fn stats_name_each_worker_and_count_its_tasks() {
+    for mode in MODES {
+        let pool = pool(mode, 2);
+        let n = 30;
+        for h in (0..n).map(|i| pool.submit(i, |x: u64| x)).collect::<Vec<_>>() {
+            h.join().unwrap();
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.workers.len(), 2);
+        assert_eq!(stats.workers.iter().map(|w| w.tasks_done).sum::<u64>(), n);
+        for w in &stats.workers {
+            match (mode, w.id) {
+                (Mode::Thread, UnitId::Thread(_)) => assert_eq!(w.memory_bytes, 0),
+                (Mode::Process, UnitId::Process(pid)) if w.tasks_done > 0 => {
+                    assert_ne!(pid, std::process::id());
+                    assert!(w.memory_bytes > 0);
+                }
+                (Mode::Process, UnitId::Process(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+thread_local! {
+    static INITIALIZED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[test]
+fn the_initializer_runs_in_each_worker_before_its_tasks() {
+    for mode in MODES {
+        let pool = Pool::builder()
+            .mode(mode)
+            .workers(2)
+            .initializer(|| INITIALIZED.with(|i| i.set(true)))
+            .build()
+            .unwrap();
+        let all: Vec<bool> =
+            pool.map(0..50u8, |_| INITIALIZED.with(|i| i.get())).map(Result::unwrap).collect();
+        assert!(all.iter().all(|&b| b), "{mode:?}");
+    }
+}
+
+#[test]
+fn workers_are_recycled_after_max_tasks() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(1).max_tasks_per_worker(2).build().unwrap();
+        let units: HashSet<String> = (0..6u32).map(|i| pool.submit(i, unit_name).join().unwrap()).collect();
+        assert_eq!(units.len(), 3, "{mode:?}: {units:?}");
+        assert_eq!(pool.stats().workers[0].tasks_done, 6);
+    }
+}
+
+// ---- process mode only: each way a worker can die ----
+
+fn process_pool(workers: usize) -> Pool {
+    Pool::builder().mode(Mode::Process).workers(workers).build().unwrap()
+}
+
+fn died_with(result: Result<u8, Error>) -> (Option<i32>, Option<i32>, String) {
+    match result {
+        Err(e @ Error::WorkerDied { .. }) => {
+            let Error::WorkerDied { signal, code, .. } = &e else { unreachable!() };
+            (*signal, *code, e.to_string())
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_dead_worker_fails_only_its_own_task() {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let pool = Pool::builder().mode(Mode::Process).workers(2).start_method(method).build().unwrap();
+        let crash = pool.submit((), |()| -> u8 { tandem::chaos::segfault() });
+        let others: Vec<_> = (0..40u8).map(|i| pool.submit(i, |x| x)).collect();
+        let (signal, _, message) = died_with(crash.join());
+        assert_eq!(signal, Some(11));
+        assert!(message.contains("SIGSEGV") && message.contains("while running task"), "{message}");
+        for (i, h) in others.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), i as u8, "{method:?}");
+        }
+        let restarts: u64 = pool.stats().workers.iter().map(|w| w.restarts).sum();
+        assert_eq!(restarts, 1);
+    }
+}
+
+#[test]
+fn every_death_cause_maps_to_worker_died_and_the_pool_goes_on() {
+    let pool = process_pool(1);
+    assert_eq!(died_with(pool.submit((), |()| std::process::abort()).join()).0, Some(6));
+    assert_eq!(died_with(pool.submit((), |()| std::process::exit(3)).join()).1, Some(3));
+    let self_kill = pool.submit((), |()| -> u8 {
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL).unwrap();
+        unreachable!()
+    });
+    assert_eq!(died_with(self_kill.join()).0, Some(9));
+
+    // SIGKILL from outside, while the task runs.
+    let started = Fifo::new();
+    let victim = pool.submit(started.path.clone(), announce_then_sleep);
+    let pid: i32 = started.wait().parse().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let (signal, _, message) = died_with(victim.join());
+    assert_eq!(signal, Some(9));
+    assert!(message.contains(&format!("worker pid {pid} was killed by signal 9 (SIGKILL)")), "{message}");
+
+    assert_eq!(pool.submit(1u8, |x| x + 1).join().unwrap(), 2);
+    assert_eq!(pool.stats().workers[0].restarts, 4);
+}
+
+#[test]
+fn a_worker_killed_while_idle_is_replaced_without_failing_a_task() {
+    let pool = process_pool(1);
+    assert_eq!(pool.submit(1u8, |x| x).join().unwrap(), 1);
+    let UnitId::Process(pid) = pool.stats().workers[0].id else { panic!() };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(common::wait_gone(pid, Duration::from_secs(5)));
+    assert_eq!(pool.submit(2u8, |x| x).join().unwrap(), 2);
+}
+
+#[test]
+fn retries_rerun_a_task_whose_worker_died() {
+    let marker = std::env::temp_dir().join(format!("tandem-retry-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let die_once = |path: String| -> u8 {
+        if std::fs::metadata(&path).is_err() {
+            std::fs::write(&path, b"died once").unwrap();
+            std::process::abort();
+        }
+        7
+    };
+    let path = marker.to_string_lossy().into_owned();
+    let pool = Pool::builder().mode(Mode::Process).workers(1).retries(1).build().unwrap();
+    assert_eq!(pool.submit(path.clone(), die_once).join().unwrap(), 7);
+    let _ = std::fs::remove_file(&marker);
+
+    let strict = process_pool(1);
+    assert_eq!(died_with(strict.submit(path, die_once).join()).0, Some(6));
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn a_task_that_keeps_killing_workers_fails_after_its_retries() {
+    let pool = Pool::builder().mode(Mode::Process).workers(1).retries(3).build().unwrap();
+    assert_eq!(died_with(pool.submit((), |()| std::process::abort()).join()).0, Some(6));
+    assert_eq!(pool.stats().workers[0].restarts, 4, "one first run and three retries");
+    assert_eq!(pool.submit(1u8, |x| x).join().unwrap(), 1);
+}
+
+#[test]
+fn a_task_over_the_memory_limit_fails_naming_it_and_the_worker_is_replaced() {
+    let pool = Pool::builder().mode(Mode::Process).workers(1).worker_memory_limit(256 << 20).build().unwrap();
+    let hog = pool.submit(1usize << 30, |n| {
+        let v = vec![1u8; n];
+        v.iter().map(|&b| b as u64).sum::<u64>() as u8
+    });
+    match hog.join() {
+        Err(e @ Error::WorkerDied { .. }) => {
+            assert!(e.to_string().contains("memory limit of 268435456 bytes"), "{e}");
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // Below the limit, work goes on in the replacement.
+    assert_eq!(pool.submit(16usize << 20, |n| vec![1u8; n].len()).join().unwrap(), 16 << 20);
+}
+
+/// Runs in a middle process: a pool whose two workers are busy, their pids
+/// reported through the FIFO, then wait to be killed.
+fn middle_with_pool((fifo, method): (String, u8)) -> u8 {
+    let method = if method == 0 { StartMethod::Spawn } else { StartMethod::ForkServer };
+    let pool = Pool::builder().mode(Mode::Process).workers(2).start_method(method).build().unwrap();
+    let started_a = Fifo::new();
+    let started_b = Fifo::new();
+    let _a = pool.submit(started_a.path.clone(), announce_then_sleep);
+    let _b = pool.submit(started_b.path.clone(), announce_then_sleep);
+    let pids = format!("{} {}", started_a.wait(), started_b.wait());
+    common::signal(&fifo, &pids);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[test]
+fn pool_workers_die_with_their_parent() {
+    for method in [0u8, 1] {
+        let fifo = Fifo::new();
+        let parent = tandem::process::spawn((fifo.path.clone(), method), middle_with_pool).unwrap();
+        let pids: Vec<u32> = fifo.wait().split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(pids.len(), 2);
+        parent.kill().unwrap();
+        assert!(matches!(parent.join(), Err(Error::WorkerDied { signal: Some(9), .. })));
+        for pid in pids {
+            assert!(common::wait_gone(pid, Duration::from_secs(1)), "worker {pid} outlived its parent");
+        }
+    }
+}
