@@ -487,6 +487,83 @@ pub fn lat_tandem_process(plan: &Plan) -> Samples {
     })
 }
 
+/// Runs in a thread or process unit: pin to `cpu` (when there is one to
+/// spare), then answer every request on `rx` on `tx` until the requests'
+/// sender is gone.
+fn channel_echo((cpu, rx, tx): (Option<usize>, tandem::ipc::Receiver<u64>, tandem::ipc::Sender<u64>)) -> u64 {
+    if let Some(cpu) = cpu {
+        let _ = pin(cpu);
+    }
+    let mut answered = 0;
+    while let Ok(v) = rx.recv() {
+        if tx.send(v).is_err() {
+            break;
+        }
+        answered += 1;
+    }
+    answered
+}
+
+fn lat_tandem_channel(plan: &Plan, mode: tandem::Mode) -> Samples {
+    let plan = plan.clone();
+    placed(Place::AcrossCpus, move |peer_started| {
+        let (req_tx, req_rx) = tandem::ipc::channel::<u64>().map_err(|e| err("ipc channel", e))?;
+        let (resp_tx, resp_rx) = tandem::ipc::channel::<u64>().map_err(|e| err("ipc channel", e))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let peer_cpu = (cpus >= 2).then_some(1);
+        let arg = (peer_cpu, req_rx, resp_tx);
+        let unit = match mode {
+            tandem::Mode::Thread => tandem::thread::spawn(arg, channel_echo),
+            tandem::Mode::Process => {
+                tandem::process::Builder::new().start_method(StartMethod::ForkServer).spawn(arg, channel_echo)
+            }
+        }
+        .map_err(|e| err("start the echo unit", e))?;
+        peer_started()?;
+        let result = sample(plan.warmup, plan.samples, "channel round trip", || {
+            batch_us(plan.batch, || {
+                req_tx.send(7).map_err(|e| e.to_string())?;
+                resp_rx.recv().map(|_| ()).map_err(|e| e.to_string())
+            })
+        });
+        drop(req_tx);
+        unit.join().map_err(|e| err("echo unit", e))?;
+        result
+    })
+}
+
+pub fn lat_tandem_channel_thread(plan: &Plan) -> Samples {
+    lat_tandem_channel(plan, tandem::Mode::Thread)
+}
+pub fn lat_tandem_channel_process(plan: &Plan) -> Samples {
+    lat_tandem_channel(plan, tandem::Mode::Process)
+}
+
+fn lat_tandem_pool(plan: &Plan, mode: tandem::Mode) -> Samples {
+    let pool = tandem::Pool::builder()
+        .mode(mode)
+        .workers(2)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .map_err(|e| err("build the pool", e))?;
+    let result = sample(plan.warmup, plan.samples, "pool task", || {
+        batch_us(plan.batch / 4 + 1, || {
+            let r = pool.submit(21u64, double).join()?;
+            assert_eq!(r, 42);
+            Ok::<_, Error>(())
+        })
+    });
+    pool.shutdown();
+    result
+}
+
+pub fn lat_tandem_pool_thread(plan: &Plan) -> Samples {
+    lat_tandem_pool(plan, tandem::Mode::Thread)
+}
+pub fn lat_tandem_pool_process(plan: &Plan) -> Samples {
+    lat_tandem_pool(plan, tandem::Mode::Process)
+}
+
 // --------------------------------------------------------------- bandwidth
 
 fn gbps(bytes: usize, d: Duration) -> f64 {
