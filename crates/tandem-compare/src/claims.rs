@@ -174,7 +174,7 @@ pub fn judge(r: &Report) -> Vec<Claim> {
                 return Some((
                     Verdict::Unmeasured,
                     format!(
-                        "neither scaled (threads {}, processes {} with one unit per core): other programs held the CPUs during the run; run again on a quiet machine",
+                        "neither scaled (threads {}, processes {} with one worker per core): other programs held the CPUs during the run; run again on a quiet machine",
                         show(t),
                         show(p)
                     ),
@@ -184,7 +184,7 @@ pub fn judge(r: &Report) -> Vec<Claim> {
             Some((
                 verdict,
                 format!(
-                    "with one unit per core, threads reach {} and processes {} of one thread's speed. Rust threads run in parallel; the claim comes from Python, whose GIL lets one thread run Python code at a time",
+                    "with one worker per core, threads reach {} and processes {} of one thread's speed. Rust threads run in parallel; the claim comes from Python, whose GIL lets one thread run Python code at a time",
                     show(t),
                     show(p)
                 ),
@@ -202,7 +202,7 @@ pub fn judge(r: &Report) -> Vec<Claim> {
             Some((
                 verdict,
                 format!(
-                    "with twice as many units as cores, waiting work speeds up {} on threads and {} on processes: both pass the core count because a blocked unit needs no CPU; threads do it with less memory and faster starts",
+                    "with twice as many workers as cores, waiting work speeds up {} on threads and {} on processes: both pass the core count because a blocked unit needs no CPU; threads do it with less memory and faster starts",
                     show(t),
                     show(p)
                 ),

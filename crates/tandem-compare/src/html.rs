@@ -139,7 +139,7 @@ fn line_chart(curves: &[&Curve], cores: usize) -> String {
     }
     let _ = write!(
         out,
-        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">units (this machine has {cores} cores)</text>"##,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">workers (this machine has {cores} cores)</text>"##,
         (left + w) / 2.0,
         h - 8.0
     );

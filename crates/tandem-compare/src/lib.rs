@@ -168,7 +168,7 @@ impl Section {
             Section::Bandwidth => "Communication bandwidth (the two units on different CPUs)",
             Section::ContextSwitch => "Context switch (two units ping-pong on one pinned CPU)",
             Section::Crash => "Crash impact (units still running after one fails)",
-            Section::Scaling => "Workload fit (speedup over one thread doing it all)",
+            Section::Scaling => "Workload fit (speedup of a Pool over one thread doing it all)",
         }
     }
 }

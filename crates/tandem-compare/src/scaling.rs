@@ -1,10 +1,10 @@
-//! Workload fit: the same work split among 1 up to 2x cores threads or
-//! processes, CPU-bound and I/O-bound (blocking sleep).
+//! Workload fit: the same tasks run by a tandem Pool of 1 up to 2x cores
+//! thread or process workers, CPU-bound and I/O-bound (blocking sleep).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tandem::StartMethod;
+use tandem::{Mode, Pool, StartMethod};
 
 use crate::{Better, Cell, Curve, Figure, Plan, Point, Row, Section};
 
@@ -29,20 +29,18 @@ fn burn(iters: u64) -> u64 {
     black_box(x)
 }
 
-/// A unit's share of the work: (size of one task, number of tasks).
-type Share = fn((u64, u64)) -> u64;
+/// One task: (task size) -> anything.
+type Task = fn(u64) -> u64;
 
-/// One unit's share: `count` CPU tasks of `iters` rounds each.
-fn cpu_share((iters, count): (u64, u64)) -> u64 {
-    (0..count).fold(0, |acc, _| acc ^ burn(iters))
+/// A CPU-bound task: `iters` rounds of xorshift.
+fn cpu_task(iters: u64) -> u64 {
+    burn(iters)
 }
 
-/// One unit's share: `count` blocking waits of `ms` each (I/O stand-in).
-fn io_share((ms, count): (u64, u64)) -> u64 {
-    for _ in 0..count {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    count
+/// An I/O-bound task: a blocking wait of `ms` milliseconds.
+fn io_task(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
 }
 
 /// Rounds of `burn` that take about `ms` milliseconds here.
@@ -54,28 +52,21 @@ fn calibrate(ms: u64) -> u64 {
     (per_ms * ms as f64).max(1.0) as u64
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Thread,
-    Process,
+fn pool(mode: Mode, workers: usize) -> Pool {
+    Pool::builder()
+        .mode(mode)
+        .workers(workers)
+        .start_method(StartMethod::ForkServer)
+        .build()
+        .expect("build a scaling pool")
 }
 
-/// Wall time for `units` units sharing `tasks` tasks of `param` each.
-fn run_split(kind: Kind, units: usize, tasks: usize, param: u64, share: Share) -> Duration {
-    let builder = tandem::process::Builder::new().start_method(StartMethod::ForkServer);
+/// Wall time for `pool` to run `tasks` tasks of `param` each.
+fn run_pool(pool: &Pool, tasks: usize, param: u64, task: Task) -> Duration {
     let start = Instant::now();
-    let handles: Vec<_> = (0..units)
-        .map(|i| {
-            let count = (tasks / units + usize::from(i < tasks % units)) as u64;
-            match kind {
-                Kind::Thread => tandem::thread::spawn((param, count), share),
-                Kind::Process => builder.spawn((param, count), share),
-            }
-            .expect("start a scaling unit")
-        })
-        .collect();
+    let handles: Vec<_> = (0..tasks).map(|_| pool.submit(param, task)).collect();
     for h in handles {
-        h.join().expect("scaling unit");
+        h.join().expect("scaling task");
     }
     start.elapsed()
 }
@@ -83,29 +74,34 @@ fn run_split(kind: Kind, units: usize, tasks: usize, param: u64, share: Share) -
 /// Speedup curves: CPU and I/O, threads and processes.
 pub fn curves(plan: &Plan, bar: &indicatif::ProgressBar) -> Vec<Curve> {
     let iters = calibrate(plan.task_ms);
-    let workloads: [(&str, u64, Share); 2] = [("cpu", iters, cpu_share), ("io", plan.task_ms, io_share)];
+    let workloads: [(&str, u64, Task); 2] = [("cpu", iters, cpu_task), ("io", plan.task_ms, io_task)];
     let mut out = Vec::new();
-    for (workload, param, share) in workloads {
+    for (workload, param, task) in workloads {
         // Baseline: one thread, this one, doing every task in turn.
         let mut base: Vec<f64> = (0..plan.few_samples.max(3))
             .map(|_| {
                 let start = Instant::now();
-                share((param, plan.scaling_tasks as u64));
+                for _ in 0..plan.scaling_tasks {
+                    task(param);
+                }
                 start.elapsed().as_secs_f64()
             })
             .collect();
         base.sort_by(f64::total_cmp);
         let baseline = base[base.len() / 2];
-        run_split(Kind::Process, 1, 1, param, share); // warm-up (fork server start)
-        // Thread and process samples alternate, so a burst of other work on
-        // the machine hits both sides alike.
         let mut samples = [vec![Vec::new(); max_units()], vec![Vec::new(); max_units()]];
         for units in 1..=max_units() {
-            bar.set_message(format!("workload fit: {workload}-bound, {units} units"));
+            bar.set_message(format!("workload fit: {workload}-bound, {units} workers"));
+            let pools = [pool(Mode::Thread, units), pool(Mode::Process, units)];
+            for p in &pools {
+                run_pool(p, plan.scaling_tasks, param, task); // warm-up: every worker started
+            }
+            // Thread and process samples alternate, so a burst of other work
+            // on the machine hits both sides alike.
             for _ in 0..plan.few_samples {
-                for (side, kind) in [Kind::Thread, Kind::Process].into_iter().enumerate() {
-                    let t = run_split(kind, units, plan.scaling_tasks, param, share).as_secs_f64();
-                    samples[side][units - 1].push(baseline / t);
+                for (side, p) in pools.iter().enumerate() {
+                    samples[side][units - 1]
+                        .push(baseline / run_pool(p, plan.scaling_tasks, param, task).as_secs_f64());
                 }
             }
             bar.inc(2);
@@ -145,18 +141,18 @@ pub fn summary_rows(curves: &[Curve]) -> Vec<Row> {
         Row {
             id: "scaling.cpu".into(),
             section: Section::Scaling,
-            factor: format!("CPU-bound speedup, {cores} units"),
+            factor: format!("CPU-bound speedup, {cores} workers"),
             better: Better::Higher,
-            thread: at("cpu", "thread", cores, "tandem thread units"),
-            process: at("cpu", "process", cores, "tandem process units (ForkServer)"),
+            thread: at("cpu", "thread", cores, "tandem Pool, Mode::Thread"),
+            process: at("cpu", "process", cores, "tandem Pool, Mode::Process (ForkServer)"),
         },
         Row {
             id: "scaling.io".into(),
             section: Section::Scaling,
-            factor: format!("I/O-bound speedup, {} units", 2 * cores),
+            factor: format!("I/O-bound speedup, {} workers", 2 * cores),
             better: Better::Higher,
-            thread: at("io", "thread", 2 * cores, "tandem thread units"),
-            process: at("io", "process", 2 * cores, "tandem process units (ForkServer)"),
+            thread: at("io", "thread", 2 * cores, "tandem Pool, Mode::Thread"),
+            process: at("io", "process", 2 * cores, "tandem Pool, Mode::Process (ForkServer)"),
         },
     ]
 }
