@@ -490,26 +490,28 @@ pub fn lat_tandem_process(plan: &Plan) -> Samples {
 /// Runs in a thread or process unit: pin to `cpu` (when there is one to
 /// spare), then answer every request on `rx` on `tx` until the requests'
 /// sender is gone.
-fn channel_echo((cpu, rx, tx): (Option<usize>, tandem::ipc::Receiver<u64>, tandem::ipc::Sender<u64>)) -> u64 {
+/// Returns the CPU it ended on.
+fn channel_echo(
+    (cpu, rx, tx): (Option<usize>, tandem::ipc::Receiver<u64>, tandem::ipc::Sender<u64>),
+) -> usize {
     if let Some(cpu) = cpu {
         let _ = pin(cpu);
     }
-    let mut answered = 0;
     while let Ok(v) = rx.recv() {
         if tx.send(v).is_err() {
             break;
         }
-        answered += 1;
     }
-    answered
+    rustix::thread::sched_getcpu()
 }
 
 fn lat_tandem_channel(plan: &Plan, mode: tandem::Mode) -> Samples {
     let plan = plan.clone();
+    // Counted here: inside `placed` this thread is pinned to one CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     placed(Place::AcrossCpus, move |peer_started| {
         let (req_tx, req_rx) = tandem::ipc::channel::<u64>().map_err(|e| err("ipc channel", e))?;
         let (resp_tx, resp_rx) = tandem::ipc::channel::<u64>().map_err(|e| err("ipc channel", e))?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let peer_cpu = (cpus >= 2).then_some(1);
         let arg = (peer_cpu, req_rx, resp_tx);
         let unit = match mode {
@@ -527,8 +529,13 @@ fn lat_tandem_channel(plan: &Plan, mode: tandem::Mode) -> Samples {
             })
         });
         drop(req_tx);
-        unit.join().map_err(|e| err("echo unit", e))?;
-        result
+        let ended_on = unit.join().map_err(|e| err("echo unit", e))?;
+        match peer_cpu {
+            Some(cpu) if ended_on != cpu => {
+                Err(format!("the echo unit ran on CPU {ended_on}, not on CPU {cpu}"))
+            }
+            _ => result,
+        }
     })
 }
 
