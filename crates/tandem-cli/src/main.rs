@@ -36,10 +36,27 @@ fn main() {
     tandem::init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Compare { .. } => {
-            demo::write_line(format_args!(
-                "tandem compare: will measure every row of the thread-vs-process table on this machine (not built yet)."
-            ));
+        Command::Compare { quick, json, html } => {
+            let plan = tandem_compare::Plan::from_env_or(quick);
+            let report = tandem_compare::run(&plan, true);
+            // A closed stdout (`tandem compare | head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                tandem_compare::text::render(&report).as_bytes(),
+            );
+            let write = |path: &std::path::Path, what: &str, text: String| {
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("tandem compare: could not write the {what} report to {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            };
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).expect("a report serializes");
+                write(&path, "JSON", text);
+            }
+            if let Some(path) = html {
+                write(&path, "HTML", tandem_compare::html::render(&report));
+            }
         }
         Command::Demo { name } => {
             let code = demo::main(name.as_deref());
