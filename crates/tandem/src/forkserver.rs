@@ -119,6 +119,14 @@ pub(crate) fn start_worker() -> Result<Worker, Error> {
 impl Server {
     fn start() -> Result<Server, Error> {
         let template = crate::launch::reexec()?;
+        // The template inherited the CPU affinity of whichever thread started
+        // it, and would pass it to every worker it forks. Give it the
+        // process's own (the main thread's) instead.
+        let main_thread = rustix::process::getpid();
+        if let Ok(mask) = rustix::thread::sched_getaffinity(Some(main_thread)) {
+            let pid = Pid::from_raw(template.child.pid() as i32).expect("a child's pid is positive");
+            let _ = rustix::thread::sched_setaffinity(Some(pid), &mask);
+        }
         let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
             .map_err(|e| Error::os("creating the fork server's status socket", e))?;
         wire::send(template.socket.as_fd(), Kind::BecomeForkServer, &[], &[theirs.as_fd()])
