@@ -252,7 +252,10 @@ pub(crate) fn template(link: ParentLink, first: Frame) -> i32 {
                     drop(children);
                     let child_link = bootstrap::inherit(&link, socket);
                     drop(link);
-                    return crate::worker::serve(child_link, None);
+                    // PR_SET_PDEATHSIG (set in fork_worker) ties this worker
+                    // to the template, which exits when the parent does: no
+                    // watchdog thread needed, one thread fewer to start.
+                    return crate::worker::serve(child_link, None, crate::worker::ParentGuard::DeathSignal);
                 }
             },
             Err(RecvError::Closed) => return 0,

@@ -51,7 +51,7 @@ fn finish(code: i32) -> ! {
 fn first_message(link: ParentLink) -> i32 {
     match wire::recv(link.socket.as_fd(), wire::DEFAULT_MAX_MESSAGE, None) {
         Ok(frame) if frame.kind == Kind::BecomeForkServer => crate::forkserver::template(link, frame),
-        Ok(frame) => serve(link, Some(frame)),
+        Ok(frame) => serve(link, Some(frame), ParentGuard::Watchdog),
         Err(RecvError::Closed) => 0,
         Err(e) => {
             eprintln!("tandem worker: bad first message from the parent: {e}");
@@ -89,9 +89,21 @@ impl WorkerConfig {
     }
 }
 
+/// Which guard ends this worker when its parent dies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParentGuard {
+    /// A watchdog thread polls the parent's socket for hang-up (Spawn).
+    Watchdog,
+    /// The kernel's parent-death signal is already set: the fork-server
+    /// template is this worker's parent and exits when the real parent does.
+    DeathSignal,
+}
+
 /// Run tasks from the parent until it closes the connection.
-pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
-    start_watchdog(&link.socket);
+pub(crate) fn serve(link: ParentLink, first: Option<Frame>, guard: ParentGuard) -> i32 {
+    if guard == ParentGuard::Watchdog {
+        start_watchdog(&link.socket);
+    }
     let sock = link.socket.as_fd();
     let mut config = WorkerConfig::default();
     let mut pending = first;
