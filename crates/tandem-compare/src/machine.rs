@@ -73,8 +73,11 @@ impl Machine {
     /// One line: "Intel Xeon ..., 2 cores, Linux 6.1, 24 GiB, virtual machine (kvm, Standard PC)".
     pub fn describe(&self) -> String {
         let virtual_or_not = match (&self.virt, self.hypervisor_flag) {
-            (Some(v), _) if v != "none" => format!("virtualized: {v}"),
-            (_, true) => "virtualized: hypervisor flag set".to_string(),
+            // systemd-detect-virt names the innermost layer (a container
+            // says "docker"); the CPU flag tells whether a hypervisor is below.
+            (Some(v), true) if v != "none" => format!("virtual machine (hypervisor flag set), {v}"),
+            (Some(v), false) if v != "none" => format!("virtualized: {v}"),
+            (_, true) => "virtual machine (hypervisor flag set)".to_string(),
             (Some(_), false) => "bare metal".to_string(),
             (None, false) => "no hypervisor flag".to_string(),
         };
