@@ -76,7 +76,8 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
         drop(socket);
         let died = |child: &mut ChildProcess| {
-            let status = child.wait().map_err(|e| Error::os("waiting for the worker", e))?;
+            let status =
+                child.wait_or_kill(child::EXIT_GRACE).map_err(|e| Error::os("waiting for the worker", e))?;
             let mut err = Error::died(child.pid(), status.signal, status.code);
             if let Error::WorkerDied { memory_limit, .. } = &mut err {
                 if self.config.memory_limit > 0 {
