@@ -84,44 +84,56 @@ fn chaos_pool(method: StartMethod, retries: u32) -> Arc<Pool> {
     Arc::new(Pool::builder().mode(Mode::Process).workers(2).start_method(method).retries(retries).build().unwrap())
 }
 
-/// Run `work` on a pool while the killer runs; the number of kills.
-fn under_fire(pool: &Arc<Pool>, work: impl FnOnce()) -> u64 {
+/// Kills each phase must see before it stops repeating its work.
+fn min_kills() -> u64 {
+    400 * scale()
+}
+
+/// Run `work` on a pool while the killer runs, again and again until the
+/// killer has struck `min_kills()` times (a fast machine finishes one round
+/// between two kills); the number of kills and of rounds.
+fn under_fire(pool: &Arc<Pool>, mut work: impl FnMut()) -> (u64, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicU64::new(0));
     let k = killer(pool.clone(), stop.clone(), kills.clone());
-    work();
+    let give_up = Instant::now() + Duration::from_secs(40 * scale());
+    let mut rounds = 0;
+    while rounds == 0 || (kills.load(Ordering::SeqCst) < min_kills() && Instant::now() < give_up) {
+        work();
+        rounds += 1;
+    }
     stop.store(true, Ordering::SeqCst);
     k.join().unwrap();
-    kills.load(Ordering::SeqCst)
+    let kills = kills.load(Ordering::SeqCst);
+    assert!(kills >= min_kills(), "the killer struck only {kills} times");
+    (kills, rounds)
 }
 
 fn check_map_all_succeed(method: StartMethod, items: u64) {
     let pool = chaos_pool(method, u32::MAX);
     let start = Instant::now();
-    let mut seen = 0u64;
-    let kills = under_fire(&pool, || {
+    let (kills, rounds) = under_fire(&pool, || {
+        let mut seen = 0u64;
         for (i, r) in pool.map(0..items, mix).enumerate() {
             assert_eq!(r.unwrap(), mix(i as u64), "{method:?}: item {i}");
             seen += 1;
         }
+        assert_eq!(seen, items, "{method:?}: every item yields exactly one result");
     });
-    assert_eq!(seen, items, "{method:?}: every item yields exactly one result");
-    assert!(kills >= 5, "{method:?}: the killer must have struck (it killed {kills} workers)");
-    eprintln!("{method:?} map: {items} items, {kills} workers killed, {:?}", start.elapsed());
+    eprintln!("{method:?} map: {rounds} x {items} items, {kills} workers killed, {:?}", start.elapsed());
     finish(pool);
 }
 
 fn check_submits_all_succeed(method: StartMethod, tasks: u64) {
     let pool = chaos_pool(method, u32::MAX);
     let start = Instant::now();
-    let kills = under_fire(&pool, || {
+    let (kills, rounds) = under_fire(&pool, || {
         let handles: Vec<_> = (0..tasks).map(|i| (i, pool.submit(i, mix))).collect();
         for (i, h) in handles {
             assert_eq!(h.join().unwrap(), mix(i), "{method:?}: task {i}");
         }
     });
-    assert!(kills >= 5, "{method:?}: the killer must have struck (it killed {kills} workers)");
-    eprintln!("{method:?} submits: {tasks} tasks, {kills} workers killed, {:?}", start.elapsed());
+    eprintln!("{method:?} submits: {rounds} x {tasks} tasks, {kills} workers killed, {:?}", start.elapsed());
     finish(pool);
 }
 
@@ -130,7 +142,7 @@ fn check_submits_all_succeed(method: StartMethod, tasks: u64) {
 fn check_no_retries_fail_cleanly(method: StartMethod, tasks: u64) {
     let pool = chaos_pool(method, 0);
     let (mut ok, mut died) = (0u64, 0u64);
-    let kills = under_fire(&pool, || {
+    let (kills, _) = under_fire(&pool, || {
         let handles: Vec<_> = (0..tasks).map(|i| (i, pool.submit(i, mix))).collect();
         for (i, h) in handles {
             match h.join() {
@@ -143,7 +155,7 @@ fn check_no_retries_fail_cleanly(method: StartMethod, tasks: u64) {
             }
         }
     });
-    assert_eq!(ok + died, tasks);
+    assert_eq!((ok + died) % tasks, 0, "every handle resolves once");
     assert!(ok > 0, "{method:?}: some tasks must get through ({kills} kills)");
     eprintln!("{method:?} no retries: {ok} ok, {died} died, {kills} kills");
     finish(pool);
