@@ -43,12 +43,10 @@ fn snapshot() -> Snapshot {
 
 #[test]
 fn pools_built_and_dropped_repeatedly_leave_no_trace() {
-    // Spawn re-executes this binary for every worker (a few ms each), so it
-    // runs fewer cycles than the other two.
     let cases = [
         (Mode::Thread, StartMethod::Spawn, 1000),
         (Mode::Process, StartMethod::ForkServer, 1000),
-        (Mode::Process, StartMethod::Spawn, 100),
+        (Mode::Process, StartMethod::Spawn, 1000),
     ];
     // Warm-up: the fork server and its status thread start once and live as
     // long as the process; malloc grows its arenas to the peak thread count.
@@ -83,6 +81,6 @@ fn pools_built_and_dropped_repeatedly_leave_no_trace() {
         // A leaked thread stack or shared mapping per pool would add
         // hundreds of lines; malloc may still split an arena now and then.
         assert!(maps <= maps_before + 16, "{mode:?}/{method:?}: mappings grew from {maps_before} to {maps}");
-        assert!(rss <= rss_before + 16 * 1024, "{mode:?}/{method:?}: RSS grew from {rss_before} to {rss} KiB");
+        assert!(rss <= rss_before + 8 * 1024, "{mode:?}/{method:?}: RSS grew from {rss_before} to {rss} KiB");
     }
 }
