@@ -143,7 +143,13 @@ fn a_pool_worker_that_writes_garbage_fails_its_task_and_the_pool_goes_on() {
         }
         assert_eq!(pool.stats().workers[0].restarts, ATTACKS.len() as u64, "{method:?}: each attacker was replaced");
         drop(pool);
-        assert!(common::zombies().is_empty(), "zombies: {:?}", common::zombies());
+        // Other tests of this binary reap their own children a moment after
+        // they die, so only a zombie that stays is a failure.
+        assert!(
+            common::eventually(Duration::from_secs(5), || common::zombies().is_empty()),
+            "zombies: {:?}",
+            common::zombies()
+        );
     }
 }
 
@@ -219,12 +225,19 @@ fn programs_a_task_executes_inherit_only_the_standard_descriptors() {
     let q = tandem::ipc::Queue::<u8>::bounded(4).unwrap();
     // `ls` opens one directory descriptor to list /proc/self/fd.
     let allowed = |fds: &[u32]| fds.iter().all(|&fd| fd <= 3) && fds.len() <= 4;
-    for mode in [Mode::Thread, Mode::Process] {
-        for method in METHODS {
-            let pool = Pool::builder().mode(mode).workers(1).start_method(method).build().unwrap();
-            let fds = pool.submit((tx.clone(), q.clone()), fds_of_an_exec).join().unwrap();
-            assert!(fds.len() >= 3 && allowed(&fds), "{mode:?}/{method:?}: ls saw {fds:?}");
-        }
+    // A thread shares this process's descriptors, including any that this
+    // test process itself inherited without close-on-exec from whoever
+    // started it: those are not tandem's. Nothing tandem opens may be added.
+    let inherited: HashSet<u32> = fds_of_an_exec((tx.clone(), q.clone())).into_iter().collect();
+    for method in METHODS {
+        let pool = Pool::builder().mode(Mode::Thread).workers(1).start_method(method).build().unwrap();
+        let fds = pool.submit((tx.clone(), q.clone()), fds_of_an_exec).join().unwrap();
+        assert!(fds.iter().all(|fd| inherited.contains(fd)), "thread: ls saw {fds:?}, started with {inherited:?}");
+    }
+    for method in METHODS {
+        let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
+        let fds = pool.submit((tx.clone(), q.clone()), fds_of_an_exec).join().unwrap();
+        assert!(fds.len() >= 3 && allowed(&fds), "process/{method:?}: ls saw {fds:?}");
     }
     for method in METHODS {
         let h = tandem::process::Builder::new().start_method(method).spawn((tx.clone(), q.clone()), fds_of_an_exec);
