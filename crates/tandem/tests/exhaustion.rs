@@ -57,9 +57,13 @@ fn running_out_of_descriptors_is_an_io_error_naming_the_limit() {
         let lines = tandem::process::spawn(room, starved).unwrap().join().unwrap();
         assert_eq!(lines.len(), 4);
         for line in &lines {
-            assert!(line.contains("Io: ") && line.contains("RLIMIT_NOFILE"), "room {room}: {line}");
+            let named = line.contains("Io: ") && line.contains("RLIMIT_NOFILE");
+            // With room for two descriptors a one-off may just fit.
+            assert!(named || (room > 0 && line.ends_with("succeeded")), "room {room}: {line}");
         }
-        if room == 2 {
+        if room == 0 {
+            assert!(lines.iter().all(|l| l.contains("RLIMIT_NOFILE")), "{lines:?}");
+        } else {
             assert!(lines.iter().filter(|l| l.contains("submit: Io")).count() == 2, "{lines:?}");
         }
     }
@@ -71,6 +75,7 @@ fn start_grandchild(fifo: String) -> u8 {
         .arg("1000")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     common::signal(&fifo, &child.id().to_string());
