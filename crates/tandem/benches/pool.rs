@@ -28,7 +28,11 @@ fn map_throughput(c: &mut Criterion) {
     for mode in [Mode::Thread, Mode::Process] {
         let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
         g.bench_function(format!("tandem/{mode:?}"), |b| {
-            b.iter(|| pool.map(0..1_000_000u64, |x| x.wrapping_mul(x)).map(Result::unwrap).fold(0u64, u64::wrapping_add))
+            b.iter(|| {
+                pool.map(0..1_000_000u64, |x| x.wrapping_mul(x))
+                    .map(Result::unwrap)
+                    .fold(0u64, u64::wrapping_add)
+            })
         });
     }
     g.finish();

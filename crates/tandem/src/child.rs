@@ -93,7 +93,9 @@ impl ChildProcess {
         // happens only after it exits, so check that it is still running.
         let pid_held = match process.origin {
             Origin::Direct => true,
-            Origin::ForkServer(_) => !poll_ready(process.pidfd.as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 })),
+            Origin::ForkServer(_) => {
+                !poll_ready(process.pidfd.as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
+            }
         };
         if pid_held {
             // ESRCH: no group (the task moved the worker out of it); the

@@ -25,15 +25,15 @@
 #![deny(unsafe_code)]
 #![allow(clippy::needless_doctest_main)] // the crate example shows where init() goes
 
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 pub mod chaos;
 mod child;
 mod codec;
 mod error;
 pub mod floor;
 mod forkserver;
-#[doc(hidden)]
-#[path = "fuzz.rs"]
-pub mod __fuzz;
 pub mod ipc;
 mod launch;
 mod pool;

@@ -81,7 +81,9 @@ fn killer(pool: Arc<Pool>, stop: Arc<AtomicBool>, kills: Arc<AtomicU64>) -> std:
 }
 
 fn chaos_pool(method: StartMethod, retries: u32) -> Arc<Pool> {
-    Arc::new(Pool::builder().mode(Mode::Process).workers(2).start_method(method).retries(retries).build().unwrap())
+    Arc::new(
+        Pool::builder().mode(Mode::Process).workers(2).start_method(method).retries(retries).build().unwrap(),
+    )
 }
 
 /// Kills each phase must see before it stops repeating its work.

@@ -47,10 +47,21 @@ fn seeds() -> Vec<Vec<u8>> {
 
 #[derive(Clone, Debug)]
 enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Set { at: usize, byte: u8 },
-    Truncate { at: usize },
-    Insert { at: usize, bytes: Vec<u8> },
+    Flip {
+        at: usize,
+        bit: u8,
+    },
+    Set {
+        at: usize,
+        byte: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
     /// Overwrite the length field of the first header.
     Length(u64),
 }
@@ -62,7 +73,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(|at| Mutation::Truncate { at }),
         (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        prop_oneof![Just(u64::MAX), Just(1u64 << 63), Just(1u64 << 40), 0u64..4096].prop_map(Mutation::Length),
+        prop_oneof![Just(u64::MAX), Just(1u64 << 63), Just(1u64 << 40), 0u64..4096]
+            .prop_map(Mutation::Length),
     ]
 }
 

@@ -70,6 +70,9 @@ fn running_out_of_descriptors_is_an_io_error_naming_the_limit() {
 }
 
 /// Start `sleep 1000` as a grandchild, report its pid, then hang.
+// Never waited for on purpose: the grandchild must linger until the kill of
+// its worker's process group ends it (and init reaps it).
+#[allow(clippy::zombie_processes)]
 fn start_grandchild(fifo: String) -> u8 {
     let child = std::process::Command::new("sleep")
         .arg("1000")
@@ -134,14 +137,16 @@ fn a_grandchild_dies_with_a_cancelled_task_and_a_terminated_pool() {
 fn a_grandchild_dies_with_a_one_off_unit_that_times_out_or_is_killed() {
     for method in METHODS {
         let fifo = Fifo::new();
-        let h = tandem::process::Builder::new().start_method(method).spawn(fifo.path.clone(), start_grandchild);
+        let h =
+            tandem::process::Builder::new().start_method(method).spawn(fifo.path.clone(), start_grandchild);
         let h = h.unwrap();
         let g = grandchild(&fifo);
         assert!(matches!(h.join_timeout(Duration::from_millis(10)), Err(Error::TimedOut)));
         assert!(gone_within_a_second(&g), "{method:?}: join_timeout left the grandchild");
 
         let fifo = Fifo::new();
-        let h = tandem::process::Builder::new().start_method(method).spawn(fifo.path.clone(), start_grandchild);
+        let h =
+            tandem::process::Builder::new().start_method(method).spawn(fifo.path.clone(), start_grandchild);
         let h = h.unwrap();
         let UnitId::Process(_) = h.id() else { unreachable!() };
         let g = grandchild(&fifo);

@@ -129,7 +129,15 @@ fn a_one_off_unit_that_writes_garbage_to_its_parent_fails_cleanly() {
             // A limit only so a regression fails instead of hanging.
             assert_refused(how, h.join_timeout(Duration::from_secs(30)), &format!("one-off {method:?}"));
         }
-        assert_eq!(tandem::process::Builder::new().start_method(method).spawn(2u8, |x| x + 1).unwrap().join().unwrap(), 3);
+        assert_eq!(
+            tandem::process::Builder::new()
+                .start_method(method)
+                .spawn(2u8, |x| x + 1)
+                .unwrap()
+                .join()
+                .unwrap(),
+            3
+        );
     }
 }
 
@@ -139,9 +147,17 @@ fn a_pool_worker_that_writes_garbage_fails_its_task_and_the_pool_goes_on() {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
         for (i, how) in ATTACKS.into_iter().enumerate() {
             assert_refused(how, pool.submit(how, attack).join(), &format!("pool {method:?}"));
-            assert_eq!(pool.submit(i as u64, |x| x + 1).join().unwrap(), i as u64 + 1, "{method:?} after {how:?}");
+            assert_eq!(
+                pool.submit(i as u64, |x| x + 1).join().unwrap(),
+                i as u64 + 1,
+                "{method:?} after {how:?}"
+            );
         }
-        assert_eq!(pool.stats().workers[0].restarts, ATTACKS.len() as u64, "{method:?}: each attacker was replaced");
+        assert_eq!(
+            pool.stats().workers[0].restarts,
+            ATTACKS.len() as u64,
+            "{method:?}: each attacker was replaced"
+        );
         drop(pool);
         // Other tests of this binary reap their own children a moment after
         // they die, so only a zombie that stays is a failure.
@@ -155,8 +171,7 @@ fn a_pool_worker_that_writes_garbage_fails_its_task_and_the_pool_goes_on() {
 
 #[test]
 fn a_small_message_limit_refuses_a_big_honest_result_and_the_pool_goes_on() {
-    let pool =
-        Pool::builder().mode(Mode::Process).workers(1).max_message_size(1 << 16).build().unwrap();
+    let pool = Pool::builder().mode(Mode::Process).workers(1).max_message_size(1 << 16).build().unwrap();
     match pool.submit(1usize << 20, |n| vec![1u8; n]).join() {
         Err(Error::Codec(why)) => assert!(why.contains("over the limit"), "{why}"),
         other => panic!("{other:?}"),
@@ -232,7 +247,10 @@ fn programs_a_task_executes_inherit_only_the_standard_descriptors() {
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Thread).workers(1).start_method(method).build().unwrap();
         let fds = pool.submit((tx.clone(), q.clone()), fds_of_an_exec).join().unwrap();
-        assert!(fds.iter().all(|fd| inherited.contains(fd)), "thread: ls saw {fds:?}, started with {inherited:?}");
+        assert!(
+            fds.iter().all(|fd| inherited.contains(fd)),
+            "thread: ls saw {fds:?}, started with {inherited:?}"
+        );
     }
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
@@ -240,7 +258,9 @@ fn programs_a_task_executes_inherit_only_the_standard_descriptors() {
         assert!(fds.len() >= 3 && allowed(&fds), "process/{method:?}: ls saw {fds:?}");
     }
     for method in METHODS {
-        let h = tandem::process::Builder::new().start_method(method).spawn((tx.clone(), q.clone()), fds_of_an_exec);
+        let h = tandem::process::Builder::new()
+            .start_method(method)
+            .spawn((tx.clone(), q.clone()), fds_of_an_exec);
         let fds = h.unwrap().join().unwrap();
         assert!(fds.len() >= 3 && allowed(&fds), "one-off {method:?}: ls saw {fds:?}");
     }
