@@ -34,10 +34,13 @@ fn spawn_worker(
     generation: u64,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     let pool = shared.clone();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name(format!("tandem-pool-{slot}"))
         .spawn(move || work(&pool, slot, generation))
-        .map_err(|e| Error::os("starting a pool thread", e))
+        .map_err(|e| Error::os("starting a pool thread", e))?;
+    // Name the slot's thread now: `stats()` may run before the thread does.
+    shared.slot(slot).unit = Some(UnitId::Thread(handle.thread().id()));
+    Ok(handle)
 }
 
 fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
