@@ -74,7 +74,11 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let socket = self.socket.take().expect("joined once");
         let deadline = limit.map(|l| Instant::now() + l);
         let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
-        drop(socket);
+        // The socket stays open until the worker is dealt with: closing it
+        // first would let the worker's watchdog exit it on its own, racing a
+        // kill of its process group (which, for a fork-server worker, is only
+        // sent while the worker is still running).
+        let _socket = socket;
         let died = |child: &mut ChildProcess| {
             let status =
                 child.wait_or_kill(child::EXIT_GRACE).map_err(|e| Error::os("waiting for the worker", e))?;
