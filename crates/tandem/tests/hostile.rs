@@ -125,9 +125,12 @@ fn a_task_can_find_its_socket_to_the_parent() {
 fn a_one_off_unit_that_writes_garbage_to_its_parent_fails_cleanly() {
     for method in METHODS {
         for how in ATTACKS {
+            let start = std::time::Instant::now();
             let h = tandem::process::Builder::new().start_method(method).spawn(how, attack).unwrap();
             // A limit only so a regression fails instead of hanging.
             assert_refused(how, h.join_timeout(Duration::from_secs(30)), &format!("one-off {method:?}"));
+            // The attacker sleeps 60 s after its attack: the parent must not wait for it.
+            assert!(start.elapsed() < Duration::from_secs(10), "one-off {method:?}: {how:?} held join");
         }
         assert_eq!(
             tandem::process::Builder::new()
@@ -146,7 +149,9 @@ fn a_pool_worker_that_writes_garbage_fails_its_task_and_the_pool_goes_on() {
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
         for (i, how) in ATTACKS.into_iter().enumerate() {
+            let start = std::time::Instant::now();
             assert_refused(how, pool.submit(how, attack).join(), &format!("pool {method:?}"));
+            assert!(start.elapsed() < Duration::from_secs(10), "pool {method:?}: {how:?} held the task");
             assert_eq!(
                 pool.submit(i as u64, |x| x + 1).join().unwrap(),
                 i as u64 + 1,
