@@ -11,3 +11,54 @@
 pub fn segfault() -> ! {
     crate::sys::crash::segfault()
 }
+
+/// Inside a process worker, write raw `bytes` to its socket to the parent,
+/// outside the protocol, as a broken or hostile worker could (any task can
+/// find that socket among its descriptors). For testing that the parent
+/// refuses what it reads without harm. Outside a worker it fails with
+/// `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let h = tandem::process::spawn((), |()| -> u8 {
+///     tandem::chaos::write_to_parent(b"not a frame").unwrap();
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+///     0
+/// });
+/// assert!(matches!(h.unwrap().join(), Err(tandem::Error::Codec(_))));
+/// ```
+pub fn write_to_parent(bytes: &[u8]) -> std::io::Result<()> {
+    let sock = not_a_worker(crate::worker::parent_socket())?;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        sent += rustix::net::send(&sock, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL)?;
+    }
+    Ok(())
+}
+
+/// Inside a process worker, shut down its socket to the parent in both
+/// directions while the worker keeps running, as a broken worker could.
+/// Outside a worker it fails with `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let h = tandem::process::spawn((), |()| -> u8 {
+///     tandem::chaos::hang_up_parent().unwrap();
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+///     0
+/// });
+/// assert!(matches!(h.unwrap().join(), Err(tandem::Error::WorkerDied { .. })));
+/// ```
+pub fn hang_up_parent() -> std::io::Result<()> {
+    let sock = not_a_worker(crate::worker::parent_socket())?;
+    Ok(rustix::net::shutdown(&sock, rustix::net::Shutdown::Both)?)
+}
+
+fn not_a_worker<T>(value: Option<T>) -> std::io::Result<T> {
+    value.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this process is not a tandem worker: call this from a task running in process mode",
+        )
+    })
+}

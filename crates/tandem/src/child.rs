@@ -10,6 +10,12 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 use crate::forkserver::StatusBook;
 
+/// How long a worker whose connection ended may take to exit on its own
+/// before it is killed (see [`ChildProcess::wait_or_kill`]). A dying process
+/// closes its descriptors moments before it exits, so this is only reached
+/// by a worker that hung up and kept running.
+pub(crate) const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ExitStatus {
@@ -69,10 +75,32 @@ impl ChildProcess {
         &self.process().pidfd
     }
 
-    /// SIGKILL it; a process that already exited is not an error.
+    /// SIGKILL it and its process group; a process that already exited is
+    /// not an error.
+    ///
+    /// Every worker leads a process group of its own (`process_group(0)` for
+    /// Spawn, `setpgid` after a fork-server fork), which holds whatever its
+    /// task started and left running: killing the group takes those down
+    /// with the worker instead of leaving them orphaned.
     pub(crate) fn kill(&self) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());
+        }
+        let process = self.process();
+        // The group id is the worker's pid, and it cannot name anyone else's
+        // group while the worker's pid is held: our own child is held until
+        // we reap it; a fork-server worker until its template reaps it, which
+        // happens only after it exits, so check that it is still running.
+        let pid_held = match process.origin {
+            Origin::Direct => true,
+            Origin::ForkServer(_) => {
+                !poll_ready(process.pidfd.as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
+            }
+        };
+        if pid_held {
+            // ESRCH: no group (the task moved the worker out of it); the
+            // pidfd signal below still reaches the worker.
+            let _ = rustix::process::kill_process_group(process.pid, Signal::KILL);
         }
         match rustix::process::pidfd_send_signal(self.pidfd(), Signal::KILL) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
@@ -95,6 +123,20 @@ impl ChildProcess {
             return Ok(());
         }
         self.wait().map(drop)
+    }
+
+    /// Reap a worker whose connection ended: give it `grace` to exit on its
+    /// own (then its status tells what happened), else SIGKILL it. A worker
+    /// that closed or cut off its connection but kept running is no longer
+    /// speaking the protocol, and waiting for it could take forever.
+    pub(crate) fn wait_or_kill(&mut self, grace: std::time::Duration) -> io::Result<ExitStatus> {
+        if self.status.is_none() {
+            let grace = Timespec::try_from(grace).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+            if !poll_ready(self.pidfd().as_fd(), Some(grace)) {
+                self.kill()?;
+            }
+        }
+        self.wait()
     }
 
     /// Block until it exits, reap it, and say how it ended.

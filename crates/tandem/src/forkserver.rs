@@ -195,7 +195,7 @@ fn exited_payload(pid: u32, status: ExitStatus) -> [u8; 13] {
     b
 }
 
-fn parse_exited(b: &[u8]) -> Option<(u32, ExitStatus)> {
+pub(crate) fn parse_exited(b: &[u8]) -> Option<(u32, ExitStatus)> {
     let pid = u32::from_le_bytes(b.get(..4)?.try_into().ok()?);
     let value = i32::from_le_bytes(b.get(5..9)?.try_into().ok()?);
     let status = match b.get(4)? {
@@ -294,6 +294,10 @@ fn fork_worker(link: &ParentLink) -> ForkResult {
             if rustix::process::getppid() != Some(template_pid) {
                 fork::exit_now(70);
             }
+            // Lead a process group of our own, like a Spawn worker, so a kill
+            // of the worker also reaches what its tasks start (see
+            // `ChildProcess::kill`).
+            let _ = rustix::process::setpgid(None, None);
             ForkResult::InChild(worker_end)
         }
         Ok(Forked::Parent(pid)) => {

@@ -14,9 +14,13 @@ use crate::wire::{self, Kind};
 use crate::worker::WorkerConfig;
 
 /// A started worker process and the parent's end of its socket.
+///
+/// The socket is declared first so it is dropped first: a worker dropped on
+/// an error path sees its connection close and exits, so reaping the child
+/// (which may block when no reaper thread can be started) always ends.
 pub(crate) struct Worker {
-    pub child: ChildProcess,
     pub socket: OwnedFd,
+    pub child: ChildProcess,
 }
 
 /// Start a worker by `method` and send it `config`.

@@ -25,6 +25,9 @@
 #![deny(unsafe_code)]
 #![allow(clippy::needless_doctest_main)] // the crate example shows where init() goes
 
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 pub mod chaos;
 mod child;
 mod codec;
@@ -152,6 +155,22 @@ pub mod process {
         /// A bigger message is refused without being allocated.
         pub fn max_message_size(mut self, bytes: u64) -> Builder {
             self.config.max_message = bytes;
+            self
+        }
+
+        /// Harden the process with `PR_SET_NO_NEW_PRIVS` (default off):
+        /// programs its task executes cannot gain privileges through setuid
+        /// bits or file capabilities. It cannot be undone inside the process.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let h = tandem::process::Builder::new().no_new_privs(true).spawn((), |()| {
+        ///     std::fs::read_to_string("/proc/self/status").unwrap().contains("NoNewPrivs:\t1")
+        /// });
+        /// assert!(h.unwrap().join().unwrap());
+        /// ```
+        pub fn no_new_privs(mut self, on: bool) -> Builder {
+            self.config.no_new_privs = on;
             self
         }
 

@@ -17,11 +17,25 @@ struct Reaper {
     wake: OwnedFd,
 }
 
-static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
+static REAPER: OnceLock<Reaper> = OnceLock::new();
+
+/// The reaper, started on first use. A start that fails (out of descriptors
+/// or threads) is tried again next time instead of being remembered.
+fn reaper() -> Option<&'static Reaper> {
+    if let Some(reaper) = REAPER.get() {
+        return Some(reaper);
+    }
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if REAPER.get().is_none() {
+        let _ = REAPER.set(start()?);
+    }
+    REAPER.get()
+}
 
 /// Take over `process`: reap it when it exits, draining `drain` meanwhile.
 pub(crate) fn adopt(process: Process, drain: Option<OwnedFd>) {
-    let Some(reaper) = REAPER.get_or_init(start) else {
+    let Some(reaper) = reaper() else {
         // No reaper thread could be started: reap here, blocking.
         process.reap();
         return;
@@ -87,7 +101,7 @@ fn run(wake_read: OwnedFd) {
             process.reap();
         }
         while rustix::io::read(&wake_read, &mut scratch[..]).map(|n| n > 0).unwrap_or(false) {}
-        if let Some(Some(reaper)) = REAPER.get() {
+        if let Some(reaper) = REAPER.get() {
             children.extend(reaper.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
         }
     }

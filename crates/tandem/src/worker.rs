@@ -67,20 +67,25 @@ pub(crate) struct WorkerConfig {
     pub memory_limit: u64,
     /// Largest task message accepted; 0 for the default.
     pub max_message: u64,
+    /// Set `PR_SET_NO_NEW_PRIVS`: programs the tasks `exec` gain no
+    /// privileges (setuid bits and file capabilities are ignored).
+    pub no_new_privs: bool,
 }
 
 impl WorkerConfig {
-    pub(crate) fn to_bytes(self) -> [u8; 16] {
-        let mut b = [0u8; 16];
+    pub(crate) fn to_bytes(self) -> [u8; 17] {
+        let mut b = [0u8; 17];
         b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
-        b[8..].copy_from_slice(&self.max_message.to_le_bytes());
+        b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
+        b[16] = u8::from(self.no_new_privs);
         b
     }
 
-    fn from_bytes(b: &[u8]) -> Option<WorkerConfig> {
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<WorkerConfig> {
         Some(WorkerConfig {
             memory_limit: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
             max_message: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+            no_new_privs: *b.get(16)? != 0,
         })
     }
 
@@ -99,11 +104,20 @@ pub(crate) enum ParentGuard {
     DeathSignal,
 }
 
+/// A copy of this worker's socket to its parent, for [`crate::chaos`].
+static PARENT_SOCKET: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+/// This worker's socket to its parent, if this process is a worker.
+pub(crate) fn parent_socket() -> Option<OwnedFd> {
+    PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.try_clone().ok()
+}
+
 /// Run tasks from the parent until it closes the connection.
 pub(crate) fn serve(link: ParentLink, first: Option<Frame>, guard: ParentGuard) -> i32 {
     if guard == ParentGuard::Watchdog {
         start_watchdog(&link.socket);
     }
+    *PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = link.socket.try_clone().ok();
     let sock = link.socket.as_fd();
     let mut config = WorkerConfig::default();
     let mut pending = first;
@@ -125,6 +139,14 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>, guard: ParentGuard) 
                     return EXIT_PROTOCOL;
                 };
                 config = new;
+                if config.no_new_privs {
+                    // Tasks run on this thread; threads and programs they
+                    // start inherit the flag.
+                    if let Err(e) = rustix::thread::set_no_new_privs(true) {
+                        eprintln!("tandem worker: could not set no_new_privs: {e}");
+                        return EXIT_PROTOCOL;
+                    }
+                }
                 if config.memory_limit > 0 {
                     let limit = rustix::process::Rlimit {
                         current: Some(config.memory_limit),

@@ -60,7 +60,11 @@ enum Answer {
 }
 
 fn worker_config(shared: &Shared) -> WorkerConfig {
-    WorkerConfig { memory_limit: shared.config.memory_limit, max_message: shared.config.max_message }
+    WorkerConfig {
+        memory_limit: shared.config.memory_limit,
+        max_message: shared.config.max_message,
+        no_new_privs: shared.config.no_new_privs,
+    }
 }
 
 fn drive(shared: &Arc<Shared>, slot: usize) {
@@ -144,8 +148,10 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
             }
             Answer::Died => {
                 let mut dead = live.take().expect("alive");
-                let status =
-                    dead.child.wait().unwrap_or(crate::child::ExitStatus { signal: None, code: None });
+                let status = dead
+                    .child
+                    .wait_or_kill(crate::child::EXIT_GRACE)
+                    .unwrap_or(crate::child::ExitStatus { signal: None, code: None });
                 let mut err = Error::died(dead.child.pid(), status.signal, status.code).in_task(job.id);
                 if let Error::WorkerDied { memory_limit, .. } = &mut err {
                     if shared.config.memory_limit > 0 {

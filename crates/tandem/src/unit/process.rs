@@ -74,9 +74,14 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let socket = self.socket.take().expect("joined once");
         let deadline = limit.map(|l| Instant::now() + l);
         let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
-        drop(socket);
+        // The socket stays open until the worker is dealt with: closing it
+        // first would let the worker's watchdog exit it on its own, racing a
+        // kill of its process group (which, for a fork-server worker, is only
+        // sent while the worker is still running).
+        let socket = Some(socket);
         let died = |child: &mut ChildProcess| {
-            let status = child.wait().map_err(|e| Error::os("waiting for the worker", e))?;
+            let status =
+                child.wait_or_kill(child::EXIT_GRACE).map_err(|e| Error::os("waiting for the worker", e))?;
             let mut err = Error::died(child.pid(), status.signal, status.code);
             if let Error::WorkerDied { memory_limit, .. } = &mut err {
                 if self.config.memory_limit > 0 {
@@ -89,6 +94,10 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             Ok(frame) if frame.kind == Kind::Done => {
                 let result = task::decode_done(frame);
                 // The worker exits after answering: it saw our end of file.
+                // Closing our end too makes its watchdog end a worker that
+                // answered but lingers (a hostile task), so release never
+                // waits on it.
+                drop(socket);
                 child.release().map_err(|e| Error::os("waiting for the worker", e))?;
                 result
             }

@@ -1,0 +1,76 @@
+//! Thin safe entry points into the decoders that read bytes written by
+//! another process, for the fuzz targets in `fuzz/` and the property tests
+//! in `tests/decoders.rs`. Not part of the public API.
+//!
+//! Each function feeds arbitrary bytes to one decoder and must return
+//! normally whatever the bytes are: no panic, no allocation sized by a
+//! claimed length, no hang.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, socketpair};
+
+use crate::wire::{self, Frame, Kind};
+
+/// Most bytes fed through a socket in one go (well under a socket buffer,
+/// so the write never blocks with nobody reading yet).
+pub const MAX_WIRE_INPUT: usize = 64 * 1024;
+
+/// Write `bytes` into one end of a fresh socket pair, close it, and read
+/// frames (payloads of at most `max_payload` bytes) from the other end until
+/// it ends. Returns the number of whole frames read.
+pub fn wire_frames(bytes: &[u8], max_payload: u64) -> usize {
+    let bytes = &bytes[..bytes.len().min(MAX_WIRE_INPUT)];
+    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .expect("a socket pair");
+    let mut sent = 0;
+    while sent < bytes.len() {
+        sent += rustix::net::send(&theirs, &bytes[sent..], SendFlags::NOSIGNAL).expect("room in the buffer");
+    }
+    drop(theirs);
+    let mut frames = 0;
+    // Every byte is already there: a deadline only guards against a reader
+    // that would wait for more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(frame) = wire::recv(ours.as_fd(), max_payload, Some(deadline)) {
+        frames += 1;
+        let _ = done(frame);
+    }
+    frames
+}
+
+/// Decode `payload` as a task's Done frame in every shape the parent reads:
+/// a single result, a map batch, the initializer's unit.
+pub fn done_payload(payload: &[u8]) {
+    let frame = || Frame { kind: Kind::Done, payload: payload.to_vec(), fds: Vec::new() };
+    let _ = done(frame());
+    let _ = crate::task::decode_done::<crate::task::BatchOut<u64>>(frame());
+    let _ = crate::task::decode_done::<()>(frame());
+}
+
+fn done(frame: Frame) -> Option<u64> {
+    let id = crate::task::done_id(&frame);
+    let _ = crate::task::decode_done::<(u64, String, Vec<u8>, Option<i32>)>(frame);
+    id
+}
+
+/// Parse `payload` as a Task frame's header, a worker Config, and a fork
+/// server's Exited report: the other fixed layouts a process reads.
+pub fn fixed_layouts(payload: &[u8]) {
+    let _ = crate::task::parse_task(payload);
+    let _ = crate::worker::WorkerConfig::from_bytes(payload);
+    let _ = crate::forkserver::parse_exited(payload);
+}
+
+/// Decode `bytes` as task arguments of several types, including shareable
+/// objects whose descriptors are missing from the message.
+pub fn codec(bytes: &[u8]) {
+    let _ = crate::codec::decode::<(u64, String, Vec<u8>, Option<i32>)>(bytes, Vec::new());
+    let _ = crate::codec::decode::<Vec<String>>(bytes, Vec::new());
+    let _ = crate::codec::decode::<std::collections::HashMap<u32, Vec<u64>>>(bytes, Vec::new());
+    let _ = crate::codec::decode::<crate::ipc::Sender<u8>>(bytes, Vec::new());
+    let _ = crate::codec::decode::<crate::ipc::Queue<u64>>(bytes, Vec::new());
+    let _ = crate::codec::decode::<crate::shm::SharedSlice<u64>>(bytes, Vec::new());
+    let _ = crate::codec::decode::<crate::sync::Mutex<u64>>(bytes, Vec::new());
+}
