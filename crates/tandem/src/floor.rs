@@ -119,6 +119,12 @@ struct Link {
 }
 
 impl Link {
+    /// A link over one two-way connection: each side reads and writes the
+    /// same socket, through two descriptors.
+    fn duplex(near: OwnedFd, far: OwnedFd) -> io::Result<Link> {
+        Ok(Link { near_out: near.try_clone()?, near_in: near, far_out: far.try_clone()?, far_in: far })
+    }
+
     fn open(transport: Transport) -> io::Result<Link> {
         match transport {
             Transport::Pipe => {
@@ -128,13 +134,7 @@ impl Link {
             }
             Transport::UnixSocket => {
                 let (near, far) = std::os::unix::net::UnixStream::pair()?;
-                let (near, far): (OwnedFd, OwnedFd) = (near.into(), far.into());
-                Ok(Link {
-                    near_out: near.try_clone()?,
-                    near_in: near,
-                    far_out: far.try_clone()?,
-                    far_in: far,
-                })
+                Link::duplex(near.into(), far.into())
             }
             Transport::TcpLoopback => {
                 let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
@@ -142,13 +142,7 @@ impl Link {
                 let (far, _) = listener.accept()?;
                 near.set_nodelay(true)?;
                 far.set_nodelay(true)?;
-                let (near, far): (OwnedFd, OwnedFd) = (near.into(), far.into());
-                Ok(Link {
-                    near_out: near.try_clone()?,
-                    near_in: near,
-                    far_out: far.try_clone()?,
-                    far_in: far,
-                })
+                Link::duplex(near.into(), far.into())
             }
         }
     }

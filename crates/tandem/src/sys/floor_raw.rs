@@ -129,8 +129,9 @@ pub fn publish(word: &AtomicU32, value: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), 1);
 }
 
-/// Answer every request with a reply of the same number until told to stop.
-pub fn serve_shm_echo(region: &SharedRegion, spin: u32) {
+/// Answer every request with a reply of the same number until told to stop,
+/// doing `work` on the region before each reply.
+fn serve_requests(region: &SharedRegion, spin: u32, work: impl Fn(&SharedRegion)) {
     let c = region.control();
     let mut seen = 0;
     loop {
@@ -138,24 +139,23 @@ pub fn serve_shm_echo(region: &SharedRegion, spin: u32) {
         if c[STOP].load(Ordering::Acquire) != 0 {
             return;
         }
+        work(region);
         publish(&c[REPLY], seen);
     }
+}
+
+/// Answer every request with a reply of the same number until told to stop.
+pub fn serve_shm_echo(region: &SharedRegion, spin: u32) {
+    serve_requests(region, spin, |_| {});
 }
 
 /// For every request, read the whole data area, then reply: the far side
 /// of a bandwidth measurement through shared memory.
 pub fn serve_shm_sink(region: &SharedRegion, spin: u32) {
-    let c = region.control();
-    let mut seen = 0;
-    loop {
-        seen = wait_change(&c[REQUEST], seen, spin);
-        if c[STOP].load(Ordering::Acquire) != 0 {
-            return;
-        }
+    serve_requests(region, spin, |region| {
         let sum = region.data().iter().fold(0u64, |s, w| s.wrapping_add(w.load(Ordering::Relaxed)));
-        c[CHECKSUM].store(sum as u32, Ordering::Relaxed);
-        publish(&c[REPLY], seen);
-    }
+        region.control()[CHECKSUM].store(sum as u32, Ordering::Relaxed);
+    });
 }
 
 /// What a forked floor child does before `_exit`.
