@@ -139,6 +139,16 @@ impl ChildProcess {
         self.wait()
     }
 
+    /// If it was never reaped, hand it to the reaper, with the socket whose
+    /// output must be drained so it can finish.
+    fn hand_to_reaper(&mut self, drain: Option<OwnedFd>) {
+        if self.status.is_none() {
+            if let Some(process) = self.inner.take() {
+                crate::reaper::adopt(process, drain);
+            }
+        }
+    }
+
     /// Block until it exits, reap it, and say how it ended.
     pub(crate) fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
@@ -167,29 +177,7 @@ impl Process {
             }
         }
     }
-}
 
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            if let Some(process) = self.inner.take() {
-                crate::reaper::adopt(process, None);
-            }
-        }
-    }
-}
-
-/// Hand a child that nobody will join to the reaper, with the socket whose
-/// output must be drained so the child can finish.
-pub(crate) fn detach(mut child: ChildProcess, drain: Option<OwnedFd>) {
-    if child.status.is_none() {
-        if let Some(process) = child.inner.take() {
-            crate::reaper::adopt(process, drain);
-        }
-    }
-}
-
-impl Process {
     pub(crate) fn pidfd(&self) -> &OwnedFd {
         &self.pidfd
     }
@@ -202,4 +190,16 @@ impl Process {
 pub(crate) fn poll_ready(fd: BorrowedFd<'_>, timeout: Option<Timespec>) -> bool {
     let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
     matches!(rustix::event::poll(&mut pfd, timeout.as_ref()), Ok(n) if n > 0)
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.hand_to_reaper(None);
+    }
+}
+
+/// Hand a child that nobody will join to the reaper, with the socket whose
+/// output must be drained so the child can finish.
+pub(crate) fn detach(mut child: ChildProcess, drain: Option<OwnedFd>) {
+    child.hand_to_reaper(drain);
 }

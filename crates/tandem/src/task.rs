@@ -76,13 +76,7 @@ pub(crate) fn task_header<A: DeserializeOwned + 'static, R: Serialize + 'static>
     id: u64,
     f: fn(A) -> R,
 ) -> [u8; 24] {
-    let call = code::offset_of(trampoline::<A, R> as Trampoline);
-    let func = code::offset_of(f);
-    let mut h = [0u8; 24];
-    h[..8].copy_from_slice(&id.to_le_bytes());
-    h[8..16].copy_from_slice(&call.to_le_bytes());
-    h[16..].copy_from_slice(&func.to_le_bytes());
-    h
+    header_for(id, trampoline::<A, R>, code::offset_of(f))
 }
 
 /// Split a Task payload into (id, trampoline offset, function offset).

@@ -22,6 +22,9 @@ const MAGIC: [u8; 2] = [0x7a, 0xd3];
 const HEADER_LEN: usize = 12;
 /// The most descriptors one frame may carry (the kernel's SCM_MAX_FD).
 pub const MAX_FDS: usize = 253;
+/// Control-message space for the most descriptors a frame may carry; a
+/// constant, so each send and receive keeps it on the stack.
+const CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 /// Default largest payload accepted: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
 /// Payload bytes read per step while a large frame arrives.
@@ -124,7 +127,7 @@ pub fn send(sock: BorrowedFd<'_>, kind: Kind, parts: &[&[u8]], fds: &[BorrowedFd
     pieces.push(&header);
     pieces.extend(parts.iter().copied().filter(|p| !p.is_empty()));
 
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(fds));
@@ -211,7 +214,7 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
     while filled < HEADER_LEN {
         if let Some(d) = deadline {
             wait_readable(sock, d)?;
