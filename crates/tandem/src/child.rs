@@ -42,6 +42,10 @@ pub(crate) struct Process {
     pid: Pid,
     pidfd: OwnedFd,
     origin: Origin,
+    /// The write end of a re-executed worker's lifeline: while it is open
+    /// the worker may live; closing it SIGKILLs the worker (see
+    /// `sys::bootstrap`). Held until the worker is reaped or let go.
+    lifeline: Option<OwnedFd>,
 }
 
 /// A running or finished child process that must be reaped exactly once.
@@ -51,16 +55,19 @@ pub(crate) struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Take ownership of a child started with `std::process::Command`.
-    pub(crate) fn direct(child: std::process::Child) -> io::Result<ChildProcess> {
+    /// Take ownership of a child started with `std::process::Command`, and
+    /// the write end of its lifeline.
+    pub(crate) fn direct(child: std::process::Child, lifeline: OwnedFd) -> io::Result<ChildProcess> {
         let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
         // Our unreaped child cannot be recycled, so this pid is still it.
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-        Ok(ChildProcess { inner: Some(Process { pid, pidfd, origin: Origin::Direct }), status: None })
+        let process = Process { pid, pidfd, origin: Origin::Direct, lifeline: Some(lifeline) };
+        Ok(ChildProcess { inner: Some(process), status: None })
     }
 
     pub(crate) fn forked(pid: Pid, pidfd: OwnedFd, book: Arc<StatusBook>) -> ChildProcess {
-        ChildProcess { inner: Some(Process { pid, pidfd, origin: Origin::ForkServer(book) }), status: None }
+        let process = Process { pid, pidfd, origin: Origin::ForkServer(book), lifeline: None };
+        ChildProcess { inner: Some(process), status: None }
     }
 
     fn process(&self) -> &Process {
@@ -113,16 +120,27 @@ impl ChildProcess {
         self.status.is_some() || poll_ready(self.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
     }
 
-    /// Let go of a worker that delivered its result and is exiting: reap our
-    /// own child; a fork-server worker is reaped by its template, so only
-    /// tell the book its status is not wanted (saves three wake-ups).
-    pub(crate) fn release(mut self) -> io::Result<()> {
-        if let Some(Process { origin: Origin::ForkServer(book), pid, .. }) = &self.inner {
-            book.forget(pid.as_raw_nonzero().get() as u32);
-            self.status = Some(ExitStatus { signal: None, code: None });
-            return Ok(());
+    /// Let go of a worker that delivered its result and is exiting, without
+    /// waiting for its exit: our own child goes to the reaper, which reaps
+    /// it moments later (waiting here would add the worker's exit and one
+    /// more wake-up to every join); a fork-server worker is reaped by its
+    /// template, so only tell the book its status is not wanted.
+    ///
+    /// Cutting a re-executed worker's lifeline ends it even if its task
+    /// answered and then lingers (a hostile task), so the reaper never waits
+    /// on it for long.
+    pub(crate) fn release(mut self) {
+        match &mut self.inner {
+            Some(Process { origin: Origin::ForkServer(book), pid, .. }) => {
+                book.forget(pid.as_raw_nonzero().get() as u32);
+                self.status = Some(ExitStatus { signal: None, code: None });
+            }
+            Some(process) => {
+                process.lifeline = None;
+                self.hand_to_reaper(None);
+            }
+            None => {}
         }
-        self.wait().map(drop)
     }
 
     /// Reap a worker whose connection ended: give it `grace` to exit on its

@@ -1,9 +1,11 @@
-//! Reaps children whose handles were dropped unjoined, so none stays a zombie.
+//! Reaps children nobody waits for, so none stays a zombie: those whose
+//! handles were dropped unjoined, and workers that delivered their result
+//! and are exiting (a join does not wait for that exit).
 //!
-//! One thread, started on first use, polls the pidfds of detached children
+//! One thread, started on first use, polls the pidfds of these children
 //! (and drains their sockets, so a child blocked writing its result can
-//! finish). Detached children still die with the parent: their watchdog sees
-//! the parent's socket close.
+//! finish). Detached children still die with the parent: the kernel kills
+//! them when its end of their lifeline closes (`sys::bootstrap`).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};

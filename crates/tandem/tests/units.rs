@@ -250,8 +250,9 @@ fn a_fork_server_worker_inherits_no_threads_and_no_files() {
             .unwrap()
             .join()
             .unwrap();
-        // The task's thread and the parent watchdog, nothing of ours.
-        assert!(threads <= 2, "{method:?}: {threads} threads");
+        // The task's thread only: nothing of ours (the kernel, not a
+        // watchdog thread, ends a worker whose parent died).
+        assert_eq!(threads, 1, "{method:?}: {threads} threads");
         let name = marker.to_string_lossy().into_owned();
         assert!(!fds.contains(&name), "{method:?} inherited {name}: {fds:?}");
     }
@@ -298,5 +299,65 @@ fn dropping_an_unjoined_handle_leaves_no_zombie() {
             common::eventually(Duration::from_secs(10), || !common::exists(pid)),
             "pid {pid} left a zombie"
         );
+    }
+}
+
+#[test]
+fn a_joined_worker_is_reaped_soon_after() {
+    // A join returns once the worker has answered; its exit is collected
+    // in the background (the reaper, or the fork-server template), never
+    // left as a zombie.
+    for method in METHODS {
+        let h = process(method).spawn(3u8, |x| x + 1).unwrap();
+        let UnitId::Process(pid) = h.id() else { unreachable!() };
+        assert_eq!(h.join().unwrap(), 4);
+        assert!(
+            common::eventually(Duration::from_secs(10), || !common::exists(pid)),
+            "{method:?}: pid {pid} was not reaped after join"
+        );
+    }
+}
+
+/// Answer the parent with a well-formed result (7) for task 0, as the
+/// worker loop would, and then keep running instead of exiting.
+fn answer_then_linger(_: ()) -> u8 {
+    let payload = [&0u64.to_le_bytes()[..], &[0u8, 7u8]].concat(); // task id, "value", postcard(7u8)
+    let mut frame = vec![0x7a, 0xd3, 3, 0];
+    frame.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    tandem::chaos::write_to_parent(&frame).unwrap();
+    sleep_forever(())
+}
+
+#[test]
+fn a_spawn_worker_that_answers_then_lingers_is_ended_by_the_join() {
+    let h = process(StartMethod::Spawn).spawn((), answer_then_linger).unwrap();
+    let UnitId::Process(pid) = h.id() else { unreachable!() };
+    assert_eq!(h.join().unwrap(), 7);
+    if !common::wait_gone(pid, Duration::from_secs(10)) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        panic!("worker {pid} kept running after its result was taken");
+    }
+    assert!(common::eventually(Duration::from_secs(10), || !common::exists(pid)), "pid {pid} left a zombie");
+}
+
+#[test]
+fn a_worker_outlives_the_thread_that_started_it() {
+    // A worker dies with its parent *process*, not with the thread that
+    // started it (which is what PR_SET_PDEATHSIG would do).
+    for method in METHODS {
+        let (go, wait_for_go) = tandem::ipc::channel::<u8>().unwrap();
+        let before = common::threads();
+        let h =
+            std::thread::spawn(move || process(method).spawn(wait_for_go, |rx| rx.recv().unwrap()).unwrap())
+                .join()
+                .unwrap();
+        // The starting thread is gone for the kernel too, not only joined.
+        assert!(common::eventually(Duration::from_secs(10), || common::threads() <= before));
+        go.send(5).unwrap();
+        assert_eq!(h.join().unwrap(), 5, "{method:?}");
     }
 }

@@ -74,9 +74,9 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let deadline = limit.map(|l| Instant::now() + l);
         let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
         // The socket stays open until the worker is dealt with: closing it
-        // first would let the worker's watchdog exit it on its own, racing a
-        // kill of its process group (which, for a fork-server worker, is only
-        // sent while the worker is still running).
+        // first would let the worker exit on its own, racing a kill of its
+        // process group (which, for a fork-server worker, is only sent while
+        // the worker is still running).
         let socket = Some(socket);
         let died = |child: &mut ChildProcess| {
             let status =
@@ -93,11 +93,8 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             Ok(frame) if frame.kind == Kind::Done => {
                 let result = task::decode_done(frame);
                 // The worker exits after answering: it saw our end of file.
-                // Closing our end too makes its watchdog end a worker that
-                // answered but lingers (a hostile task), so release never
-                // waits on it.
                 drop(socket);
-                child.release().map_err(|e| Error::os("waiting for the worker", e))?;
+                child.release();
                 result
             }
             Ok(_) => {
