@@ -112,7 +112,7 @@ pub fn claim() -> Claim {
 fn remove_marker() {
     // Changing the environment races with other threads reading it; only do
     // it while this process has one thread (true before `main`).
-    if super::fork::thread_count().ok() == Some(1) {
+    if super::fork::is_single_threaded() {
         // SAFETY: the process has a single thread, so nothing reads the
         // environment concurrently.
         unsafe { std::env::remove_var(WORKER_ENV) };
@@ -121,8 +121,9 @@ fn remove_marker() {
 
 fn handshake(hex: &str) -> Result<ParentLink, Failure> {
     let expected = parse_hex(hex).ok_or("the marker is not a token")?;
-    let stdin = io::stdin();
-    let fd = stdin.as_fd();
+    // The raw descriptor: std's `Stdin` would set up a buffered reader
+    // this process never uses.
+    let fd = rustix::stdio::stdin();
     let stat = rustix::fs::fstat(fd).map_err(|e| format!("standard input: {e}"))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
         return Err("standard input is not a socket".into());
