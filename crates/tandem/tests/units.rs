@@ -361,3 +361,20 @@ fn a_worker_outlives_the_thread_that_started_it() {
         assert_eq!(h.join().unwrap(), 5, "{method:?}");
     }
 }
+
+fn allowed_cpus(_: ()) -> u32 {
+    rustix::thread::sched_getaffinity(None).unwrap().count()
+}
+
+#[test]
+fn a_spawn_worker_gets_the_cpus_of_the_thread_that_started_it() {
+    // A Spawn worker starts on its starter's CPU, then gets that thread's
+    // whole CPU mask back, as it would have inherited it.
+    let mine = rustix::thread::sched_getaffinity(None).unwrap().count();
+    for _ in 0..3 {
+        let got = process(StartMethod::Spawn).spawn((), allowed_cpus).unwrap().join().unwrap();
+        assert_eq!(got, mine, "a worker kept a CPU mask other than its starter's");
+    }
+    // And the starter itself is given its mask back.
+    assert_eq!(rustix::thread::sched_getaffinity(None).unwrap().count(), mine);
+}
