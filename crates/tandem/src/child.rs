@@ -137,7 +137,7 @@ impl ChildProcess {
             }
             Some(process) => {
                 process.lifeline = None;
-                self.hand_to_reaper(None);
+                self.hand_to_reaper();
             }
             None => {}
         }
@@ -157,12 +157,11 @@ impl ChildProcess {
         self.wait()
     }
 
-    /// If it was never reaped, hand it to the reaper, with the socket whose
-    /// output must be drained so it can finish.
-    fn hand_to_reaper(&mut self, drain: Option<OwnedFd>) {
+    /// If it was never reaped, hand it to the reaper.
+    fn hand_to_reaper(&mut self) {
         if self.status.is_none() {
             if let Some(process) = self.inner.take() {
-                crate::reaper::adopt(process, drain);
+                crate::reaper::adopt(process);
             }
         }
     }
@@ -210,14 +209,10 @@ pub(crate) fn poll_ready(fd: BorrowedFd<'_>, timeout: Option<Timespec>) -> bool 
     matches!(rustix::event::poll(&mut pfd, timeout.as_ref()), Ok(n) if n > 0)
 }
 
+/// A child dropped before it was reaped goes to the reaper: it runs on (a
+/// detached unit finishes its task) and is reaped when it exits.
 impl Drop for ChildProcess {
     fn drop(&mut self) {
-        self.hand_to_reaper(None);
+        self.hand_to_reaper();
     }
-}
-
-/// Hand a child that nobody will join to the reaper, with the socket whose
-/// output must be drained so the child can finish.
-pub(crate) fn detach(mut child: ChildProcess, drain: Option<OwnedFd>) {
-    child.hand_to_reaper(drain);
 }

@@ -378,3 +378,27 @@ fn a_spawn_worker_gets_the_cpus_of_the_thread_that_started_it() {
     // And the starter itself is given its mask back.
     assert_eq!(rustix::thread::sched_getaffinity(None).unwrap().count(), mine);
 }
+
+#[test]
+fn a_dropped_handle_lets_its_process_finish_the_task() {
+    // Detached, as a std thread would be: the task goes on after the drop
+    // (here it only starts its work then) and its effects happen.
+    for method in METHODS {
+        let (go, wait_for_go) = tandem::ipc::channel::<u8>().unwrap();
+        let (done, finished) = tandem::ipc::channel::<u8>().unwrap();
+        let h = process(method)
+            .spawn((wait_for_go, done), |(rx, tx)| {
+                let x = rx.recv().unwrap();
+                tx.send(x + 1).unwrap();
+            })
+            .unwrap();
+        let UnitId::Process(pid) = h.id() else { unreachable!() };
+        drop(h);
+        go.send(1).unwrap();
+        assert_eq!(finished.recv_timeout(Duration::from_secs(10)).unwrap(), 2, "{method:?}");
+        assert!(
+            common::eventually(Duration::from_secs(10), || !common::exists(pid)),
+            "{method:?}: pid {pid} left behind"
+        );
+    }
+}

@@ -16,6 +16,9 @@ use crate::task;
 use crate::wire::{self, Kind, RecvError};
 use crate::worker::WorkerConfig;
 
+/// Dropped unjoined, the unit is detached: its child goes to the reaper (see
+/// `ChildProcess`'s `Drop`) and runs its task to the end; with our end of
+/// the socket closed, its answer has nowhere to go, so it then exits.
 pub(crate) struct ProcessUnit<R> {
     child: Option<ChildProcess>,
     socket: Option<OwnedFd>,
@@ -119,14 +122,6 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
                 let _ = child.wait();
                 Err(Error::os("reading the worker's answer", e))
             }
-        }
-    }
-}
-
-impl<R> Drop for ProcessUnit<R> {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            child::detach(child, self.socket.take());
         }
     }
 }
