@@ -64,13 +64,9 @@ pub(crate) fn reexec() -> Result<Worker, Error> {
         .env(bootstrap::WORKER_ENV, hex)
         .stdin(Stdio::from(theirs))
         .process_group(0);
-    let here = StartHere::begin();
-    let spawned = command.spawn();
-    if let Some(here) = here {
-        here.end(spawned.as_ref().ok());
-    }
-    let child =
-        spawned.map_err(|e| Error::os("starting a worker process (re-executing /proc/self/exe)", e))?;
+    let child = command
+        .spawn()
+        .map_err(|e| Error::os("starting a worker process (re-executing /proc/self/exe)", e))?;
     let child = ChildProcess::direct(child, lifeline)
         .map_err(|e| Error::os("opening a pidfd for a new worker", e))?;
     send_token(ours.as_fd(), &token, lifeline_theirs)
@@ -95,41 +91,6 @@ fn send_token(
             Ok(_) => return Err(rustix::io::Errno::MSGSIZE),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Starts a child on the CPU the calling thread runs on, then gives both
-/// back the calling thread's CPU mask.
-///
-/// The caller sleeps while the child starts (first in `vfork`, then waiting
-/// for the answer), so its CPU is free; a child placed on another CPU would
-/// instead be woken there, and would wake the caller back across CPUs,
-/// which costs tens of microseconds each time on a virtual machine whose
-/// idle CPUs halt (see NOTES.md). The child keeps the CPU only while it
-/// starts: with its mask restored, the scheduler moves it as it likes.
-struct StartHere {
-    mask: rustix::thread::CpuSet,
-}
-
-impl StartHere {
-    /// Pin the calling thread to its current CPU; `None` (nothing changed)
-    /// if the mask cannot be read or set.
-    fn begin() -> Option<StartHere> {
-        let mask = rustix::thread::sched_getaffinity(None).ok()?;
-        let mut here = rustix::thread::CpuSet::new();
-        here.set(rustix::thread::sched_getcpu());
-        rustix::thread::sched_setaffinity(None, &here).ok()?;
-        Some(StartHere { mask })
-    }
-
-    /// Restore the calling thread's mask, and give it to the child too: the
-    /// mask it would have inherited without the pinning.
-    fn end(self, child: Option<&std::process::Child>) {
-        let _ = rustix::thread::sched_setaffinity(None, &self.mask);
-        if let Some(pid) = child.and_then(|c| rustix::process::Pid::from_raw(c.id() as i32)) {
-            // Our unreaped child: the pid cannot name another process.
-            let _ = rustix::thread::sched_setaffinity(Some(pid), &self.mask);
         }
     }
 }

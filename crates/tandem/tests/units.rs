@@ -368,8 +368,8 @@ fn allowed_cpus(_: ()) -> u32 {
 
 #[test]
 fn a_spawn_worker_gets_the_cpus_of_the_thread_that_started_it() {
-    // A Spawn worker starts on its starter's CPU, then gets that thread's
-    // whole CPU mask back, as it would have inherited it.
+    // A Spawn worker inherits its starter's CPU mask, whatever tandem does
+    // to place it while it starts.
     let mine = rustix::thread::sched_getaffinity(None).unwrap().count();
     for _ in 0..3 {
         let got = process(StartMethod::Spawn).spawn((), allowed_cpus).unwrap().join().unwrap();
