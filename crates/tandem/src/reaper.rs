@@ -1,6 +1,4 @@
-//! Reaps children nobody waits for, so none stays a zombie: those whose
-//! handles were dropped unjoined, and workers that delivered their result
-//! and are exiting (a join does not wait for that exit).
+//! Reaps children whose handles were dropped unjoined, so none stays a zombie.
 //!
 //! One thread, started on first use, waits in `epoll` on the pidfds of these
 //! children and reaps each as it exits. Handing a child over is an

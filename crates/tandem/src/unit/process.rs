@@ -97,7 +97,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
                 let result = task::decode_done(frame);
                 // The worker exits after answering: it saw our end of file.
                 drop(socket);
-                child.release();
+                child.release().map_err(|e| Error::os("waiting for the worker", e))?;
                 result
             }
             Ok(_) => {
