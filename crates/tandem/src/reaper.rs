@@ -4,7 +4,8 @@
 //! children and reaps each as it exits. Handing a child over is an
 //! `epoll_ctl` by the caller, which wakes nobody: the reaper wakes once per
 //! child, when it exits. Detached children still die with the parent: the
-//! kernel kills them when its end of their lifeline closes (`sys::bootstrap`).
+//! kernel kills a Spawn worker when the parent's end of its lifeline closes
+//! (`sys::bootstrap`), and a fork-server worker with its template.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
