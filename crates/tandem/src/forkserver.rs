@@ -253,9 +253,9 @@ pub(crate) fn template(link: ParentLink, first: Frame) -> i32 {
                     let child_link = bootstrap::inherit(&link, socket);
                     drop(link);
                     // PR_SET_PDEATHSIG (set in fork_worker) ties this worker
-                    // to the template, which exits when the parent does: no
-                    // watchdog thread needed, one thread fewer to start.
-                    return crate::worker::serve(child_link, None, crate::worker::ParentGuard::DeathSignal);
+                    // to the template, which dies with the parent (its
+                    // lifeline, see `sys::bootstrap`).
+                    return crate::worker::serve(child_link, None);
                 }
             },
             Err(RecvError::Closed) => return 0,

@@ -1,27 +1,37 @@
 //! Reaps children whose handles were dropped unjoined, so none stays a zombie.
 //!
-//! One thread, started on first use, polls the pidfds of detached children
-//! (and drains their sockets, so a child blocked writing its result can
-//! finish). Detached children still die with the parent: their watchdog sees
-//! the parent's socket close.
+//! One thread, started on first use, waits in `epoll` on the pidfds of these
+//! children and reaps each as it exits. Handing a child over is an
+//! `epoll_ctl` by the caller, which wakes nobody: the reaper wakes once per
+//! child, when it exits. Detached children still die with the parent: the
+//! kernel kills a Spawn worker when the parent's end of its lifeline closes
+//! (`sys::bootstrap`), and a fork-server worker with its template.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use rustix::event::{PollFd, PollFlags};
+use rustix::buffer::spare_capacity;
+use rustix::event::epoll;
 
 use crate::child::Process;
 
 struct Reaper {
-    queue: Mutex<Vec<(Process, Option<OwnedFd>)>>,
-    wake: OwnedFd,
+    epoll: std::os::fd::OwnedFd,
+    /// Adopted children by the key their pidfd is registered with.
+    children: Mutex<Children>,
 }
 
-static REAPER: OnceLock<Reaper> = OnceLock::new();
+#[derive(Default)]
+struct Children {
+    next_key: u64,
+    by_key: HashMap<u64, Process>,
+}
+
+static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
 
 /// The reaper, started on first use. A start that fails (out of descriptors
 /// or threads) is tried again next time instead of being remembered.
-fn reaper() -> Option<&'static Reaper> {
+fn reaper() -> Option<&'static Arc<Reaper>> {
     if let Some(reaper) = REAPER.get() {
         return Some(reaper);
     }
@@ -33,76 +43,56 @@ fn reaper() -> Option<&'static Reaper> {
     REAPER.get()
 }
 
-/// Take over `process`: reap it when it exits, draining `drain` meanwhile.
-pub(crate) fn adopt(process: Process, drain: Option<OwnedFd>) {
+/// Take over `process`: reap it when it exits.
+pub(crate) fn adopt(process: Process) {
     let Some(reaper) = reaper() else {
         // No reaper thread could be started: reap here, blocking.
         process.reap();
         return;
     };
-    reaper.queue.lock().unwrap_or_else(|e| e.into_inner()).push((process, drain));
-    let _ = rustix::io::write(&reaper.wake, &[1]);
-}
-
-fn start() -> Option<Reaper> {
-    let (wake_read, wake) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK).ok()?;
-    let spawned = std::thread::Builder::new()
-        .name("tandem-reaper".into())
-        .stack_size(128 * 1024)
-        .spawn(move || run(wake_read));
-    spawned.ok()?;
-    Some(Reaper { queue: Mutex::new(Vec::new()), wake })
-}
-
-fn run(wake_read: OwnedFd) {
-    let mut children: Vec<(Process, Option<OwnedFd>)> = Vec::new();
-    let mut scratch = vec![0u8; 64 * 1024];
-    loop {
-        let (exited, readable) = {
-            let mut fds = vec![PollFd::new(&wake_read, PollFlags::IN)];
-            for (process, drain) in &children {
-                fds.push(PollFd::new(process.pidfd(), PollFlags::IN));
-                if let Some(sock) = drain {
-                    fds.push(PollFd::new(sock, PollFlags::IN));
-                }
-            }
-            if rustix::event::poll(&mut fds, None).is_err() {
-                continue;
-            }
-            let mut exited = Vec::new();
-            let mut readable = Vec::new();
-            let mut i = 1;
-            for (index, (_, drain)) in children.iter().enumerate() {
-                if !fds[i].revents().is_empty() {
-                    exited.push(index);
-                }
-                i += 1;
-                if drain.is_some() {
-                    if !fds[i].revents().is_empty() {
-                        readable.push(index);
-                    }
-                    i += 1;
-                }
-            }
-            (exited, readable)
-        };
-        for index in readable {
-            if let Some(sock) = &children[index].1 {
-                match rustix::net::recv(sock.as_fd(), &mut scratch[..], rustix::net::RecvFlags::DONTWAIT) {
-                    Ok((0, _)) => children[index].1 = None,
-                    Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
-                    Err(_) => children[index].1 = None,
-                }
-            }
+    let mut children = reaper.children.lock().unwrap_or_else(|e| e.into_inner());
+    let key = children.next_key;
+    children.next_key += 1;
+    // Registered under the lock, so the reaper, which takes the lock to
+    // find the child of an event, sees it in the map.
+    match epoll::add(&reaper.epoll, process.pidfd(), epoll::EventData::new_u64(key), epoll::EventFlags::IN) {
+        Ok(()) => {
+            children.by_key.insert(key, process);
         }
-        for index in exited.into_iter().rev() {
-            let (process, _) = children.swap_remove(index);
+        Err(_) => {
+            drop(children);
             process.reap();
         }
-        while rustix::io::read(&wake_read, &mut scratch[..]).map(|n| n > 0).unwrap_or(false) {}
-        if let Some(reaper) = REAPER.get() {
-            children.extend(reaper.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+    }
+}
+
+fn start() -> Option<Arc<Reaper>> {
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
+    let reaper = Arc::new(Reaper { epoll, children: Mutex::new(Children::default()) });
+    let theirs = reaper.clone();
+    std::thread::Builder::new()
+        .name("tandem-reaper".into())
+        .stack_size(128 * 1024)
+        .spawn(move || run(&theirs))
+        .ok()?;
+    Some(reaper)
+}
+
+fn run(reaper: &Reaper) {
+    let mut events = Vec::with_capacity(32);
+    loop {
+        events.clear();
+        if epoll::wait(&reaper.epoll, spare_capacity(&mut events), None).is_err() {
+            continue;
+        }
+        for event in events.drain(..) {
+            let key = event.data.u64();
+            let exited = reaper.children.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&key);
+            // Reaping closes the pidfd, which also takes it out of the
+            // epoll set.
+            if let Some(process) = exited {
+                process.reap();
+            }
         }
     }
 }

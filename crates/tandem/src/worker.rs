@@ -51,7 +51,7 @@ fn finish(code: i32) -> ! {
 fn first_message(link: ParentLink) -> i32 {
     match wire::recv(link.socket.as_fd(), wire::DEFAULT_MAX_MESSAGE, None) {
         Ok(frame) if frame.kind == Kind::BecomeForkServer => crate::forkserver::template(link, frame),
-        Ok(frame) => serve(link, Some(frame), ParentGuard::Watchdog),
+        Ok(frame) => serve(link, Some(frame)),
         Err(RecvError::Closed) => 0,
         Err(e) => {
             eprintln!("tandem worker: bad first message from the parent: {e}");
@@ -94,16 +94,6 @@ impl WorkerConfig {
     }
 }
 
-/// Which guard ends this worker when its parent dies.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ParentGuard {
-    /// A watchdog thread polls the parent's socket for hang-up (Spawn).
-    Watchdog,
-    /// The kernel's parent-death signal is already set: the fork-server
-    /// template is this worker's parent and exits when the real parent does.
-    DeathSignal,
-}
-
 /// A copy of this worker's socket to its parent, for [`crate::chaos`].
 static PARENT_SOCKET: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
 
@@ -113,10 +103,12 @@ pub(crate) fn parent_socket() -> Option<OwnedFd> {
 }
 
 /// Run tasks from the parent until it closes the connection.
-pub(crate) fn serve(link: ParentLink, first: Option<Frame>, guard: ParentGuard) -> i32 {
-    if guard == ParentGuard::Watchdog {
-        start_watchdog(&link.socket);
-    }
+///
+/// Nothing here watches for the parent's death: the kernel ends the worker
+/// when the parent dies, through the lifeline of a re-executed worker
+/// (`sys::bootstrap`) or the parent-death signal of a fork-server worker,
+/// whose parent is the template (`forkserver`).
+pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     *PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = link.socket.try_clone().ok();
     let sock = link.socket.as_fd();
     let mut config = WorkerConfig::default();
@@ -159,6 +151,10 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>, guard: ParentGuard) 
             }
             Kind::Task => {
                 let (id, outcome) = run_task(&link, frame);
+                // What the task printed is out before its result: the
+                // parent may end this process as soon as it has the result.
+                let _ = std::io::stdout().flush();
+                let _ = std::io::stderr().flush();
                 let (header, body) = task::done_parts(id, &outcome);
                 let fds = match &outcome {
                     Outcome::Value(e) => crate::codec::borrowed(&e.fds),
@@ -198,26 +194,4 @@ fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
         trusted: link.trusted,
     };
     (id, trampoline(inv))
-}
-
-/// A thread that ends this process as soon as the parent's end of the socket
-/// is gone (the parent exited or was killed), even in the middle of a task.
-fn start_watchdog(sock: &OwnedFd) {
-    let Ok(watch) = sock.try_clone() else { return };
-    let spawned =
-        std::thread::Builder::new().name("tandem-watchdog".into()).stack_size(64 * 1024).spawn(move || {
-            loop {
-                // With no events requested, poll returns only for hang-up or
-                // error: the parent has closed its end for good.
-                let mut pfd = [PollFd::new(&watch, PollFlags::empty())];
-                if let Ok(n) = rustix::event::poll(&mut pfd, None) {
-                    if n > 0 {
-                        fork::exit_now(EXIT_PARENT_GONE);
-                    }
-                }
-            }
-        });
-    if spawned.is_err() {
-        eprintln!("tandem worker: could not start the parent watchdog; the worker may outlive its parent");
-    }
 }

@@ -7,20 +7,22 @@ use std::time::Duration;
 
 use tandem::{Error, StartMethod, UnitId};
 
-/// Runs in a middle process: start a grandchild that would sleep forever,
-/// report its pid through the FIFO, then wait to be killed.
+/// Runs in a grandchild: report its pid through the FIFO once its task
+/// runs (so the worker is past its start-up, where a parent found gone is
+/// noticed anyway), then sleep forever.
+fn grandchild(fifo: String) -> u8 {
+    std::fs::write(&fifo, format!("{}\n", std::process::id())).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Runs in a middle process: start a grandchild that sleeps forever, then
+/// wait to be killed.
 fn middle((fifo, method): (String, u8)) -> u8 {
     let method = if method == 0 { StartMethod::Spawn } else { StartMethod::ForkServer };
-    let grandchild = tandem::process::Builder::new()
-        .start_method(method)
-        .spawn((), |()| -> u8 {
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        })
-        .unwrap();
-    let UnitId::Process(pid) = grandchild.id() else { unreachable!() };
-    std::fs::write(&fifo, format!("{pid}\n")).unwrap();
+    let grandchild = tandem::process::Builder::new().start_method(method).spawn(fifo, grandchild).unwrap();
+    let UnitId::Process(_) = grandchild.id() else { unreachable!() };
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -43,10 +45,14 @@ fn killing_the_parent_with_sigkill_takes_its_children_down() {
 
         parent.kill().unwrap();
         assert!(matches!(parent.join(), Err(Error::WorkerDied { signal: Some(9), .. })));
-        assert!(
-            common::wait_gone(grandchild, Duration::from_secs(1)),
-            "{method:?}: grandchild {grandchild} outlived its parent by more than a second"
-        );
+        if !common::wait_gone(grandchild, Duration::from_secs(1)) {
+            // Do not leave it behind holding the harness's output open.
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(grandchild as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+            panic!("{method:?}: grandchild {grandchild} outlived its parent by more than a second");
+        }
         let _ = std::fs::remove_file(&fifo);
     }
 }

@@ -250,8 +250,9 @@ fn a_fork_server_worker_inherits_no_threads_and_no_files() {
             .unwrap()
             .join()
             .unwrap();
-        // The task's thread and the parent watchdog, nothing of ours.
-        assert!(threads <= 2, "{method:?}: {threads} threads");
+        // The task's thread only: nothing of ours (the kernel, not a
+        // watchdog thread, ends a worker whose parent died).
+        assert_eq!(threads, 1, "{method:?}: {threads} threads");
         let name = marker.to_string_lossy().into_owned();
         assert!(!fds.contains(&name), "{method:?} inherited {name}: {fds:?}");
     }
@@ -297,6 +298,107 @@ fn dropping_an_unjoined_handle_leaves_no_zombie() {
         assert!(
             common::eventually(Duration::from_secs(10), || !common::exists(pid)),
             "pid {pid} left a zombie"
+        );
+    }
+}
+
+#[test]
+fn a_joined_worker_is_reaped_soon_after() {
+    // A join returns once the worker has answered; its exit is collected
+    // in the background (the reaper, or the fork-server template), never
+    // left as a zombie.
+    for method in METHODS {
+        let h = process(method).spawn(3u8, |x| x + 1).unwrap();
+        let UnitId::Process(pid) = h.id() else { unreachable!() };
+        assert_eq!(h.join().unwrap(), 4);
+        assert!(
+            common::eventually(Duration::from_secs(10), || !common::exists(pid)),
+            "{method:?}: pid {pid} was not reaped after join"
+        );
+    }
+}
+
+/// Answer the parent with a well-formed result (7) for task 0, as the
+/// worker loop would, and then keep running instead of exiting.
+fn answer_then_linger(_: ()) -> u8 {
+    let payload = [&0u64.to_le_bytes()[..], &[0u8, 7u8]].concat(); // task id, "value", postcard(7u8)
+    let mut frame = vec![0x7a, 0xd3, 3, 0];
+    frame.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    tandem::chaos::write_to_parent(&frame).unwrap();
+    sleep_forever(())
+}
+
+#[test]
+fn a_spawn_worker_that_answers_then_lingers_is_ended_by_the_join() {
+    let h = process(StartMethod::Spawn).spawn((), answer_then_linger).unwrap();
+    let UnitId::Process(pid) = h.id() else { unreachable!() };
+    assert_eq!(h.join().unwrap(), 7);
+    if !common::wait_gone(pid, Duration::from_secs(10)) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        panic!("worker {pid} kept running after its result was taken");
+    }
+    assert!(common::eventually(Duration::from_secs(10), || !common::exists(pid)), "pid {pid} left a zombie");
+}
+
+#[test]
+fn a_worker_outlives_the_thread_that_started_it() {
+    // A worker dies with its parent *process*, not with the thread that
+    // started it (which is what PR_SET_PDEATHSIG would do).
+    for method in METHODS {
+        let (go, wait_for_go) = tandem::ipc::channel::<u8>().unwrap();
+        let before = common::threads();
+        let h =
+            std::thread::spawn(move || process(method).spawn(wait_for_go, |rx| rx.recv().unwrap()).unwrap())
+                .join()
+                .unwrap();
+        // The starting thread is gone for the kernel too, not only joined.
+        assert!(common::eventually(Duration::from_secs(10), || common::threads() <= before));
+        go.send(5).unwrap();
+        assert_eq!(h.join().unwrap(), 5, "{method:?}");
+    }
+}
+
+fn allowed_cpus(_: ()) -> u32 {
+    rustix::thread::sched_getaffinity(None).unwrap().count()
+}
+
+#[test]
+fn a_spawn_worker_gets_the_cpus_of_the_thread_that_started_it() {
+    // A Spawn worker inherits its starter's CPU mask, whatever tandem does
+    // to place it while it starts.
+    let mine = rustix::thread::sched_getaffinity(None).unwrap().count();
+    for _ in 0..3 {
+        let got = process(StartMethod::Spawn).spawn((), allowed_cpus).unwrap().join().unwrap();
+        assert_eq!(got, mine, "a worker kept a CPU mask other than its starter's");
+    }
+    // And the starter itself is given its mask back.
+    assert_eq!(rustix::thread::sched_getaffinity(None).unwrap().count(), mine);
+}
+
+#[test]
+fn a_dropped_handle_lets_its_process_finish_the_task() {
+    // Detached, as a std thread would be: the task goes on after the drop
+    // (here it only starts its work then) and its effects happen.
+    for method in METHODS {
+        let (go, wait_for_go) = tandem::ipc::channel::<u8>().unwrap();
+        let (done, finished) = tandem::ipc::channel::<u8>().unwrap();
+        let h = process(method)
+            .spawn((wait_for_go, done), |(rx, tx)| {
+                let x = rx.recv().unwrap();
+                tx.send(x + 1).unwrap();
+            })
+            .unwrap();
+        let UnitId::Process(pid) = h.id() else { unreachable!() };
+        drop(h);
+        go.send(1).unwrap();
+        assert_eq!(finished.recv_timeout(Duration::from_secs(10)).unwrap(), 2, "{method:?}");
+        assert!(
+            common::eventually(Duration::from_secs(10), || !common::exists(pid)),
+            "{method:?}: pid {pid} left behind"
         );
     }
 }

@@ -19,9 +19,16 @@ pub enum Forked {
     Parent(Pid),
 }
 
-/// Number of threads in this process, from /proc/self/task.
-pub fn thread_count() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/task")?.count())
+/// Whether this process has exactly one thread.
+///
+/// `unshare(CLONE_THREAD)` succeeds, changing nothing, only when the calling
+/// thread is alone in its thread group, and fails with `EINVAL` otherwise:
+/// one syscall, where reading `/proc/self/task` takes five and an allocation.
+pub fn is_single_threaded() -> bool {
+    // SAFETY: unshare with CLONE_THREAD alone either fails (more than one
+    // thread) or succeeds without changing anything (one thread): there is
+    // nothing to unshare, so no state of this process is altered.
+    unsafe { libc::unshare(libc::CLONE_THREAD) == 0 }
 }
 
 /// `fork(2)` for a process that has exactly one thread.
@@ -29,7 +36,7 @@ pub fn thread_count() -> io::Result<usize> {
 /// Fails with `Unsupported` in a multi-threaded process, where the child
 /// could inherit locks held by threads that no longer exist.
 pub fn fork_single_threaded() -> io::Result<Forked> {
-    if thread_count()? != 1 {
+    if !is_single_threaded() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "fork from a process with more than one thread (the fork server must stay single-threaded)",
@@ -92,5 +99,33 @@ pub fn fork_raw_child(what: RawChild<'_>) -> io::Result<Pid> {
             exit_now(0)
         }
         pid => Ok(Pid::from_raw(pid).expect("fork returned a positive pid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_threaded_only_when_alone() {
+        // A second thread, alive during the check.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || wait.recv());
+        assert!(!is_single_threaded());
+        release.send(()).unwrap();
+        helper.join().unwrap().unwrap();
+
+        // A forked child has one thread: the one that called fork.
+        // SAFETY: the child only makes the unshare syscall (through
+        // `is_single_threaded`) and `_exit`s, both async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            exit_now(if is_single_threaded() { 0 } else { 1 });
+        }
+        let pid = Pid::from_raw(pid).unwrap();
+        let status =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap().unwrap().1;
+        assert_eq!(status.exit_status(), Some(0), "a lone thread was not seen as single-threaded");
     }
 }

@@ -16,6 +16,9 @@ use crate::task;
 use crate::wire::{self, Kind, RecvError};
 use crate::worker::WorkerConfig;
 
+/// Dropped unjoined, the unit is detached: its child goes to the reaper (see
+/// `ChildProcess`'s `Drop`) and runs its task to the end; with our end of
+/// the socket closed, its answer has nowhere to go, so it then exits.
 pub(crate) struct ProcessUnit<R> {
     child: Option<ChildProcess>,
     socket: Option<OwnedFd>,
@@ -74,9 +77,9 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let deadline = limit.map(|l| Instant::now() + l);
         let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
         // The socket stays open until the worker is dealt with: closing it
-        // first would let the worker's watchdog exit it on its own, racing a
-        // kill of its process group (which, for a fork-server worker, is only
-        // sent while the worker is still running).
+        // first would let the worker exit on its own, racing a kill of its
+        // process group (which, for a fork-server worker, is only sent while
+        // the worker is still running).
         let socket = Some(socket);
         let died = |child: &mut ChildProcess| {
             let status =
@@ -93,9 +96,6 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             Ok(frame) if frame.kind == Kind::Done => {
                 let result = task::decode_done(frame);
                 // The worker exits after answering: it saw our end of file.
-                // Closing our end too makes its watchdog end a worker that
-                // answered but lingers (a hostile task), so release never
-                // waits on it.
                 drop(socket);
                 child.release().map_err(|e| Error::os("waiting for the worker", e))?;
                 result
@@ -122,14 +122,6 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
                 let _ = child.wait();
                 Err(Error::os("reading the worker's answer", e))
             }
-        }
-    }
-}
-
-impl<R> Drop for ProcessUnit<R> {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            child::detach(child, self.socket.take());
         }
     }
 }
