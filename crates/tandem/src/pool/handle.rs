@@ -23,17 +23,24 @@ pub(crate) trait Resolve: Send + Sync {
 }
 
 pub(crate) struct Completion<R> {
-    slot: Mutex<Option<Result<R, Error>>>,
+    slot: Mutex<Slot<R>>,
     resolved: AtomicBool,
     ready: Condvar,
     /// map_unordered: told the key of each resolved batch.
     notify: Option<(Mutex<Sender<u64>>, u64)>,
 }
 
+/// A completion's value, and whether anyone sleeps on its condition variable
+/// (a notify is a system call: skipped when no one waits).
+struct Slot<R> {
+    value: Option<Result<R, Error>>,
+    sleepers: u32,
+}
+
 impl<R> Completion<R> {
     pub(crate) fn new(notify: Option<(Sender<u64>, u64)>) -> Completion<R> {
         Completion {
-            slot: Mutex::new(None),
+            slot: Mutex::new(Slot { value: None, sleepers: 0 }),
             resolved: AtomicBool::new(false),
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
@@ -46,9 +53,12 @@ impl<R> Completion<R> {
         if self.resolved.swap(true, Ordering::SeqCst) {
             return false;
         }
-        *slot = Some(value);
+        slot.value = Some(value);
+        let sleepers = slot.sleepers > 0;
         drop(slot);
-        self.ready.notify_all();
+        if sleepers {
+            self.ready.notify_all();
+        }
         if let Some((tx, key)) = &self.notify {
             let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(*key);
         }
@@ -65,16 +75,19 @@ impl<R> Completion<R> {
         let deadline = limit.map(|l| Instant::now() + l);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         while !self.resolved.load(Ordering::SeqCst) {
+            slot.sleepers += 1;
             match deadline {
                 None => slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        slot.sleepers -= 1;
                         return false;
                     }
                     slot = self.ready.wait_timeout(slot, left).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
+            slot.sleepers -= 1;
         }
         true
     }
@@ -84,6 +97,7 @@ impl<R> Completion<R> {
         self.slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .value
             .take()
             .expect("a resolved completion holds its value")
     }

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub slots: Vec<Mutex<SlotStats>>,
     /// Process mode: the eventfd of each slot's driver.
     pub wakes: Vec<Arc<OwnedFd>>,
+    /// Process mode: each slot's lane (see `processes`).
+    pub lanes: Vec<Mutex<processes::Lane>>,
     /// Jobs in the queue, readable without the lock (for spinning workers).
     pub queued: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
@@ -162,6 +164,7 @@ impl Shared {
         let mut state = self.lock();
         state.queue.push_front(job);
         self.queued.store(state.queue.len(), Ordering::SeqCst);
+        processes::wake_one_parked(self);
         drop(state);
         self.work_ready.notify_one();
     }
@@ -266,6 +269,10 @@ impl PoolBuilder {
             )));
         }
         let n = config.workers;
+        let lanes = match config.mode {
+            Mode::Thread => Vec::new(),
+            Mode::Process => processes::new_lanes(n),
+        };
         let wakes = match config.mode {
             Mode::Thread => Vec::new(),
             Mode::Process => (0..n).map(|_| processes::new_wake().map(Arc::new)).collect::<Result<_, _>>()?,
@@ -285,6 +292,7 @@ impl PoolBuilder {
                 .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
                 .collect(),
             wakes,
+            lanes,
             queued: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             config,
@@ -433,16 +441,32 @@ impl Pool {
             },
         };
         let job = Job { id, control, completion: completion.clone(), work, attempts: 0 };
-        let mut state = self.shared.lock();
+        let state = self.shared.lock();
         if state.closed {
             drop(state);
             completion.resolve(Err(Error::Closed));
             return handle;
         }
+        let (mut state, job) = if state.queue.is_empty() && !self.shared.lanes.is_empty() {
+            match processes::submit_direct(&self.shared, state, job) {
+                Ok(()) => return handle,
+                Err(back) => back,
+            }
+        } else {
+            (state, job)
+        };
         state.queue.push_back(job);
         self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
-        drop(state);
-        self.shared.work_ready.notify_one();
+        match self.shared.config.mode {
+            Mode::Process => {
+                processes::wake_one_parked(&self.shared);
+                drop(state);
+            }
+            Mode::Thread => {
+                drop(state);
+                self.shared.work_ready.notify_one();
+            }
+        }
         handle
     }
 
@@ -501,6 +525,9 @@ impl Pool {
         self.shared.lock().closed = true;
         self.shared.work_ready.notify_all();
         self.shared.deadlines_changed.notify_all();
+        for wake in &self.shared.wakes {
+            processes::wake(wake);
+        }
         self.join_workers();
     }
 
