@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
+use super::processes::Patience;
 use crate::Error;
 use crate::wire::Frame;
 
@@ -123,6 +124,12 @@ pub(crate) enum Place {
     Queued,
     /// Running in a process worker: the eventfd that wakes its driver.
     InProcess(Arc<OwnedFd>),
+    /// Sent by its submitter straight to the idle worker of lane `slot`; its
+    /// handle may read the answer itself (see `processes::submit_direct`).
+    Direct {
+        slot: usize,
+        wake: Arc<OwnedFd>,
+    },
     /// Running on a pool thread: the worker's slot and generation.
     OnThread {
         slot: usize,
@@ -171,18 +178,37 @@ pub struct TaskHandle<R> {
 impl<R> TaskHandle<R> {
     /// Wait for the task's outcome.
     pub fn join(self) -> Result<R, Error> {
+        self.read_direct(Patience::Forever);
         self.completion.take()
     }
 
     /// Whether the task has an outcome yet. Never blocks.
     pub fn is_finished(&self) -> bool {
+        if !self.completion.resolved.load(Ordering::SeqCst) {
+            self.read_direct(Patience::None);
+        }
         self.completion.resolved.load(Ordering::SeqCst)
     }
 
     /// Wait at most `limit` for an outcome; true if there is one. The task
     /// is not stopped when the wait ends (see [`cancel`](Self::cancel)).
     pub fn wait_timeout(&self, limit: Duration) -> bool {
-        self.completion.wait(Some(limit))
+        let deadline = Instant::now() + limit;
+        self.read_direct(Patience::Until(deadline));
+        self.completion.wait(Some(deadline.saturating_duration_since(Instant::now())))
+    }
+
+    /// A task sent straight to a process worker: read its answer here
+    /// rather than wait for the pool's driver to (see
+    /// `processes::submit_direct`).
+    fn read_direct(&self, patience: Patience) {
+        let slot = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
+            Place::Direct { slot, .. } => *slot,
+            _ => return,
+        };
+        if let Some(pool) = self.control.pool.upgrade() {
+            super::processes::join_direct(&pool, slot, self.id, patience);
+        }
     }
 
     /// The task's number in its pool (as named in error messages).
@@ -199,7 +225,7 @@ impl<R> TaskHandle<R> {
     /// a new thread takes its place so the pool keeps its size.
     pub fn cancel(&self) -> bool {
         let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*place, Place::Finished) || self.is_finished() {
+        if matches!(*place, Place::Finished) || self.completion.resolved.load(Ordering::SeqCst) {
             return false;
         }
         self.control.cancelled.store(true, Ordering::SeqCst);
@@ -207,7 +233,7 @@ impl<R> TaskHandle<R> {
             return false;
         }
         match &*place {
-            Place::InProcess(wake) => super::processes::wake(wake),
+            Place::InProcess(wake) | Place::Direct { wake, .. } => super::processes::wake(wake),
             Place::OnThread { slot, generation } => {
                 if let Some(pool) = self.control.pool.upgrade() {
                     super::threads::abandon(&pool, *slot, *generation);
@@ -216,6 +242,18 @@ impl<R> TaskHandle<R> {
             Place::Queued | Place::Finished => {}
         }
         true
+    }
+}
+
+impl<R> Drop for TaskHandle<R> {
+    fn drop(&mut self) {
+        // Nobody will read a direct task's answer here: the driver must.
+        if !self.completion.resolved.load(Ordering::SeqCst) {
+            if let Place::Direct { wake, .. } = &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())
+            {
+                super::processes::wake(wake);
+            }
+        }
     }
 }
 

@@ -110,7 +110,7 @@ pub(crate) struct Shared {
     /// Process mode: the eventfd of each slot's driver.
     pub wakes: Vec<Arc<OwnedFd>>,
     /// Process mode: each slot's lane (see `processes`).
-    pub lanes: Vec<Mutex<processes::Lane>>,
+    pub lanes: Vec<processes::Lane>,
     /// Jobs in the queue, readable without the lock (for spinning workers).
     pub queued: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
@@ -414,6 +414,7 @@ impl Pool {
         O: DeserializeOwned + Send + 'static,
     {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify_free = notify.is_none();
         let completion = Arc::new(Completion::<O>::new(notify));
         let control = Arc::new(Control::new(Arc::downgrade(&self.shared)));
         let handle =
@@ -441,20 +442,20 @@ impl Pool {
             },
         };
         let job = Job { id, control, completion: completion.clone(), work, attempts: 0 };
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
         if state.closed {
             drop(state);
             completion.resolve(Err(Error::Closed));
             return handle;
         }
-        let (mut state, job) = if state.queue.is_empty() && !self.shared.lanes.is_empty() {
-            match processes::submit_direct(&self.shared, state, job) {
-                Ok(()) => return handle,
-                Err(back) => back,
-            }
-        } else {
-            (state, job)
-        };
+        // Only a handle someone holds can read its own answer: map's batches
+        // (resolved through `notify`) go through the driver.
+        let direct = notify_free && state.queue.is_empty() && !self.shared.lanes.is_empty();
+        if let Some(claim) = direct.then(|| processes::claim_open_lane(&self.shared, &job)).flatten() {
+            drop(state);
+            processes::send_direct(&self.shared, claim, job);
+            return handle;
+        }
         state.queue.push_back(job);
         self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
         match self.shared.config.mode {

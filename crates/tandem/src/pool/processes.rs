@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
@@ -47,78 +47,236 @@ fn drain_wake(fd: &OwnedFd) {
     let _ = rustix::io::read(fd, &mut buf);
 }
 
-/// What a slot's driver shares with submitters.
+/// The live worker's ends, for whoever talks to it outside the driver.
+#[derive(Clone)]
+struct Peer {
+    socket: Arc<OwnedFd>,
+    pidfd: Arc<OwnedFd>,
+}
+
+/// A task a submitter sent on an open lane.
+struct InFlight {
+    job: Job,
+    sent_at: Instant,
+    /// What a joiner read from the worker but could not settle itself (a
+    /// death, garbage): for the driver to judge.
+    verdict: Option<Answer>,
+}
+
+/// What a slot's driver shares with submitters and joiners.
 #[derive(Default)]
 pub(crate) struct Lane {
-    /// The driver is waiting in `park` (any reason to wake it must write its
-    /// eventfd, except an answer to a task sent on the open lane).
+    state: Mutex<LaneState>,
+    /// Signalled when a joiner stops reading while the driver waits for it.
+    reader_gone: Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// The driver is waiting in `park`: any reason to wake it must write its
+    /// eventfd.
     parked: bool,
-    /// Set while parked with a live, idle worker: its socket, for a submitter
-    /// to send one task to. Taken by whoever uses or closes the lane.
-    open: Option<Arc<OwnedFd>>,
-    /// The task a submitter sent on the open lane, and when.
-    in_flight: Option<(Job, Instant)>,
+    /// Parked with a live, idle worker: a submitter may send it one task.
+    open: bool,
+    /// The driver's current worker.
+    peer: Option<Peer>,
+    /// The task a submitter sent on the open lane.
+    in_flight: Option<InFlight>,
+    /// A joiner is reading the in-flight task's answer from the socket.
+    reading: bool,
+    /// The driver woke and waits for that joiner to finish.
+    driver_waiting: bool,
 }
 
-pub(crate) fn new_lanes(n: usize) -> Vec<Mutex<Lane>> {
-    (0..n).map(|_| Mutex::new(Lane::default())).collect()
+pub(crate) fn new_lanes(n: usize) -> Vec<Lane> {
+    (0..n).map(|_| Lane::default()).collect()
 }
 
-fn lane(shared: &Shared, slot: usize) -> MutexGuard<'_, Lane> {
-    shared.lanes[slot].lock().unwrap_or_else(|e| e.into_inner())
+fn lane(shared: &Shared, slot: usize) -> MutexGuard<'_, LaneState> {
+    shared.lanes[slot].state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Send `job` straight to an idle worker, if a lane is open and the task is
-/// small. The caller holds the pool's lock and found the queue empty; the
-/// lock is released before the send. Gives the job back otherwise.
-pub(crate) fn submit_direct<'a>(
-    shared: &'a Shared,
-    state: MutexGuard<'a, super::State>,
-    job: Job,
-) -> Result<(), (MutexGuard<'a, super::State>, Job)> {
+/// An open lane a submitter has claimed: its driver stays parked.
+pub(crate) struct Claim<'a> {
+    slot: usize,
+    lane: MutexGuard<'a, LaneState>,
+    peer: Peer,
+}
+
+/// Claim an open lane for `job`, if it is small and a lane is open. The
+/// caller holds the pool's lock and found the queue empty; it releases that
+/// lock, then calls [`send_direct`].
+///
+/// The parked driver does not watch the socket of an open lane: the task's
+/// handle reads the answer itself when joined (`join_direct`), so the
+/// common submit-then-join path has two hand-offs (caller to worker and
+/// back), like a bare pipe round trip. A handle that stops waiting or is
+/// dropped wakes the driver, which then takes the task over.
+pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
     let small = match &job.work {
         Work::Process { header, bytes, .. } => header.len() + bytes.len() <= DIRECT_MAX,
         Work::Thread(_) => false,
     };
-    if !small {
-        return Err((state, job));
+    // Recycling counts tasks in the driver: let it send them.
+    if !small || shared.config.max_tasks_per_worker.is_some() {
+        return None;
     }
-    // Most recently parked first would keep one worker warm; any open lane
-    // will do for correctness.
-    let Some((slot, mut lane, socket)) = (0..shared.lanes.len()).find_map(|slot| {
+    (0..shared.lanes.len()).find_map(|slot| {
         let mut lane = lane(shared, slot);
-        let socket = lane.open.take()?;
-        Some((slot, lane, socket))
-    }) else {
-        return Err((state, job));
-    };
-    drop(state);
-    let Work::Process { header, bytes, fds } = &job.work else { unreachable!("checked above") };
-    job.control.set(Place::InProcess(shared.wakes[slot].clone()));
+        if !lane.open {
+            return None;
+        }
+        let peer = lane.peer.clone()?;
+        lane.open = false;
+        Some(Claim { slot, lane, peer })
+    })
+}
+
+/// Send `job` on a claimed lane.
+pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
+    let Claim { slot, mut lane, peer } = claim;
+    let Work::Process { header, bytes, fds } = &job.work else { unreachable!("claimed for process work") };
+    job.control.set(Place::Direct { slot, wake: shared.wakes[slot].clone() });
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    if wire::send(socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
+    let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
+    drop(peer);
+    if sent.is_err() {
         // The worker is gone and never saw the task: queue it for the
         // driver, which is about to notice the death and replace the worker.
-        drop(socket);
         drop(lane);
         job.control.set(Place::Queued);
         shared.requeue(job);
-        return Ok(());
+        return;
     }
-    drop(socket);
-    lane.in_flight = Some((job, Instant::now()));
+    lane.in_flight = Some(InFlight { job, sent_at: Instant::now(), verdict: None });
     drop(lane);
     if shared.config.task_timeout.is_some() {
-        // The parked driver polls without a deadline: make it re-arm.
+        // The deadline is the driver's to keep: wake it to take the task.
         wake(&shared.wakes[slot]);
     }
-    Ok(())
 }
 
-/// Wake one parked driver for a queued job (process mode).
+/// Wake one parked driver for a queued job (process mode), one with an idle
+/// worker if there is one.
 pub(crate) fn wake_one_parked(shared: &Shared) {
-    if let Some(slot) = (0..shared.lanes.len()).find(|&slot| lane(shared, slot).parked) {
+    let slots = 0..shared.lanes.len();
+    let idle = slots.clone().find(|&slot| lane(shared, slot).open);
+    if let Some(slot) = idle.or_else(|| slots.clone().find(|&slot| lane(shared, slot).parked)) {
         wake(&shared.wakes[slot]);
+    }
+}
+
+/// How far a joiner may wait for a direct task's answer.
+#[derive(Clone, Copy)]
+pub(crate) enum Patience {
+    /// Look once, never block.
+    None,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+/// A joiner reads the answer to its own task `id`, sent on lane `slot`,
+/// straight from the worker: no driver wake-up on the way back. Anything but
+/// a plain answer (a death, garbage, a cancel, terminate, queued work for
+/// this worker) is left to the driver, which is woken by the same event or
+/// told here. On return the task may or may not be resolved.
+pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patience) {
+    let peer = {
+        let mut lane = lane(shared, slot);
+        let mine = lane.in_flight.as_ref().is_some_and(|f| f.job.id == id && f.verdict.is_none());
+        if !mine || !lane.parked || lane.reading {
+            // The driver took the task over, or another thread is reading.
+            return;
+        }
+        let Some(peer) = lane.peer.clone() else { return };
+        lane.reading = true;
+        peer
+    };
+    let read = read_answer(&peer, &shared.wakes[slot], patience, shared.config.max_message_or_default());
+    let mut lane = lane(shared, slot);
+    lane.reading = false;
+    let driver_waiting = lane.driver_waiting;
+    let done = match read {
+        None => None,
+        Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(id) => {
+            let flight = lane.in_flight.take().expect("a joiner reads only while its task is in flight");
+            if lane.parked && !driver_waiting {
+                lane.open = true;
+            }
+            Some((flight.job, frame))
+        }
+        Some(other) => {
+            // Bytes were consumed that the driver must judge: hand them over.
+            if let Some(flight) = lane.in_flight.as_mut() {
+                flight.verdict = Some(other);
+            }
+            wake(&shared.wakes[slot]);
+            None
+        }
+    };
+    drop(lane);
+    if driver_waiting {
+        shared.lanes[slot].reader_gone.notify_all();
+    }
+    if let Some((job, frame)) = done {
+        shared.slot(slot).tasks_done += 1;
+        job.control.set(Place::Finished);
+        job.completion.resolve_frame(frame);
+    }
+}
+
+/// Wait for the worker's answer as long as `patience` allows; `None` if
+/// there is none yet or the worker died, was woken or is to be cancelled
+/// (the driver sees the same event and acts).
+fn read_answer(peer: &Peer, wake: &OwnedFd, patience: Patience, max: u64) -> Option<Answer> {
+    if !matches!(patience, Patience::None) {
+        // A short task answers within microseconds: try the read itself
+        // first (a death shows as a closed socket; a cancel or terminate is
+        // seen once the spin ends).
+        match wire::recv_spinning(peer.socket.as_fd(), max) {
+            Ok(None) => {}
+            other => return Some(answer_from(other.map(|f| f.expect("a frame")))),
+        }
+    }
+    loop {
+        let mut fds = [
+            PollFd::new(&*peer.socket, PollFlags::IN),
+            PollFd::new(&*peer.pidfd, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let timeout = match patience {
+            Patience::None => Some(zero),
+            Patience::Until(t) => {
+                Some(Timespec::try_from(t.saturating_duration_since(Instant::now())).unwrap_or(zero))
+            }
+            Patience::Forever => None,
+        };
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+        if !fds[2].revents().is_empty() || fds[0].revents().is_empty() {
+            // Woken, or the worker died with nothing to read: the driver's.
+            return None;
+        }
+        return Some(answer_from(wire::recv(peer.socket.as_fd(), max, None)));
+    }
+}
+
+/// What a read from the worker's socket means.
+fn answer_from(read: Result<Frame, RecvError>) -> Answer {
+    match read {
+        Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),
+        Ok(frame) => Answer::Garbage(format!("an unexpected {:?} message", frame.kind)),
+        Err(RecvError::Closed) | Err(RecvError::Truncated(_)) => Answer::Died,
+        Err(RecvError::TimedOut) => Answer::TimedOut,
+        Err(RecvError::Malformed(why)) => Answer::Garbage(why),
+        Err(RecvError::Io(e)) => Answer::Garbage(e.to_string()),
     }
 }
 
@@ -139,6 +297,8 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<(), Error> {
 struct Live {
     child: ChildProcess,
     socket: Arc<OwnedFd>,
+    /// The same socket and a duplicate of the pidfd, for joiners.
+    peer: Peer,
     tasks: u64,
 }
 
@@ -152,9 +312,9 @@ enum Answer {
 
 /// What a driver does next.
 enum Next {
-    /// A submitter sent this job to the worker at this instant; the bool
-    /// says the worker's socket is already readable.
-    Sent(Job, Instant, bool),
+    /// A submitter sent this job to the worker at this instant; a joiner
+    /// may have read its answer already (the verdict).
+    Sent(Job, Instant, Option<Answer>),
     /// A queued job for the driver to send.
     Queued(Job),
     /// The pool is closed and drained, or terminating.
@@ -189,25 +349,33 @@ fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -
             }
             let mut lane = lane(shared, slot);
             lane.parked = true;
-            lane.open = live.as_ref().map(|l| l.socket.clone());
+            lane.open = live.is_some();
+            lane.peer = live.as_ref().map(|l| l.peer.clone());
         }
-        let Parked { readable, died, woken } = park(live.as_ref(), wake);
+        let Parked { died, woken } = park(live.as_ref(), wake);
         let sent = {
             let mut lane = lane(shared, slot);
             lane.parked = false;
-            lane.open = None;
+            lane.open = false;
+            // Only the driver holds the worker's socket while it is not
+            // parked: a polite retire closes it.
+            lane.peer = None;
+            while lane.reading {
+                lane.driver_waiting = true;
+                lane = shared.lanes[slot].reader_gone.wait(lane).unwrap_or_else(|e| e.into_inner());
+            }
+            lane.driver_waiting = false;
             lane.in_flight.take()
         };
-        if let Some((job, at)) = sent {
+        if let Some(InFlight { job, sent_at, verdict }) = sent {
             // Any wake-up is left on the eventfd for `await_answer` to judge.
-            return Next::Sent(job, at, readable && !woken);
+            return Next::Sent(job, sent_at, verdict);
         }
         if woken {
             drain_wake(wake);
         }
-        if readable || died {
-            // Nothing was sent, yet the worker spoke, hung up or died: it is
-            // broken or gone. Replace it now, so no task meets it.
+        if died {
+            // The worker died while idle: replace it now, so no task meets it.
             retire(live.take(), false);
             shared.slot(slot).restarts += 1;
             *live = start_worker(shared, slot).ok();
@@ -218,37 +386,34 @@ fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -
 /// Why `park` returned.
 #[derive(Clone, Copy)]
 struct Parked {
-    readable: bool,
     died: bool,
     woken: bool,
 }
 
-/// Sleep until the worker's socket or pidfd stirs or the eventfd is written.
+/// Sleep until the worker dies or the eventfd is written. The socket is not
+/// watched: an answer to a task sent on the open lane is its joiner's to
+/// read (see `submit_direct`).
 fn park(live: Option<&Live>, wake: &OwnedFd) -> Parked {
     loop {
         let result = match live {
             Some(live) => {
-                let mut fds = [
-                    PollFd::new(&*live.socket, PollFlags::IN),
-                    PollFd::new(live.child.pidfd(), PollFlags::IN),
-                    PollFd::new(wake, PollFlags::IN),
-                ];
+                let mut fds =
+                    [PollFd::new(live.child.pidfd(), PollFlags::IN), PollFd::new(wake, PollFlags::IN)];
                 rustix::event::poll(&mut fds, None).map(|_| Parked {
-                    readable: !fds[0].revents().is_empty(),
-                    died: !fds[1].revents().is_empty(),
-                    woken: !fds[2].revents().is_empty(),
+                    died: !fds[0].revents().is_empty(),
+                    woken: !fds[1].revents().is_empty(),
                 })
             }
             None => {
                 let mut fds = [PollFd::new(wake, PollFlags::IN)];
-                rustix::event::poll(&mut fds, None).map(|_| Parked { readable: false, died: false, woken: true })
+                rustix::event::poll(&mut fds, None).map(|_| Parked { died: false, woken: true })
             }
         };
         match result {
             Ok(outcome) => return outcome,
             Err(rustix::io::Errno::INTR) => continue,
-            // Cannot happen with valid descriptors; treat as a broken worker.
-            Err(_) => return Parked { readable: false, died: true, woken: false },
+            // Cannot happen with valid descriptors; treat as a dead worker.
+            Err(_) => return Parked { died: true, woken: false },
         }
     }
 }
@@ -259,9 +424,9 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
     // pay for it; if that fails, the first task tries again and reports it.
     let mut live: Option<Live> = start_worker(shared, slot).ok();
     loop {
-        let (job, sent_at, mut readable) = match next(shared, slot, &mut live, &wake) {
+        let (job, sent_at, verdict) = match next(shared, slot, &mut live, &wake) {
             Next::Stop => break,
-            Next::Sent(job, at, readable) => (job, at, readable),
+            Next::Sent(job, at, verdict) => (job, at, verdict),
             Next::Queued(job) => {
                 if live.is_none() {
                     match start_worker(shared, slot) {
@@ -289,15 +454,18 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
                     finish(shared, slot, &mut live, job, answer);
                     continue;
                 }
-                (job, at, false)
+                (job, at, None)
             }
         };
         let deadline = shared.config.task_timeout.map(|t| sent_at + t);
         let max = shared.config.max_message_or_default();
         let worker = live.as_mut().expect("a task was sent to it");
+        let mut verdict = verdict;
         let answer = loop {
-            let answer = await_answer(worker, &wake, deadline, max, readable);
-            readable = false;
+            let answer = match verdict.take() {
+                Some(answer) => answer,
+                None => await_answer(worker, &wake, deadline, max),
+            };
             match answer {
                 // A stale wake-up (queued work, a finished task's cancel):
                 // keep waiting for this task.
@@ -385,11 +553,11 @@ fn finish(shared: &Shared, slot: usize, live: &mut Option<Live>, mut job: Job, a
 /// Stop a worker: politely (close its socket; it exits after its loop) or
 /// by SIGKILL. Either way it is reaped (or handed to its reaper).
 fn retire(live: Option<Live>, polite: bool) {
-    let Some(Live { child, socket, .. }) = live else { return };
+    let Some(Live { child, socket, peer, .. }) = live else { return };
     if !polite {
         let _ = child.kill();
     }
-    drop(socket);
+    drop((socket, peer));
     let mut child = child;
     let _ = child.wait();
 }
@@ -400,7 +568,10 @@ fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
         let mut stats = shared.slot(slot);
         stats.unit = Some(UnitId::Process(child.pid()));
     }
-    let live = Live { child, socket: Arc::new(socket), tasks: 0 };
+    let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
+    let socket = Arc::new(socket);
+    let peer = Peer { socket: socket.clone(), pidfd: Arc::new(pidfd) };
+    let live = Live { child, socket, peer, tasks: 0 };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
@@ -423,8 +594,7 @@ fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
     Ok(live)
 }
 
-fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max: u64, readable: bool) -> Answer {
-    let mut readable = readable;
+fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max: u64) -> Answer {
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
@@ -433,10 +603,7 @@ fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max:
         if timeout.is_some_and(|t| t.tv_sec == 0 && t.tv_nsec == 0) {
             return Answer::TimedOut;
         }
-        let (socket_ready, died, woken) = if std::mem::take(&mut readable) {
-            // `park` saw the answer arrive.
-            (true, false, false)
-        } else {
+        let (socket_ready, died, woken) = {
             let mut fds = [
                 PollFd::new(&live.socket, PollFlags::IN),
                 PollFd::new(live.child.pidfd(), PollFlags::IN),
