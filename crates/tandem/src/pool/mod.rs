@@ -70,6 +70,8 @@ pub(crate) struct Job {
     pub work: Work,
     /// Times the task was re-run after its worker died.
     pub attempts: u32,
+    /// Times it could not be sent because its worker was already gone.
+    pub undelivered: u32,
 }
 
 /// A task on a pool thread, for time-outs and terminate.
@@ -441,7 +443,7 @@ impl Pool {
                 }
             },
         };
-        let job = Job { id, control, completion: completion.clone(), work, attempts: 0 };
+        let job = Job { id, control, completion: completion.clone(), work, attempts: 0, undelivered: 0 };
         let mut state = self.shared.lock();
         if state.closed {
             drop(state);

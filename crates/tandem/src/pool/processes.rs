@@ -31,6 +31,10 @@ use crate::{Error, UnitId};
 /// on an idle worker's empty socket never blocks the submitter.
 const DIRECT_MAX: usize = 16 * 1024;
 
+/// Times a task is handed to a fresh worker after the one it was sent to
+/// died before taking it, before it fails as if that worker died under it.
+const UNDELIVERED_TRIES: u32 = 3;
+
 pub(crate) fn new_wake() -> Result<OwnedFd, Error> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| Error::os("creating a pool driver's eventfd", e))
@@ -141,9 +145,11 @@ pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
     let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
     drop(peer);
     if sent.is_err() {
-        // The worker is gone and never saw the task: queue it for the
-        // driver, which is about to notice the death and replace the worker.
+        // The worker is gone and never saw the task: queue it, and wake this
+        // lane's driver to replace the worker (its pidfd may not show the
+        // death yet).
         drop(lane);
+        wake(&shared.wakes[slot]);
         job.control.set(Place::Queued);
         shared.requeue(job);
         return;
@@ -427,7 +433,7 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
         let (job, sent_at, verdict) = match next(shared, slot, &mut live, &wake) {
             Next::Stop => break,
             Next::Sent(job, at, verdict) => (job, at, verdict),
-            Next::Queued(job) => {
+            Next::Queued(mut job) => {
                 if live.is_none() {
                     match start_worker(shared, slot) {
                         Ok(new) => live = Some(new),
@@ -449,9 +455,17 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
                 let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
                 let at = Instant::now();
                 if wire::send(worker.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
-                    // The worker is gone: judged below like any death.
-                    let answer = Answer::Died;
-                    finish(shared, slot, &mut live, job, answer);
+                    if job.undelivered < UNDELIVERED_TRIES {
+                        // The worker died before it had the whole task: the
+                        // task never ran, so it does not count as a try.
+                        job.undelivered += 1;
+                        retire(live.take(), false);
+                        shared.slot(slot).restarts += 1;
+                        job.control.set(Place::Queued);
+                        shared.requeue(job);
+                    } else {
+                        finish(shared, slot, &mut live, job, Answer::Died);
+                    }
                     continue;
                 }
                 (job, at, None)
