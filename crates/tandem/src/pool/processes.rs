@@ -636,19 +636,11 @@ fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max:
             (!fds[0].revents().is_empty(), !fds[1].revents().is_empty(), !fds[2].revents().is_empty())
         };
         if woken {
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(wake, &mut buf);
+            drain_wake(wake);
             return Answer::Woken;
         }
         if socket_ready {
-            return match wire::recv(live.socket.as_fd(), max, deadline) {
-                Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),
-                Ok(frame) => Answer::Garbage(format!("an unexpected {:?} message", frame.kind)),
-                Err(RecvError::Closed) | Err(RecvError::Truncated(_)) => Answer::Died,
-                Err(RecvError::TimedOut) => Answer::TimedOut,
-                Err(RecvError::Malformed(why)) => Answer::Garbage(why),
-                Err(RecvError::Io(e)) => Answer::Garbage(e.to_string()),
-            };
+            return answer_from(wire::recv(live.socket.as_fd(), max, deadline));
         }
         if died {
             return Answer::Died;
