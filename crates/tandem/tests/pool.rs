@@ -296,6 +296,23 @@ fn process_pool(workers: usize) -> Pool {
     Pool::builder().mode(Mode::Process).workers(workers).build().unwrap()
 }
 
+#[test]
+fn a_dead_worker_is_replaced_before_the_next_task_arrives() {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
+        let died = pool.submit((), |()| -> u8 { std::process::abort() }).join();
+        let Err(Error::WorkerDied { pid: dead, .. }) = died else { panic!("{method:?}: {died:?}") };
+        // Nothing more is submitted: the pool starts the replacement itself.
+        let replaced = common::eventually(
+            Duration::from_secs(10),
+            || matches!(pool.stats().workers[0].id, UnitId::Process(p) if p != dead && p != 0),
+        );
+        assert!(replaced, "{method:?}: no new worker after {dead} died");
+        let UnitId::Process(new) = pool.stats().workers[0].id else { unreachable!() };
+        assert_eq!(pool.submit((), |()| std::process::id()).join().unwrap(), new);
+    }
+}
+
 fn died_with(result: Result<u8, Error>) -> (Option<i32>, Option<i32>, String) {
     match result {
         Err(e @ Error::WorkerDied { .. }) => {

@@ -338,7 +338,18 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
 /// The next job for this slot: from the queue, or sent on the open lane
 /// while the driver was parked. Replaces a worker that dies while idle.
 fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -> Next {
+    let mut start_tried = false;
     loop {
+        let idle = {
+            let state = shared.lock();
+            state.queue.is_empty() && !state.closed && !state.terminating
+        };
+        if live.is_none() && !start_tried && idle {
+            // Replace a retired worker before the next task needs it (once;
+            // if it fails, the next queued task tries again and reports why).
+            start_tried = true;
+            *live = start_worker(shared, slot).ok();
+        }
         {
             let mut state = shared.lock();
             if state.terminating {
@@ -384,7 +395,7 @@ fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -
             // The worker died while idle: replace it now, so no task meets it.
             retire(live.take(), false);
             shared.slot(slot).restarts += 1;
-            *live = start_worker(shared, slot).ok();
+            start_tried = false;
         }
     }
 }
