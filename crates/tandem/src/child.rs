@@ -115,11 +115,6 @@ impl ChildProcess {
         }
     }
 
-    /// Whether it has exited (without reaping it).
-    pub(crate) fn has_exited(&self) -> bool {
-        self.status.is_some() || poll_ready(self.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
-    }
-
     /// Let go of a worker that delivered its result and is exiting: reap our
     /// own child; a fork-server worker is reaped by its template, so only
     /// tell the book its status is not wanted (saves three wake-ups).

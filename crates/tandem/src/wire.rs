@@ -210,7 +210,25 @@ fn wait_readable(sock: BorrowedFd<'_>, deadline: Instant) -> Result<(), RecvErro
 /// With a deadline the socket is polled before each read, so the call
 /// returns `TimedOut` even if the peer stalls halfway through a frame.
 pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -> Result<Frame, RecvError> {
+    recv_frame(sock, max_payload, deadline, false).map(|frame| frame.expect("only a spin gives up"))
+}
+
+/// Read one frame if its first bytes arrive within [`SPIN`], trying without
+/// sleeping (yielding between tries); `None` if nothing came. A started
+/// frame is read to its end. Trying the read itself, rather than polling
+/// first, saves a system call per frame on the fast path.
+pub fn recv_spinning(sock: BorrowedFd<'_>, max_payload: u64) -> Result<Option<Frame>, RecvError> {
+    recv_frame(sock, max_payload, None, true)
+}
+
+fn recv_frame(
+    sock: BorrowedFd<'_>,
+    max_payload: u64,
+    deadline: Option<Instant>,
+    spin: bool,
+) -> Result<Option<Frame>, RecvError> {
     let flags = if deadline.is_some() { RecvFlags::DONTWAIT } else { RecvFlags::empty() };
+    let spin_start = Instant::now();
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     let mut fds: Vec<OwnedFd> = Vec::new();
@@ -221,8 +239,17 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
         }
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(&mut header[filled..])];
+        let spinning = spin && filled == 0;
+        let flags = if spinning { RecvFlags::DONTWAIT } else { flags };
         let got = match rustix::net::recvmsg(sock, &mut iov, &mut control, flags | RecvFlags::CMSG_CLOEXEC) {
             Ok(got) => got,
+            Err(rustix::io::Errno::AGAIN) if spinning => {
+                if spin_start.elapsed() >= SPIN {
+                    return Ok(None);
+                }
+                std::thread::yield_now();
+                continue;
+            }
             Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
             // A peer that died with our data unread resets the connection.
             Err(rustix::io::Errno::CONNRESET) if filled == 0 => return Err(RecvError::Closed),
@@ -288,7 +315,7 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
             Err(e) => return Err(RecvError::Io(e.into())),
         }
     }
-    Ok(Frame { kind, payload, fds })
+    Ok(Some(Frame { kind, payload, fds }))
 }
 
 /// Close both directions of `sock` for writing: the peer reads end of file.

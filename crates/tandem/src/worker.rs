@@ -175,8 +175,12 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
 /// The next frame from the parent. The next task often follows at once
 /// (pools, maps): look for it briefly before sleeping.
 fn next_frame(sock: std::os::fd::BorrowedFd<'_>, max: u64) -> Result<Frame, RecvError> {
-    wire::spin_until_ready(&mut [PollFd::new(&sock, PollFlags::IN)]);
-    wire::recv(sock, max, None)
+    // Tasks often come back to back: look for the next one briefly before
+    // sleeping in the kernel (see `wire::SPIN`).
+    match wire::recv_spinning(sock, max)? {
+        Some(frame) => Ok(frame),
+        None => wire::recv(sock, max, None),
+    }
 }
 
 fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {

@@ -98,6 +98,62 @@ fn map_unordered_yields_every_index_once() {
     }
 }
 
+/// Read the whole FIFO at `path` (blocks until the test writes it).
+fn read_fifo(path: String) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+// A process pool's submitter sends a small task straight to an idle worker
+// and its handle reads the answer itself; these prove nothing is lost when
+// the handle does not join: the pool's driver takes the task over.
+
+#[test]
+fn a_dropped_handles_task_still_finishes_and_frees_its_worker() {
+    for mode in MODES {
+        let pool = pool(mode, 1);
+        // Rounds: once the worker is up and idle, tasks take the direct path.
+        for round in 1..=20 {
+            drop(pool.submit(5u64, |x| x + 1));
+            // Nothing else is submitted until the task is counted.
+            let counted =
+                common::eventually(Duration::from_secs(10), || pool.stats().workers[0].tasks_done == round);
+            assert!(counted, "{mode:?}: the dropped handle's task was never finished");
+        }
+        assert_eq!(pool.submit(1u64, |x| x + 1).join().unwrap(), 2);
+    }
+}
+
+#[test]
+fn is_finished_and_wait_timeout_see_results_nobody_joins_yet() {
+    for mode in MODES {
+        let pool = pool(mode, 1);
+        for i in 0..20u64 {
+            let first = pool.submit(i, |x| x + 1);
+            assert!(common::eventually(Duration::from_secs(10), || first.is_finished()), "{mode:?}");
+            let second = pool.submit(i, |x| x + 2);
+            assert!(second.wait_timeout(Duration::from_secs(10)), "{mode:?}");
+            assert!(second.is_finished());
+            assert_eq!((first.join().unwrap(), second.join().unwrap()), (i + 1, i + 2));
+        }
+    }
+}
+
+#[test]
+fn a_wait_that_times_out_loses_nothing_and_a_later_join_gets_the_result() {
+    for mode in MODES {
+        let pool = pool(mode, 1);
+        for round in 0..5 {
+            let gate = Fifo::new();
+            let h = pool.submit(gate.path.clone(), read_fifo);
+            // The task is blocked reading the FIFO until the test writes it.
+            assert!(!h.wait_timeout(Duration::from_millis(20)), "{mode:?}");
+            assert!(!h.is_finished());
+            std::fs::write(&gate.path, format!("open {round}")).unwrap();
+            assert_eq!(h.join().unwrap(), format!("open {round}"), "{mode:?}");
+        }
+    }
+}
+
 #[test]
 fn cancel_a_queued_task_and_a_running_one() {
     for mode in MODES {
@@ -238,6 +294,23 @@ fn workers_are_recycled_after_max_tasks() {
 
 fn process_pool(workers: usize) -> Pool {
     Pool::builder().mode(Mode::Process).workers(workers).build().unwrap()
+}
+
+#[test]
+fn a_dead_worker_is_replaced_before_the_next_task_arrives() {
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
+        let died = pool.submit((), |()| -> u8 { std::process::abort() }).join();
+        let Err(Error::WorkerDied { pid: dead, .. }) = died else { panic!("{method:?}: {died:?}") };
+        // Nothing more is submitted: the pool starts the replacement itself.
+        let replaced = common::eventually(
+            Duration::from_secs(10),
+            || matches!(pool.stats().workers[0].id, UnitId::Process(p) if p != dead && p != 0),
+        );
+        assert!(replaced, "{method:?}: no new worker after {dead} died");
+        let UnitId::Process(new) = pool.stats().workers[0].id else { unreachable!() };
+        assert_eq!(pool.submit((), |()| std::process::id()).join().unwrap(), new);
+    }
 }
 
 fn died_with(result: Result<u8, Error>) -> (Option<i32>, Option<i32>, String) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
+use super::processes::Patience;
 use crate::Error;
 use crate::wire::Frame;
 
@@ -23,17 +24,24 @@ pub(crate) trait Resolve: Send + Sync {
 }
 
 pub(crate) struct Completion<R> {
-    slot: Mutex<Option<Result<R, Error>>>,
+    slot: Mutex<Slot<R>>,
     resolved: AtomicBool,
     ready: Condvar,
     /// map_unordered: told the key of each resolved batch.
     notify: Option<(Mutex<Sender<u64>>, u64)>,
 }
 
+/// A completion's value, and whether anyone sleeps on its condition variable
+/// (a notify is a system call: skipped when no one waits).
+struct Slot<R> {
+    value: Option<Result<R, Error>>,
+    sleepers: u32,
+}
+
 impl<R> Completion<R> {
     pub(crate) fn new(notify: Option<(Sender<u64>, u64)>) -> Completion<R> {
         Completion {
-            slot: Mutex::new(None),
+            slot: Mutex::new(Slot { value: None, sleepers: 0 }),
             resolved: AtomicBool::new(false),
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
@@ -46,9 +54,12 @@ impl<R> Completion<R> {
         if self.resolved.swap(true, Ordering::SeqCst) {
             return false;
         }
-        *slot = Some(value);
+        slot.value = Some(value);
+        let sleepers = slot.sleepers > 0;
         drop(slot);
-        self.ready.notify_all();
+        if sleepers {
+            self.ready.notify_all();
+        }
         if let Some((tx, key)) = &self.notify {
             let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(*key);
         }
@@ -65,16 +76,19 @@ impl<R> Completion<R> {
         let deadline = limit.map(|l| Instant::now() + l);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         while !self.resolved.load(Ordering::SeqCst) {
+            slot.sleepers += 1;
             match deadline {
                 None => slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        slot.sleepers -= 1;
                         return false;
                     }
                     slot = self.ready.wait_timeout(slot, left).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
+            slot.sleepers -= 1;
         }
         true
     }
@@ -84,6 +98,7 @@ impl<R> Completion<R> {
         self.slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .value
             .take()
             .expect("a resolved completion holds its value")
     }
@@ -109,6 +124,12 @@ pub(crate) enum Place {
     Queued,
     /// Running in a process worker: the eventfd that wakes its driver.
     InProcess(Arc<OwnedFd>),
+    /// Sent by its submitter straight to the idle worker of lane `slot`; its
+    /// handle may read the answer itself (see `processes::submit_direct`).
+    Direct {
+        slot: usize,
+        wake: Arc<OwnedFd>,
+    },
     /// Running on a pool thread: the worker's slot and generation.
     OnThread {
         slot: usize,
@@ -157,18 +178,37 @@ pub struct TaskHandle<R> {
 impl<R> TaskHandle<R> {
     /// Wait for the task's outcome.
     pub fn join(self) -> Result<R, Error> {
+        self.read_direct(Patience::Forever);
         self.completion.take()
     }
 
     /// Whether the task has an outcome yet. Never blocks.
     pub fn is_finished(&self) -> bool {
+        if !self.completion.resolved.load(Ordering::SeqCst) {
+            self.read_direct(Patience::None);
+        }
         self.completion.resolved.load(Ordering::SeqCst)
     }
 
     /// Wait at most `limit` for an outcome; true if there is one. The task
     /// is not stopped when the wait ends (see [`cancel`](Self::cancel)).
     pub fn wait_timeout(&self, limit: Duration) -> bool {
-        self.completion.wait(Some(limit))
+        let deadline = Instant::now() + limit;
+        self.read_direct(Patience::Until(deadline));
+        self.completion.wait(Some(deadline.saturating_duration_since(Instant::now())))
+    }
+
+    /// A task sent straight to a process worker: read its answer here
+    /// rather than wait for the pool's driver to (see
+    /// `processes::submit_direct`).
+    fn read_direct(&self, patience: Patience) {
+        let slot = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
+            Place::Direct { slot, .. } => *slot,
+            _ => return,
+        };
+        if let Some(pool) = self.control.pool.upgrade() {
+            super::processes::join_direct(&pool, slot, self.id, patience);
+        }
     }
 
     /// The task's number in its pool (as named in error messages).
@@ -185,7 +225,7 @@ impl<R> TaskHandle<R> {
     /// a new thread takes its place so the pool keeps its size.
     pub fn cancel(&self) -> bool {
         let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*place, Place::Finished) || self.is_finished() {
+        if matches!(*place, Place::Finished) || self.completion.resolved.load(Ordering::SeqCst) {
             return false;
         }
         self.control.cancelled.store(true, Ordering::SeqCst);
@@ -193,7 +233,7 @@ impl<R> TaskHandle<R> {
             return false;
         }
         match &*place {
-            Place::InProcess(wake) => super::processes::wake(wake),
+            Place::InProcess(wake) | Place::Direct { wake, .. } => super::processes::wake(wake),
             Place::OnThread { slot, generation } => {
                 if let Some(pool) = self.control.pool.upgrade() {
                     super::threads::abandon(&pool, *slot, *generation);
@@ -202,6 +242,18 @@ impl<R> TaskHandle<R> {
             Place::Queued | Place::Finished => {}
         }
         true
+    }
+}
+
+impl<R> Drop for TaskHandle<R> {
+    fn drop(&mut self) {
+        // Nobody will read a direct task's answer here: the driver must.
+        if !self.completion.resolved.load(Ordering::SeqCst) {
+            if let Place::Direct { wake, .. } = &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())
+            {
+                super::processes::wake(wake);
+            }
+        }
     }
 }
 

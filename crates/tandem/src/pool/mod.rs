@@ -70,6 +70,8 @@ pub(crate) struct Job {
     pub work: Work,
     /// Times the task was re-run after its worker died.
     pub attempts: u32,
+    /// Times it could not be sent because its worker was already gone.
+    pub undelivered: u32,
 }
 
 /// A task on a pool thread, for time-outs and terminate.
@@ -109,6 +111,8 @@ pub(crate) struct Shared {
     pub slots: Vec<Mutex<SlotStats>>,
     /// Process mode: the eventfd of each slot's driver.
     pub wakes: Vec<Arc<OwnedFd>>,
+    /// Process mode: each slot's lane (see `processes`).
+    pub lanes: Vec<processes::Lane>,
     /// Jobs in the queue, readable without the lock (for spinning workers).
     pub queued: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
@@ -162,6 +166,7 @@ impl Shared {
         let mut state = self.lock();
         state.queue.push_front(job);
         self.queued.store(state.queue.len(), Ordering::SeqCst);
+        processes::wake_one_parked(self);
         drop(state);
         self.work_ready.notify_one();
     }
@@ -266,6 +271,10 @@ impl PoolBuilder {
             )));
         }
         let n = config.workers;
+        let lanes = match config.mode {
+            Mode::Thread => Vec::new(),
+            Mode::Process => processes::new_lanes(n),
+        };
         let wakes = match config.mode {
             Mode::Thread => Vec::new(),
             Mode::Process => (0..n).map(|_| processes::new_wake().map(Arc::new)).collect::<Result<_, _>>()?,
@@ -285,6 +294,7 @@ impl PoolBuilder {
                 .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
                 .collect(),
             wakes,
+            lanes,
             queued: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             config,
@@ -406,6 +416,7 @@ impl Pool {
         O: DeserializeOwned + Send + 'static,
     {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify_free = notify.is_none();
         let completion = Arc::new(Completion::<O>::new(notify));
         let control = Arc::new(Control::new(Arc::downgrade(&self.shared)));
         let handle =
@@ -432,17 +443,33 @@ impl Pool {
                 }
             },
         };
-        let job = Job { id, control, completion: completion.clone(), work, attempts: 0 };
+        let job = Job { id, control, completion: completion.clone(), work, attempts: 0, undelivered: 0 };
         let mut state = self.shared.lock();
         if state.closed {
             drop(state);
             completion.resolve(Err(Error::Closed));
             return handle;
         }
+        // Only a handle someone holds can read its own answer: map's batches
+        // (resolved through `notify`) go through the driver.
+        let direct = notify_free && state.queue.is_empty() && !self.shared.lanes.is_empty();
+        if let Some(claim) = direct.then(|| processes::claim_open_lane(&self.shared, &job)).flatten() {
+            drop(state);
+            processes::send_direct(&self.shared, claim, job);
+            return handle;
+        }
         state.queue.push_back(job);
         self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
-        drop(state);
-        self.shared.work_ready.notify_one();
+        match self.shared.config.mode {
+            Mode::Process => {
+                processes::wake_one_parked(&self.shared);
+                drop(state);
+            }
+            Mode::Thread => {
+                drop(state);
+                self.shared.work_ready.notify_one();
+            }
+        }
         handle
     }
 
@@ -501,6 +528,9 @@ impl Pool {
         self.shared.lock().closed = true;
         self.shared.work_ready.notify_all();
         self.shared.deadlines_changed.notify_all();
+        for wake in &self.shared.wakes {
+            processes::wake(wake);
+        }
         self.join_workers();
     }
 

@@ -1,34 +1,289 @@
 //! Process mode: one driver thread per slot owns one worker process.
 //!
-//! A driver sends its worker one task at a time and waits, in one `poll`,
-//! for the answer on the socket, the worker's death on its pidfd, a cancel
-//! or terminate on its eventfd, and the task's deadline. Whatever happens,
-//! the task resolves once and a dead, killed or retired worker is replaced
-//! before the next task.
+//! The fast path has no hand-off through the driver on the way in: while a
+//! driver is parked with an idle worker, its lane is open, and a submitter
+//! that finds the queue empty sends the task straight to that worker's
+//! socket. The parked driver wakes when the answer arrives (or the worker
+//! dies, or its eventfd is written), takes the task from the lane and
+//! finishes it like a queued one. A queued task is sent by the driver.
+//!
+//! Either way the driver waits for the answer in one `poll` on the socket,
+//! the worker's pidfd (death), its eventfd (cancel, terminate, queued work)
+//! and the task's deadline. Whatever happens, the task resolves once, and a
+//! dead, killed or retired worker is replaced before the next task.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 use super::handle::Place;
-use super::{Shared, Work};
+use super::{Job, Shared, Work};
 use crate::child::ChildProcess;
 use crate::launch::{self, Worker};
 use crate::wire::{self, Frame, Kind, RecvError};
 use crate::worker::WorkerConfig;
 use crate::{Error, UnitId};
 
+/// Largest task frame a submitter sends itself: small enough that `sendmsg`
+/// on an idle worker's empty socket never blocks the submitter.
+const DIRECT_MAX: usize = 16 * 1024;
+
+/// Times a task is handed to a fresh worker after the one it was sent to
+/// died before taking it, before it fails as if that worker died under it.
+const UNDELIVERED_TRIES: u32 = 3;
+
 pub(crate) fn new_wake() -> Result<OwnedFd, Error> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| Error::os("creating a pool driver's eventfd", e))
 }
 
-/// Wake a driver (cancel or terminate).
+/// Wake a driver (cancel, terminate, shutdown, queued work).
 pub(crate) fn wake(fd: &OwnedFd) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Clear a driver's eventfd.
+fn drain_wake(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// The live worker's ends, for whoever talks to it outside the driver.
+#[derive(Clone)]
+struct Peer {
+    socket: Arc<OwnedFd>,
+    pidfd: Arc<OwnedFd>,
+}
+
+/// A task a submitter sent on an open lane.
+struct InFlight {
+    job: Job,
+    sent_at: Instant,
+    /// What a joiner read from the worker but could not settle itself (a
+    /// death, garbage): for the driver to judge.
+    verdict: Option<Answer>,
+}
+
+/// What a slot's driver shares with submitters and joiners.
+#[derive(Default)]
+pub(crate) struct Lane {
+    state: Mutex<LaneState>,
+    /// Signalled when a joiner stops reading while the driver waits for it.
+    reader_gone: Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// The driver is waiting in `park`: any reason to wake it must write its
+    /// eventfd.
+    parked: bool,
+    /// Parked with a live, idle worker: a submitter may send it one task.
+    open: bool,
+    /// The driver's current worker.
+    peer: Option<Peer>,
+    /// The task a submitter sent on the open lane.
+    in_flight: Option<InFlight>,
+    /// A joiner is reading the in-flight task's answer from the socket.
+    reading: bool,
+    /// The driver woke and waits for that joiner to finish.
+    driver_waiting: bool,
+}
+
+pub(crate) fn new_lanes(n: usize) -> Vec<Lane> {
+    (0..n).map(|_| Lane::default()).collect()
+}
+
+fn lane(shared: &Shared, slot: usize) -> MutexGuard<'_, LaneState> {
+    shared.lanes[slot].state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An open lane a submitter has claimed: its driver stays parked.
+pub(crate) struct Claim<'a> {
+    slot: usize,
+    lane: MutexGuard<'a, LaneState>,
+    peer: Peer,
+}
+
+/// Claim an open lane for `job`, if it is small and a lane is open. The
+/// caller holds the pool's lock and found the queue empty; it releases that
+/// lock, then calls [`send_direct`].
+///
+/// The parked driver does not watch the socket of an open lane: the task's
+/// handle reads the answer itself when joined (`join_direct`), so the
+/// common submit-then-join path has two hand-offs (caller to worker and
+/// back), like a bare pipe round trip. A handle that stops waiting or is
+/// dropped wakes the driver, which then takes the task over.
+pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
+    let small = match &job.work {
+        Work::Process { header, bytes, .. } => header.len() + bytes.len() <= DIRECT_MAX,
+        Work::Thread(_) => false,
+    };
+    // Recycling counts tasks in the driver: let it send them.
+    if !small || shared.config.max_tasks_per_worker.is_some() {
+        return None;
+    }
+    (0..shared.lanes.len()).find_map(|slot| {
+        let mut lane = lane(shared, slot);
+        if !lane.open {
+            return None;
+        }
+        let peer = lane.peer.clone()?;
+        lane.open = false;
+        Some(Claim { slot, lane, peer })
+    })
+}
+
+/// Send `job` on a claimed lane.
+pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
+    let Claim { slot, mut lane, peer } = claim;
+    let Work::Process { header, bytes, fds } = &job.work else { unreachable!("claimed for process work") };
+    job.control.set(Place::Direct { slot, wake: shared.wakes[slot].clone() });
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
+    drop(peer);
+    if sent.is_err() {
+        // The worker is gone and never saw the task: queue it, and wake this
+        // lane's driver to replace the worker (its pidfd may not show the
+        // death yet).
+        drop(lane);
+        wake(&shared.wakes[slot]);
+        job.control.set(Place::Queued);
+        shared.requeue(job);
+        return;
+    }
+    lane.in_flight = Some(InFlight { job, sent_at: Instant::now(), verdict: None });
+    drop(lane);
+    if shared.config.task_timeout.is_some() {
+        // The deadline is the driver's to keep: wake it to take the task.
+        wake(&shared.wakes[slot]);
+    }
+}
+
+/// Wake one parked driver for a queued job (process mode), one with an idle
+/// worker if there is one.
+pub(crate) fn wake_one_parked(shared: &Shared) {
+    let slots = 0..shared.lanes.len();
+    let idle = slots.clone().find(|&slot| lane(shared, slot).open);
+    if let Some(slot) = idle.or_else(|| slots.clone().find(|&slot| lane(shared, slot).parked)) {
+        wake(&shared.wakes[slot]);
+    }
+}
+
+/// How far a joiner may wait for a direct task's answer.
+#[derive(Clone, Copy)]
+pub(crate) enum Patience {
+    /// Look once, never block.
+    None,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+/// A joiner reads the answer to its own task `id`, sent on lane `slot`,
+/// straight from the worker: no driver wake-up on the way back. Anything but
+/// a plain answer (a death, garbage, a cancel, terminate, queued work for
+/// this worker) is left to the driver, which is woken by the same event or
+/// told here. On return the task may or may not be resolved.
+pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patience) {
+    let peer = {
+        let mut lane = lane(shared, slot);
+        let mine = lane.in_flight.as_ref().is_some_and(|f| f.job.id == id && f.verdict.is_none());
+        if !mine || !lane.parked || lane.reading {
+            // The driver took the task over, or another thread is reading.
+            return;
+        }
+        let Some(peer) = lane.peer.clone() else { return };
+        lane.reading = true;
+        peer
+    };
+    let read = read_answer(&peer, &shared.wakes[slot], patience, shared.config.max_message_or_default());
+    let mut lane = lane(shared, slot);
+    lane.reading = false;
+    let driver_waiting = lane.driver_waiting;
+    let done = match read {
+        None => None,
+        Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(id) => {
+            let flight = lane.in_flight.take().expect("a joiner reads only while its task is in flight");
+            if lane.parked && !driver_waiting {
+                lane.open = true;
+            }
+            Some((flight.job, frame))
+        }
+        Some(other) => {
+            // Bytes were consumed that the driver must judge: hand them over.
+            if let Some(flight) = lane.in_flight.as_mut() {
+                flight.verdict = Some(other);
+            }
+            wake(&shared.wakes[slot]);
+            None
+        }
+    };
+    drop(lane);
+    if driver_waiting {
+        shared.lanes[slot].reader_gone.notify_all();
+    }
+    if let Some((job, frame)) = done {
+        shared.slot(slot).tasks_done += 1;
+        job.control.set(Place::Finished);
+        job.completion.resolve_frame(frame);
+    }
+}
+
+/// Wait for the worker's answer as long as `patience` allows; `None` if
+/// there is none yet or the worker died, was woken or is to be cancelled
+/// (the driver sees the same event and acts).
+fn read_answer(peer: &Peer, wake: &OwnedFd, patience: Patience, max: u64) -> Option<Answer> {
+    if !matches!(patience, Patience::None) {
+        // A short task answers within microseconds: try the read itself
+        // first (a death shows as a closed socket; a cancel or terminate is
+        // seen once the spin ends).
+        match wire::recv_spinning(peer.socket.as_fd(), max) {
+            Ok(None) => {}
+            other => return Some(answer_from(other.map(|f| f.expect("a frame")))),
+        }
+    }
+    loop {
+        let mut fds = [
+            PollFd::new(&*peer.socket, PollFlags::IN),
+            PollFd::new(&*peer.pidfd, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let timeout = match patience {
+            Patience::None => Some(zero),
+            Patience::Until(t) => {
+                Some(Timespec::try_from(t.saturating_duration_since(Instant::now())).unwrap_or(zero))
+            }
+            Patience::Forever => None,
+        };
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+        if !fds[2].revents().is_empty() || fds[0].revents().is_empty() {
+            // Woken, or the worker died with nothing to read: the driver's.
+            return None;
+        }
+        return Some(answer_from(wire::recv(peer.socket.as_fd(), max, None)));
+    }
+}
+
+/// What a read from the worker's socket means.
+fn answer_from(read: Result<Frame, RecvError>) -> Answer {
+    match read {
+        Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),
+        Ok(frame) => Answer::Garbage(format!("an unexpected {:?} message", frame.kind)),
+        Err(RecvError::Closed) | Err(RecvError::Truncated(_)) => Answer::Died,
+        Err(RecvError::TimedOut) => Answer::TimedOut,
+        Err(RecvError::Malformed(why)) => Answer::Garbage(why),
+        Err(RecvError::Io(e)) => Answer::Garbage(e.to_string()),
+    }
 }
 
 pub(crate) fn start(shared: &Arc<Shared>) -> Result<(), Error> {
@@ -47,7 +302,9 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<(), Error> {
 /// A live worker process and what it has done.
 struct Live {
     child: ChildProcess,
-    socket: OwnedFd,
+    socket: Arc<OwnedFd>,
+    /// The same socket and a duplicate of the pidfd, for joiners.
+    peer: Peer,
     tasks: u64,
 }
 
@@ -59,6 +316,17 @@ enum Answer {
     Garbage(String),
 }
 
+/// What a driver does next.
+enum Next {
+    /// A submitter sent this job to the worker at this instant; a joiner
+    /// may have read its answer already (the verdict).
+    Sent(Job, Instant, Option<Answer>),
+    /// A queued job for the driver to send.
+    Queued(Job),
+    /// The pool is closed and drained, or terminating.
+    Stop,
+}
+
 fn worker_config(shared: &Shared) -> WorkerConfig {
     WorkerConfig {
         memory_limit: shared.config.memory_limit,
@@ -67,134 +335,254 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
     }
 }
 
+/// The next job for this slot: from the queue, or sent on the open lane
+/// while the driver was parked. Replaces a worker that dies while idle.
+fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -> Next {
+    let mut start_tried = false;
+    loop {
+        let idle = {
+            let state = shared.lock();
+            state.queue.is_empty() && !state.closed && !state.terminating
+        };
+        if live.is_none() && !start_tried && idle {
+            // Replace a retired worker before the next task needs it (once;
+            // if it fails, the next queued task tries again and reports why).
+            start_tried = true;
+            *live = start_worker(shared, slot).ok();
+        }
+        {
+            let mut state = shared.lock();
+            if state.terminating {
+                return Next::Stop;
+            }
+            while let Some(job) = state.queue.pop_front() {
+                shared.queued.store(state.queue.len(), Ordering::SeqCst);
+                if !job.completion.is_resolved() {
+                    return Next::Queued(job);
+                }
+            }
+            if state.closed {
+                return Next::Stop;
+            }
+            let mut lane = lane(shared, slot);
+            lane.parked = true;
+            lane.open = live.is_some();
+            lane.peer = live.as_ref().map(|l| l.peer.clone());
+        }
+        let Parked { died, woken } = park(live.as_ref(), wake);
+        let sent = {
+            let mut lane = lane(shared, slot);
+            lane.parked = false;
+            lane.open = false;
+            // Only the driver holds the worker's socket while it is not
+            // parked: a polite retire closes it.
+            lane.peer = None;
+            while lane.reading {
+                lane.driver_waiting = true;
+                lane = shared.lanes[slot].reader_gone.wait(lane).unwrap_or_else(|e| e.into_inner());
+            }
+            lane.driver_waiting = false;
+            lane.in_flight.take()
+        };
+        if let Some(InFlight { job, sent_at, verdict }) = sent {
+            // Any wake-up is left on the eventfd for `await_answer` to judge.
+            return Next::Sent(job, sent_at, verdict);
+        }
+        if woken {
+            drain_wake(wake);
+        }
+        if died {
+            // The worker died while idle: replace it now, so no task meets it.
+            retire(live.take(), false);
+            shared.slot(slot).restarts += 1;
+            start_tried = false;
+        }
+    }
+}
+
+/// Why `park` returned.
+#[derive(Clone, Copy)]
+struct Parked {
+    died: bool,
+    woken: bool,
+}
+
+/// Sleep until the worker dies or the eventfd is written. The socket is not
+/// watched: an answer to a task sent on the open lane is its joiner's to
+/// read (see `submit_direct`).
+fn park(live: Option<&Live>, wake: &OwnedFd) -> Parked {
+    loop {
+        let result = match live {
+            Some(live) => {
+                let mut fds =
+                    [PollFd::new(live.child.pidfd(), PollFlags::IN), PollFd::new(wake, PollFlags::IN)];
+                rustix::event::poll(&mut fds, None).map(|_| Parked {
+                    died: !fds[0].revents().is_empty(),
+                    woken: !fds[1].revents().is_empty(),
+                })
+            }
+            None => {
+                let mut fds = [PollFd::new(wake, PollFlags::IN)];
+                rustix::event::poll(&mut fds, None).map(|_| Parked { died: false, woken: true })
+            }
+        };
+        match result {
+            Ok(outcome) => return outcome,
+            Err(rustix::io::Errno::INTR) => continue,
+            // Cannot happen with valid descriptors; treat as a dead worker.
+            Err(_) => return Parked { died: true, woken: false },
+        }
+    }
+}
+
 fn drive(shared: &Arc<Shared>, slot: usize) {
     let wake = shared.wakes[slot].clone();
     // Start the worker now, as Python's pools do, so the first task does not
     // pay for it; if that fails, the first task tries again and reports it.
     let mut live: Option<Live> = start_worker(shared, slot).ok();
-    while let Some(mut job) = shared.next_job(slot, None) {
-        // A worker killed while idle is replaced before it can fail a task.
-        if live.as_ref().is_some_and(|l| l.child.has_exited()) {
-            retire(live.take(), false);
-            shared.slot(slot).restarts += 1;
-        }
-        if live.is_none() {
-            match start_worker(shared, slot) {
-                Ok(new) => live = Some(new),
-                Err(e) => {
-                    job.completion.resolve_err(e);
+    loop {
+        let (job, sent_at, verdict) = match next(shared, slot, &mut live, &wake) {
+            Next::Stop => break,
+            Next::Sent(job, at, verdict) => (job, at, verdict),
+            Next::Queued(mut job) => {
+                if live.is_none() {
+                    match start_worker(shared, slot) {
+                        Ok(new) => live = Some(new),
+                        Err(e) => {
+                            job.completion.resolve_err(e);
+                            continue;
+                        }
+                    }
+                }
+                let worker = live.as_ref().expect("started above");
+                let Work::Process { header, bytes, fds } = &job.work else {
+                    unreachable!("process pools queue process work")
+                };
+                job.control.set(Place::InProcess(wake.clone()));
+                if job.control.cancelled.load(Ordering::SeqCst) {
+                    job.control.set(Place::Finished);
                     continue;
                 }
-            }
-        }
-        let worker = live.as_mut().expect("started above");
-        let Work::Process { header, bytes, fds } = &job.work else {
-            unreachable!("process pools queue process work")
-        };
-        job.control.set(Place::InProcess(wake.clone()));
-        if job.control.cancelled.load(Ordering::SeqCst) {
-            job.control.set(Place::Finished);
-            continue;
-        }
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        let sent = wire::send(worker.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
-        let deadline = shared.config.task_timeout.map(|t| Instant::now() + t);
-        let answer = match sent {
-            Ok(()) => await_answer(worker, &wake, deadline, shared.config.max_message_or_default()),
-            Err(_) => Answer::Died,
-        };
-        let answer = match answer {
-            Answer::Woken if !job.control.cancelled.load(Ordering::SeqCst) && !shared.lock().terminating => {
-                // A stale wake-up: keep waiting for this task.
-                let worker = live.as_mut().expect("alive");
-                loop {
-                    match await_answer(worker, &wake, deadline, shared.config.max_message_or_default()) {
-                        Answer::Woken
-                            if !job.control.cancelled.load(Ordering::SeqCst)
-                                && !shared.lock().terminating => {}
-                        other => break other,
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                let at = Instant::now();
+                if wire::send(worker.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
+                    if job.undelivered < UNDELIVERED_TRIES {
+                        // The worker died before it had the whole task: the
+                        // task never ran, so it does not count as a try.
+                        job.undelivered += 1;
+                        retire(live.take(), false);
+                        shared.slot(slot).restarts += 1;
+                        job.control.set(Place::Queued);
+                        shared.requeue(job);
+                    } else {
+                        finish(shared, slot, &mut live, job, Answer::Died);
                     }
+                    continue;
                 }
+                (job, at, None)
             }
-            other => other,
         };
-        job.control.set(Place::Finished);
-        match answer {
-            Answer::Done(frame) if crate::task::done_id(&frame) == Some(job.id) => {
-                shared.slot(slot).tasks_done += 1;
-                job.completion.resolve_frame(frame);
-                let worker = live.as_mut().expect("alive");
-                worker.tasks += 1;
-                if shared.config.max_tasks_per_worker.is_some_and(|n| worker.tasks >= n) {
-                    retire(live.take(), true);
-                    shared.slot(slot).restarts += 1;
-                }
+        let deadline = shared.config.task_timeout.map(|t| sent_at + t);
+        let max = shared.config.max_message_or_default();
+        let worker = live.as_mut().expect("a task was sent to it");
+        let mut verdict = verdict;
+        let answer = loop {
+            let answer = match verdict.take() {
+                Some(answer) => answer,
+                None => await_answer(worker, &wake, deadline, max),
+            };
+            match answer {
+                // A stale wake-up (queued work, a finished task's cancel):
+                // keep waiting for this task.
+                Answer::Woken
+                    if !job.control.cancelled.load(Ordering::SeqCst) && !shared.lock().terminating => {}
+                other => break other,
             }
-            Answer::Done(_) => {
-                retire(live.take(), false);
-                shared.slot(slot).restarts += 1;
-                job.completion.resolve_err(Error::Codec(format!(
-                    "the worker answered a different task than task {}: its protocol state is broken, so it was replaced",
-                    job.id
-                )));
-            }
-            Answer::Garbage(why) => {
-                retire(live.take(), false);
-                shared.slot(slot).restarts += 1;
-                job.completion.resolve_err(Error::Codec(format!(
-                    "the worker's answer to task {} could not be read ({why}); the worker was replaced",
-                    job.id
-                )));
-            }
-            Answer::Died => {
-                let mut dead = live.take().expect("alive");
-                let status = dead
-                    .child
-                    .wait_or_kill(crate::child::EXIT_GRACE)
-                    .unwrap_or(crate::child::ExitStatus { signal: None, code: None });
-                let mut err = Error::died(dead.child.pid(), status.signal, status.code).in_task(job.id);
-                if let Error::WorkerDied { memory_limit, .. } = &mut err {
-                    if shared.config.memory_limit > 0 {
-                        *memory_limit = Some(shared.config.memory_limit);
-                    }
-                }
-                shared.slot(slot).restarts += 1;
-                if job.attempts < shared.config.retries && !shared.lock().terminating {
-                    job.attempts += 1;
-                    job.control.set(Place::Queued);
-                    shared.requeue(job);
-                } else {
-                    job.completion.resolve_err(err);
-                }
-            }
-            Answer::TimedOut => {
-                retire(live.take(), false);
-                shared.slot(slot).restarts += 1;
-                job.completion.resolve_err(Error::TimedOut);
-            }
-            Answer::Woken => {
-                // Cancelled (already resolved by cancel()) or terminating.
-                retire(live.take(), false);
-                shared.slot(slot).restarts += 1;
-                job.completion.resolve_err(Error::Cancelled);
-                if shared.lock().terminating {
-                    break;
-                }
-            }
+        };
+        let stop = matches!(answer, Answer::Woken) && shared.lock().terminating;
+        finish(shared, slot, &mut live, job, answer);
+        if stop {
+            break;
         }
     }
     let terminating = shared.lock().terminating;
     retire(live, !terminating);
 }
 
+/// Resolve (or re-queue) a sent job from its worker's answer, and retire the
+/// worker if the answer shows it broken, dead or due for recycling.
+fn finish(shared: &Shared, slot: usize, live: &mut Option<Live>, mut job: Job, answer: Answer) {
+    job.control.set(Place::Finished);
+    match answer {
+        Answer::Done(frame) if crate::task::done_id(&frame) == Some(job.id) => {
+            shared.slot(slot).tasks_done += 1;
+            job.completion.resolve_frame(frame);
+            let worker = live.as_mut().expect("alive");
+            worker.tasks += 1;
+            if shared.config.max_tasks_per_worker.is_some_and(|n| worker.tasks >= n) {
+                retire(live.take(), true);
+                shared.slot(slot).restarts += 1;
+            }
+        }
+        Answer::Done(_) => {
+            retire(live.take(), false);
+            shared.slot(slot).restarts += 1;
+            job.completion.resolve_err(Error::Codec(format!(
+                "the worker answered a different task than task {}: its protocol state is broken, so it was replaced",
+                job.id
+            )));
+        }
+        Answer::Garbage(why) => {
+            retire(live.take(), false);
+            shared.slot(slot).restarts += 1;
+            job.completion.resolve_err(Error::Codec(format!(
+                "the worker's answer to task {} could not be read ({why}); the worker was replaced",
+                job.id
+            )));
+        }
+        Answer::Died => {
+            let mut dead = live.take().expect("alive");
+            let status = dead
+                .child
+                .wait_or_kill(crate::child::EXIT_GRACE)
+                .unwrap_or(crate::child::ExitStatus { signal: None, code: None });
+            let mut err = Error::died(dead.child.pid(), status.signal, status.code).in_task(job.id);
+            if let Error::WorkerDied { memory_limit, .. } = &mut err {
+                if shared.config.memory_limit > 0 {
+                    *memory_limit = Some(shared.config.memory_limit);
+                }
+            }
+            shared.slot(slot).restarts += 1;
+            if job.attempts < shared.config.retries && !shared.lock().terminating {
+                job.attempts += 1;
+                job.control.set(Place::Queued);
+                shared.requeue(job);
+            } else {
+                job.completion.resolve_err(err);
+            }
+        }
+        Answer::TimedOut => {
+            retire(live.take(), false);
+            shared.slot(slot).restarts += 1;
+            job.completion.resolve_err(Error::TimedOut);
+        }
+        Answer::Woken => {
+            // Cancelled (already resolved by cancel()) or terminating.
+            retire(live.take(), false);
+            shared.slot(slot).restarts += 1;
+            job.completion.resolve_err(Error::Cancelled);
+        }
+    }
+}
+
 /// Stop a worker: politely (close its socket; it exits after its loop) or
 /// by SIGKILL. Either way it is reaped (or handed to its reaper).
 fn retire(live: Option<Live>, polite: bool) {
-    let Some(Live { child, socket, .. }) = live else { return };
+    let Some(Live { child, socket, peer, .. }) = live else { return };
     if !polite {
         let _ = child.kill();
     }
-    drop(socket);
+    drop((socket, peer));
     let mut child = child;
     let _ = child.wait();
 }
@@ -205,7 +593,10 @@ fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
         let mut stats = shared.slot(slot);
         stats.unit = Some(UnitId::Process(child.pid()));
     }
-    let live = Live { child, socket, tasks: 0 };
+    let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
+    let socket = Arc::new(socket);
+    let peer = Peer { socket: socket.clone(), pidfd: Arc::new(pidfd) };
+    let live = Live { child, socket, peer, tasks: 0 };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
@@ -256,19 +647,11 @@ fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max:
             (!fds[0].revents().is_empty(), !fds[1].revents().is_empty(), !fds[2].revents().is_empty())
         };
         if woken {
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(wake, &mut buf);
+            drain_wake(wake);
             return Answer::Woken;
         }
         if socket_ready {
-            return match wire::recv(live.socket.as_fd(), max, deadline) {
-                Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),
-                Ok(frame) => Answer::Garbage(format!("an unexpected {:?} message", frame.kind)),
-                Err(RecvError::Closed) | Err(RecvError::Truncated(_)) => Answer::Died,
-                Err(RecvError::TimedOut) => Answer::TimedOut,
-                Err(RecvError::Malformed(why)) => Answer::Garbage(why),
-                Err(RecvError::Io(e)) => Answer::Garbage(e.to_string()),
-            };
+            return answer_from(wire::recv(live.socket.as_fd(), max, deadline));
         }
         if died {
             return Answer::Died;
