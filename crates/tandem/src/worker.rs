@@ -4,8 +4,6 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::event::{PollFd, PollFlags};
-
 use crate::sys::bootstrap::{self, Claim, ParentLink};
 use crate::sys::{code, fork, signal};
 use crate::task::{self, Invocation, Outcome, Trampoline};
