@@ -313,6 +313,62 @@ fn a_dead_worker_is_replaced_before_the_next_task_arrives() {
     }
 }
 
+/// Announce on the first FIFO, then block until the test writes the second.
+fn announce_then_wait((started, gate): (String, String)) -> String {
+    common::signal(&started, "up");
+    std::fs::read_to_string(gate).unwrap()
+}
+
+#[test]
+fn queued_work_wakes_every_idle_worker_not_one() {
+    // 3 workers, 6 gated tasks: the first three run at once (sent straight
+    // to the idle workers), the last three queue. Once the first three are
+    // let go, the queued three must also run at once: each queued job wakes
+    // its own driver, not the same one three times.
+    let pool = process_pool(3);
+    let all_up = common::eventually(Duration::from_secs(10), || {
+        pool.stats().workers.iter().all(|w| matches!(w.id, UnitId::Process(p) if p != 0))
+    });
+    assert!(all_up);
+    // Let the drivers park with idle workers (the lanes open).
+    let warm: Vec<_> = (0..3u8).map(|i| pool.submit(i, |x| x)).collect();
+    warm.into_iter().for_each(|h| drop(h.join()));
+    let starts: Vec<Fifo> = (0..6).map(|_| Fifo::new()).collect();
+    let gates: Vec<Fifo> = (0..6).map(|_| Fifo::new()).collect();
+    let handles: Vec<_> = (0..6)
+        .map(|i| pool.submit((starts[i].path.clone(), gates[i].path.clone()), announce_then_wait))
+        .collect();
+    let started = |i: usize| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = starts[i].path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(path).unwrap_or_default());
+        });
+        rx
+    };
+    for i in 0..3 {
+        assert_eq!(started(i).recv_timeout(Duration::from_secs(10)).as_deref(), Ok("up\n"), "task {i}");
+    }
+    for (i, gate) in gates.iter().enumerate().take(3) {
+        std::fs::write(&gate.path, format!("go {i}")).unwrap();
+    }
+    // All three queued tasks start while none of them has been let go.
+    let waits: Vec<_> = (3..6).map(started).collect();
+    for (i, rx) in (3..6).zip(waits) {
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            // Kill the blocked workers, so the failure does not hang.
+            pool.terminate();
+            panic!("queued task {i} never ran beside the others");
+        }
+    }
+    for (i, gate) in gates.iter().enumerate().skip(3) {
+        std::fs::write(&gate.path, format!("go {i}")).unwrap();
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), format!("go {i}"));
+    }
+}
+
 fn died_with(result: Result<u8, Error>) -> (Option<i32>, Option<i32>, String) {
     match result {
         Err(e @ Error::WorkerDied { .. }) => {

@@ -90,6 +90,9 @@ struct LaneState {
     reading: bool,
     /// The driver woke and waits for that joiner to finish.
     driver_waiting: bool,
+    /// Its eventfd was written for queued work and it has not woken yet:
+    /// the next queued job must wake another driver.
+    nudged: bool,
 }
 
 pub(crate) fn new_lanes(n: usize) -> Vec<Lane> {
@@ -165,9 +168,20 @@ pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
 /// Wake one parked driver for a queued job (process mode), one with an idle
 /// worker if there is one.
 pub(crate) fn wake_one_parked(shared: &Shared) {
-    let slots = 0..shared.lanes.len();
-    let idle = slots.clone().find(|&slot| lane(shared, slot).open);
-    if let Some(slot) = idle.or_else(|| slots.clone().find(|&slot| lane(shared, slot).parked)) {
+    // Each queued job wakes its own driver: one woken for an earlier job
+    // takes that one, and a driver holding an unjoined direct task takes it
+    // over before the queue.
+    let nudge = |want_open: bool| {
+        (0..shared.lanes.len()).find(|&slot| {
+            let mut lane = lane(shared, slot);
+            let fits = lane.parked && !lane.nudged && (lane.open || !want_open);
+            if fits {
+                lane.nudged = true;
+            }
+            fits
+        })
+    };
+    if let Some(slot) = nudge(true).or_else(|| nudge(false)) {
         wake(&shared.wakes[slot]);
     }
 }
@@ -374,6 +388,7 @@ fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -
             let mut lane = lane(shared, slot);
             lane.parked = false;
             lane.open = false;
+            lane.nudged = false;
             // Only the driver holds the worker's socket while it is not
             // parked: a polite retire closes it.
             lane.peer = None;
