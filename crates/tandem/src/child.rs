@@ -121,7 +121,8 @@ impl ChildProcess {
     ///
     /// Our own child's lifeline is cut first, which ends it at once even if
     /// its task answered and then lingers (a hostile task), so this never
-    /// waits long.
+    /// waits long; a fork-server worker gets a SIGKILL for the same reason
+    /// (it flushed its output before answering, so nothing is lost).
     ///
     /// Reaping here rather than handing the exiting worker to the reaper
     /// thread is measured to be faster for back-to-back spawns: the exit then
@@ -129,7 +130,8 @@ impl ChildProcess {
     /// more than it saves.
     pub(crate) fn release(mut self) -> io::Result<()> {
         match &mut self.inner {
-            Some(Process { origin: Origin::ForkServer(book), pid, .. }) => {
+            Some(Process { origin: Origin::ForkServer(book), pid, pidfd, .. }) => {
+                let _ = rustix::process::pidfd_send_signal(&*pidfd, Signal::KILL);
                 book.forget(pid.as_raw_nonzero().get() as u32);
                 self.status = Some(ExitStatus { signal: None, code: None });
                 Ok(())

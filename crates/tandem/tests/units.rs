@@ -330,18 +330,21 @@ fn answer_then_linger(_: ()) -> u8 {
 }
 
 #[test]
-fn a_spawn_worker_that_answers_then_lingers_is_ended_by_the_join() {
-    let h = process(StartMethod::Spawn).spawn((), answer_then_linger).unwrap();
-    let UnitId::Process(pid) = h.id() else { unreachable!() };
-    assert_eq!(h.join().unwrap(), 7);
-    if !common::wait_gone(pid, Duration::from_secs(10)) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(pid as i32).unwrap(),
-            rustix::process::Signal::KILL,
-        );
-        panic!("worker {pid} kept running after its result was taken");
+fn a_worker_that_answers_then_lingers_is_ended_by_the_join() {
+    for method in METHODS {
+        let h = process(method).spawn((), answer_then_linger).unwrap();
+        let UnitId::Process(pid) = h.id() else { unreachable!() };
+        assert_eq!(h.join().unwrap(), 7);
+        if !common::wait_gone(pid, Duration::from_secs(10)) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+            panic!("{method:?}: worker {pid} kept running after its result was taken");
+        }
+        let reaped = common::eventually(Duration::from_secs(10), || !common::exists(pid));
+        assert!(reaped, "{method:?}: pid {pid} left a zombie");
     }
-    assert!(common::eventually(Duration::from_secs(10), || !common::exists(pid)), "pid {pid} left a zombie");
 }
 
 #[test]
