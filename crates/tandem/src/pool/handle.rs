@@ -125,7 +125,7 @@ pub(crate) enum Place {
     /// Running in a process worker: the eventfd that wakes its driver.
     InProcess(Arc<OwnedFd>),
     /// Sent by its submitter straight to the idle worker of lane `slot`; its
-    /// handle may read the answer itself (see `processes::submit_direct`).
+    /// handle may read the answer itself (see `processes::claim_open_lane`).
     Direct {
         slot: usize,
         wake: Arc<OwnedFd>,
@@ -200,7 +200,7 @@ impl<R> TaskHandle<R> {
 
     /// A task sent straight to a process worker: read its answer here
     /// rather than wait for the pool's driver to (see
-    /// `processes::submit_direct`).
+    /// `processes::claim_open_lane`).
     fn read_direct(&self, patience: Patience) {
         let slot = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
             Place::Direct { slot, .. } => *slot,

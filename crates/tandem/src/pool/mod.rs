@@ -109,9 +109,8 @@ pub(crate) struct Shared {
     /// Wakes the time-out supervisor when deadlines change.
     pub deadlines_changed: Condvar,
     pub slots: Vec<Mutex<SlotStats>>,
-    /// Process mode: the eventfd of each slot's driver.
-    pub wakes: Vec<Arc<OwnedFd>>,
-    /// Process mode: each slot's lane (see `processes`).
+    /// Process mode: each slot's lane, with its driver's eventfd (see
+    /// `processes`).
     pub lanes: Vec<processes::Lane>,
     /// Jobs in the queue, readable without the lock (for spinning workers).
     pub queued: std::sync::atomic::AtomicUsize,
@@ -273,11 +272,7 @@ impl PoolBuilder {
         let n = config.workers;
         let lanes = match config.mode {
             Mode::Thread => Vec::new(),
-            Mode::Process => processes::new_lanes(n),
-        };
-        let wakes = match config.mode {
-            Mode::Thread => Vec::new(),
-            Mode::Process => (0..n).map(|_| processes::new_wake().map(Arc::new)).collect::<Result<_, _>>()?,
+            Mode::Process => processes::new_lanes(n)?,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -293,7 +288,6 @@ impl PoolBuilder {
             slots: (0..n)
                 .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
                 .collect(),
-            wakes,
             lanes,
             queued: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -528,8 +522,8 @@ impl Pool {
         self.shared.lock().closed = true;
         self.shared.work_ready.notify_all();
         self.shared.deadlines_changed.notify_all();
-        for wake in &self.shared.wakes {
-            processes::wake(wake);
+        for lane in &self.shared.lanes {
+            processes::wake(&lane.wake);
         }
         self.join_workers();
     }
@@ -563,8 +557,8 @@ impl Pool {
         for completion in running {
             completion.resolve_err(Error::Cancelled);
         }
-        for wake in &self.shared.wakes {
-            processes::wake(wake);
+        for lane in &self.shared.lanes {
+            processes::wake(&lane.wake);
         }
         self.shared.work_ready.notify_all();
         self.shared.deadlines_changed.notify_all();

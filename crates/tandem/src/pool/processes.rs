@@ -1,16 +1,17 @@
 //! Process mode: one driver thread per slot owns one worker process.
 //!
-//! The fast path has no hand-off through the driver on the way in: while a
-//! driver is parked with an idle worker, its lane is open, and a submitter
-//! that finds the queue empty sends the task straight to that worker's
-//! socket. The parked driver wakes when the answer arrives (or the worker
-//! dies, or its eventfd is written), takes the task from the lane and
-//! finishes it like a queued one. A queued task is sent by the driver.
+//! The fast path has no hand-off through the driver: while a driver is
+//! parked with an idle worker, its lane is open, and a submitter that finds
+//! the queue empty sends the task straight to that worker's socket; the
+//! task's handle reads the answer itself (`join_direct`). The parked driver
+//! watches only the worker's pidfd and its eventfd, and takes the task over
+//! (`Next::Sent`) when anything else happens.
 //!
-//! Either way the driver waits for the answer in one `poll` on the socket,
-//! the worker's pidfd (death), its eventfd (cancel, terminate, queued work)
-//! and the task's deadline. Whatever happens, the task resolves once, and a
-//! dead, killed or retired worker is replaced before the next task.
+//! A queued task is sent by the driver, which waits for the answer in one
+//! `poll` on the socket, the worker's pidfd (death), its eventfd (cancel,
+//! terminate, queued work) and the task's deadline. Whatever happens, the
+//! task resolves once, and a dead, killed or retired worker is replaced
+//! before the next task.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -35,7 +36,7 @@ const DIRECT_MAX: usize = 16 * 1024;
 /// died before taking it, before it fails as if that worker died under it.
 const UNDELIVERED_TRIES: u32 = 3;
 
-pub(crate) fn new_wake() -> Result<OwnedFd, Error> {
+fn new_wake() -> Result<OwnedFd, Error> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| Error::os("creating a pool driver's eventfd", e))
 }
@@ -68,8 +69,9 @@ struct InFlight {
 }
 
 /// What a slot's driver shares with submitters and joiners.
-#[derive(Default)]
 pub(crate) struct Lane {
+    /// Wakes the driver (cancel, terminate, shutdown, queued work).
+    pub wake: Arc<OwnedFd>,
     state: Mutex<LaneState>,
     /// Signalled when a joiner stops reading while the driver waits for it.
     reader_gone: Condvar,
@@ -82,7 +84,8 @@ struct LaneState {
     parked: bool,
     /// Parked with a live, idle worker: a submitter may send it one task.
     open: bool,
-    /// The driver's current worker.
+    /// The driver's worker, while it is parked (a polite retire must be
+    /// able to close the last copy of the socket).
     peer: Option<Peer>,
     /// The task a submitter sent on the open lane.
     in_flight: Option<InFlight>,
@@ -95,8 +98,13 @@ struct LaneState {
     nudged: bool,
 }
 
-pub(crate) fn new_lanes(n: usize) -> Vec<Lane> {
-    (0..n).map(|_| Lane::default()).collect()
+pub(crate) fn new_lanes(n: usize) -> Result<Vec<Lane>, Error> {
+    (0..n)
+        .map(|_| {
+            let wake = new_wake()?;
+            Ok(Lane { wake: Arc::new(wake), state: Mutex::default(), reader_gone: Condvar::new() })
+        })
+        .collect()
 }
 
 fn lane(shared: &Shared, slot: usize) -> MutexGuard<'_, LaneState> {
@@ -143,7 +151,7 @@ pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim
 pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
     let Claim { slot, mut lane, peer } = claim;
     let Work::Process { header, bytes, fds } = &job.work else { unreachable!("claimed for process work") };
-    job.control.set(Place::Direct { slot, wake: shared.wakes[slot].clone() });
+    job.control.set(Place::Direct { slot, wake: shared.lanes[slot].wake.clone() });
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
     drop(peer);
@@ -152,7 +160,7 @@ pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
         // lane's driver to replace the worker (its pidfd may not show the
         // death yet).
         drop(lane);
-        wake(&shared.wakes[slot]);
+        wake(&shared.lanes[slot].wake);
         job.control.set(Place::Queued);
         shared.requeue(job);
         return;
@@ -161,7 +169,7 @@ pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
     drop(lane);
     if shared.config.task_timeout.is_some() {
         // The deadline is the driver's to keep: wake it to take the task.
-        wake(&shared.wakes[slot]);
+        wake(&shared.lanes[slot].wake);
     }
 }
 
@@ -182,7 +190,7 @@ pub(crate) fn wake_one_parked(shared: &Shared) {
         })
     };
     if let Some(slot) = nudge(true).or_else(|| nudge(false)) {
-        wake(&shared.wakes[slot]);
+        wake(&shared.lanes[slot].wake);
     }
 }
 
@@ -214,7 +222,7 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         lane.reading = true;
         peer
     };
-    let read = read_answer(&peer, &shared.wakes[slot], patience, shared.config.max_message_or_default());
+    let read = read_answer(&peer, &shared.lanes[slot].wake, patience, shared.config.max_message_or_default());
     let mut lane = lane(shared, slot);
     lane.reading = false;
     let driver_waiting = lane.driver_waiting;
@@ -232,7 +240,7 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
             if let Some(flight) = lane.in_flight.as_mut() {
                 flight.verdict = Some(other);
             }
-            wake(&shared.wakes[slot]);
+            wake(&shared.lanes[slot].wake);
             None
         }
     };
@@ -316,8 +324,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<(), Error> {
 /// A live worker process and what it has done.
 struct Live {
     child: ChildProcess,
-    socket: Arc<OwnedFd>,
-    /// The same socket and a duplicate of the pidfd, for joiners.
+    /// Its socket and a duplicate of its pidfd (shared with joiners).
     peer: Peer,
     tasks: u64,
 }
@@ -354,11 +361,11 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
 fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -> Next {
     let mut start_tried = false;
     loop {
-        let idle = {
+        let idle = || {
             let state = shared.lock();
             state.queue.is_empty() && !state.closed && !state.terminating
         };
-        if live.is_none() && !start_tried && idle {
+        if live.is_none() && !start_tried && idle() {
             // Replace a retired worker before the next task needs it (once;
             // if it fails, the next queued task tries again and reports why).
             start_tried = true;
@@ -424,7 +431,7 @@ struct Parked {
 
 /// Sleep until the worker dies or the eventfd is written. The socket is not
 /// watched: an answer to a task sent on the open lane is its joiner's to
-/// read (see `submit_direct`).
+/// read (see `claim_open_lane`).
 fn park(live: Option<&Live>, wake: &OwnedFd) -> Parked {
     loop {
         let result = match live {
@@ -451,10 +458,11 @@ fn park(live: Option<&Live>, wake: &OwnedFd) -> Parked {
 }
 
 fn drive(shared: &Arc<Shared>, slot: usize) {
-    let wake = shared.wakes[slot].clone();
-    // Start the worker now, as Python's pools do, so the first task does not
-    // pay for it; if that fails, the first task tries again and reports it.
-    let mut live: Option<Live> = start_worker(shared, slot).ok();
+    let wake = shared.lanes[slot].wake.clone();
+    // `next` starts the worker at once, as Python's pools do, so the first
+    // task does not pay for it; if that fails, the first task tries again
+    // and reports it.
+    let mut live: Option<Live> = None;
     loop {
         let (job, sent_at, verdict) = match next(shared, slot, &mut live, &wake) {
             Next::Stop => break,
@@ -480,7 +488,7 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
                 }
                 let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
                 let at = Instant::now();
-                if wire::send(worker.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
+                if wire::send(worker.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
                     if job.undelivered < UNDELIVERED_TRIES {
                         // The worker died before it had the whole task: the
                         // task never ran, so it does not count as a try.
@@ -593,11 +601,11 @@ fn finish(shared: &Shared, slot: usize, live: &mut Option<Live>, mut job: Job, a
 /// Stop a worker: politely (close its socket; it exits after its loop) or
 /// by SIGKILL. Either way it is reaped (or handed to its reaper).
 fn retire(live: Option<Live>, polite: bool) {
-    let Some(Live { child, socket, peer, .. }) = live else { return };
+    let Some(Live { child, peer, .. }) = live else { return };
     if !polite {
         let _ = child.kill();
     }
-    drop((socket, peer));
+    drop(peer);
     let mut child = child;
     let _ = child.wait();
 }
@@ -609,15 +617,14 @@ fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
         stats.unit = Some(UnitId::Process(child.pid()));
     }
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
-    let socket = Arc::new(socket);
-    let peer = Peer { socket: socket.clone(), pidfd: Arc::new(pidfd) };
-    let live = Live { child, socket, peer, tasks: 0 };
+    let peer = Peer { socket: Arc::new(socket), pidfd: Arc::new(pidfd) };
+    let live = Live { child, peer, tasks: 0 };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
         let unit = crate::codec::encode(&()).expect("() encodes");
-        let sent = wire::send(live.socket.as_fd(), Kind::Task, &[&header, &unit.bytes], &[]);
-        let failure = match sent.map(|()| wire::recv(live.socket.as_fd(), 1 << 20, None)) {
+        let sent = wire::send(live.peer.socket.as_fd(), Kind::Task, &[&header, &unit.bytes], &[]);
+        let failure = match sent.map(|()| wire::recv(live.peer.socket.as_fd(), 1 << 20, None)) {
             Ok(Ok(frame)) => crate::task::decode_done::<()>(frame).err(),
             Ok(Err(e)) => {
                 Some(Error::Panicked { message: format!("the worker died running the initializer: {e}") })
@@ -645,7 +652,7 @@ fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max:
         }
         let (socket_ready, died, woken) = {
             let mut fds = [
-                PollFd::new(&live.socket, PollFlags::IN),
+                PollFd::new(&*live.peer.socket, PollFlags::IN),
                 PollFd::new(live.child.pidfd(), PollFlags::IN),
                 PollFd::new(wake, PollFlags::IN),
             ];
@@ -666,7 +673,7 @@ fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max:
             return Answer::Woken;
         }
         if socket_ready {
-            return answer_from(wire::recv(live.socket.as_fd(), max, deadline));
+            return answer_from(wire::recv(live.peer.socket.as_fd(), max, deadline));
         }
         if died {
             return Answer::Died;
