@@ -349,12 +349,7 @@ impl<T: DeserializeOwned> Receiver<T> {
         // halfway would lose the stream's framing. A message often follows
         // within microseconds: try the read for a moment before sleeping, so
         // a sender on another CPU need not wake this one (`wire::SPIN`).
-        let read = match wire::recv_spinning(self.sock.as_fd(), self.max) {
-            Ok(Some(frame)) => Ok(frame),
-            Ok(None) => wire::recv(self.sock.as_fd(), self.max, None),
-            Err(e) => Err(e),
-        };
-        match read {
+        match wire::recv_spin_then_block(self.sock.as_fd(), self.max) {
             Ok(frame) if frame.kind == Kind::Message => {
                 codec::decode(&frame.payload, frame.fds).map_err(RecvError::Failed)
             }

@@ -221,6 +221,16 @@ pub fn recv_spinning(sock: BorrowedFd<'_>, max_payload: u64) -> Result<Option<Fr
     recv_frame(sock, max_payload, None, true)
 }
 
+/// Read one frame, trying without sleeping for up to [`SPIN`] before
+/// blocking: for a reader that often finds its next frame within
+/// microseconds, and would otherwise make its peer pay a cross-CPU wake-up.
+pub fn recv_spin_then_block(sock: BorrowedFd<'_>, max_payload: u64) -> Result<Frame, RecvError> {
+    match recv_spinning(sock, max_payload)? {
+        Some(frame) => Ok(frame),
+        None => recv(sock, max_payload, None),
+    }
+}
+
 fn recv_frame(
     sock: BorrowedFd<'_>,
     max_payload: u64,

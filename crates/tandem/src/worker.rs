@@ -114,7 +114,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     loop {
         let frame = match pending.take() {
             Some(frame) => frame,
-            None => match next_frame(sock, config.max_message()) {
+            // The next task often follows at once (pools, maps).
+            None => match wire::recv_spin_then_block(sock, config.max_message()) {
                 Ok(frame) => frame,
                 Err(RecvError::Closed) => return 0,
                 Err(e) => {
@@ -167,17 +168,6 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 return EXIT_PROTOCOL;
             }
         }
-    }
-}
-
-/// The next frame from the parent. The next task often follows at once
-/// (pools, maps): look for it briefly before sleeping.
-fn next_frame(sock: std::os::fd::BorrowedFd<'_>, max: u64) -> Result<Frame, RecvError> {
-    // Tasks often come back to back: look for the next one briefly before
-    // sleeping in the kernel (see `wire::SPIN`).
-    match wire::recv_spinning(sock, max)? {
-        Some(frame) => Ok(frame),
-        None => wire::recv(sock, max, None),
     }
 }
 
