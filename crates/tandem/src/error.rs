@@ -32,6 +32,9 @@ pub enum Error {
         pid: u32,
         /// The task it was running, where it has a number (pool tasks).
         task: Option<u64>,
+        /// The map item it was running (its index in the input), for a
+        /// death during `map` or `map_unordered`.
+        item: Option<u64>,
         /// The worker memory limit in force, if one was set: the likely
         /// reason for an abort or a kill.
         memory_limit: Option<u64>,
@@ -65,7 +68,7 @@ pub enum Error {
 impl Error {
     /// A `WorkerDied` error for process `pid`.
     pub(crate) fn died(pid: u32, signal: Option<i32>, code: Option<i32>) -> Error {
-        Error::WorkerDied { signal, code, pid, task: None, memory_limit: None }
+        Error::WorkerDied { signal, code, pid, task: None, item: None, memory_limit: None }
     }
 
     /// The same error, naming the task it happened to.
@@ -95,16 +98,25 @@ impl Error {
         Error::Codec(format!("{what}: {err}"))
     }
 
+    /// This error as the failure of map item `index` (a death names it).
+    pub(crate) fn for_item(mut self, index: usize) -> Error {
+        if let Error::WorkerDied { item, .. } = &mut self {
+            *item = Some(index as u64);
+        }
+        self
+    }
+
     /// A copy of this error, for reporting one failure to several waiters
     /// (every item of a failed map batch).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Panicked { message } => Error::Panicked { message: message.clone() },
-            Error::WorkerDied { signal, code, pid, task, memory_limit } => Error::WorkerDied {
+            Error::WorkerDied { signal, code, pid, task, item, memory_limit } => Error::WorkerDied {
                 signal: *signal,
                 code: *code,
                 pid: *pid,
                 task: *task,
+                item: *item,
                 memory_limit: *memory_limit,
             },
             Error::TimedOut => Error::TimedOut,
@@ -163,16 +175,18 @@ impl fmt::Display for Error {
                 f,
                 "the task panicked: {message} (its unit survives; fix the panic or return an error from the task instead)"
             ),
-            Error::WorkerDied { signal, code, pid, task, memory_limit } => {
+            Error::WorkerDied { signal, code, pid, task, item, memory_limit } => {
                 write!(f, "worker pid {pid} ")?;
                 match (signal, code) {
                     (Some(sig), _) => write!(f, "was killed by signal {sig} ({})", signal_name(*sig))?,
                     (None, Some(code)) => write!(f, "exited with code {code}")?,
                     (None, None) => write!(f, "vanished")?,
                 }
-                match task {
-                    Some(t) => write!(f, " while running task {t}")?,
-                    None => write!(f, " while running its task")?,
+                match (item, task) {
+                    (Some(i), Some(t)) => write!(f, " while running map item {i} (in task {t})")?,
+                    (Some(i), None) => write!(f, " while running map item {i}")?,
+                    (None, Some(t)) => write!(f, " while running task {t}")?,
+                    (None, None) => write!(f, " while running its task")?,
                 }
                 if let Some(limit) = memory_limit {
                     write!(

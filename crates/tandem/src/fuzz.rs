@@ -40,13 +40,23 @@ pub fn wire_frames(bytes: &[u8], max_payload: u64) -> usize {
     frames
 }
 
-/// Decode `payload` as a task's Done frame in every shape the parent reads:
-/// a single result, a map batch, the initializer's unit.
+/// Decode `payload` as a task's Done frame in every shape the parent reads
+/// (a single result, a map batch's end, the initializer's unit), and as a
+/// map batch's Partial results, each record decoded.
 pub fn done_payload(payload: &[u8]) {
-    let frame = || Frame { kind: Kind::Done, payload: payload.to_vec(), fds: Vec::new() };
-    let _ = done(frame());
-    let _ = crate::task::decode_done::<crate::task::BatchOut<u64>>(frame());
-    let _ = crate::task::decode_done::<()>(frame());
+    let frame = |kind| Frame { kind, payload: payload.to_vec(), fds: Vec::new() };
+    let _ = done(frame(Kind::Done));
+    let _ = crate::task::decode_done::<()>(frame(Kind::Done));
+    let _ = crate::batch::parse_done_body(payload);
+    let id = payload.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let mut results = crate::batch::Collector::new(id, 1 << 20);
+    if results.partial(frame(Kind::Partial)).is_ok() {
+        for chunk in results.into_chunks() {
+            for (_, body) in chunk.records().flatten() {
+                let _ = crate::codec::decode::<(u64, String)>(body, Vec::new());
+            }
+        }
+    }
 }
 
 fn done(frame: Frame) -> Option<u64> {

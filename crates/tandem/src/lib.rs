@@ -28,6 +28,7 @@
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+mod batch;
 pub mod chaos;
 mod child;
 mod codec;

@@ -8,10 +8,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
 use crate::codec::{self, Encoded};
 use crate::sys::code::{self, Trusted};
 use crate::wire::Frame;
+use crate::{Error, batch};
 
 /// A task as the worker receives it.
 pub(crate) struct Invocation {
@@ -58,6 +58,12 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
 pub(crate) fn run_here<A, R>(f: fn(A) -> R, arg: A) -> Result<R, Error> {
     catch_unwind(AssertUnwindSafe(|| f(arg)))
         .map_err(|payload| Error::Panicked { message: panic_message(payload.as_ref()) })
+}
+
+/// Run `f(arg)` here, a panic as its message (a map item on a pool thread:
+/// smaller than an `Error`, which matters at millions of items).
+pub(crate) fn run_caught<A, R>(f: fn(A) -> R, arg: A) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|payload| panic_message(payload.as_ref()))
 }
 
 /// The text of a panic payload.
@@ -121,45 +127,130 @@ pub(crate) fn decode_done<R: DeserializeOwned>(frame: Frame) -> Result<R, Error>
     }
 }
 
-/// What a batch of map items returns: each item's result (a panic as its
-/// message) and the nanoseconds the batch took inside its unit, from which
-/// `map` sizes the next batches.
-pub(crate) type BatchOut<R> = (Vec<Result<R, String>>, u64);
-
-/// Run `f` over every item here, catching each panic on its own.
-pub(crate) fn run_batch<A, R>(f: fn(A) -> R, items: Vec<A>) -> Result<BatchOut<R>, Error> {
-    let start = std::time::Instant::now();
-    let out = items
-        .into_iter()
-        .map(|item| catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|p| panic_message(p.as_ref())))
-        .collect();
-    Ok((out, start.elapsed().as_nanos() as u64))
+/// What a worker hands a map batch's entry: the task as received, its id,
+/// and where each item's result goes.
+pub(crate) struct BatchCall {
+    pub inv: Invocation,
+    pub id: u64,
+    pub sink: batch::Sink,
 }
 
-/// The worker-side entry of a batch: decode `Vec<A>`, run, encode `BatchOut<R>`.
-pub(crate) fn batch_trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
-    inv: Invocation,
-) -> Outcome {
+/// The monomorphised entry of a map batch inside a worker.
+pub(crate) type BatchEntry = fn(BatchCall) -> Outcome;
+
+/// Run a batch's items one by one, publishing each outcome (see
+/// [`crate::batch`]) before the next item starts; stop early if the parent
+/// asks. The Done answer says how long it ran and how many items it did.
+pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>(call: BatchCall) -> Outcome {
+    let BatchCall { inv, id, sink } = call;
     let Some(f) = code::resolve::<fn(A) -> R>(&inv.trusted, inv.func) else {
         return Outcome::Codec("the task's function is not in this executable".into());
     };
-    let items: Vec<A> = match codec::decode(&inv.payload[inv.arg_at..], inv.fds) {
-        Ok(items) => items,
-        Err(e) => return Outcome::Codec(format!("the argument: {}", e.codec_detail())),
+    let body = &inv.payload[inv.arg_at..];
+    let Some((flags, count)) = batch::parse_prefix(body) else {
+        return Outcome::Codec("a map batch too short to read".into());
     };
-    drop(inv.payload);
-    let out = run_batch(f, items).expect("run_batch does not fail");
-    match codec::encode(&out) {
-        Ok(encoded) => Outcome::Value(encoded),
-        Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
+    let mut items = codec::ItemReader::new(&body[batch::PREFIX_LEN..]);
+    let start = std::time::Instant::now();
+    let scope = codec::IncomingScope::enter(inv.fds);
+    let mut results = codec::OutgoingScope::enter(Vec::with_capacity(64));
+    let mut writer = batch::Writer::begin(sink, id, flags & batch::TIMED != 0);
+    let mut broken: Option<String> = None;
+    let mut stopped = false;
+    // Descriptors of the running item's value: rare, so kept out of the
+    // hot path's return values.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for index in 0..count {
+        if writer.stop_requested() {
+            stopped = true;
+            break;
+        }
+        writer.start(index);
+        batch::begin_record(results.buf());
+        let status = match &broken {
+            // Once one argument cannot be read, neither can those after it.
+            Some(why) => {
+                results.buf().extend_from_slice(why.as_bytes());
+                batch::STATUS_CODEC
+            }
+            None => match items.next::<A>() {
+                Err(e) => {
+                    let why = format!("the argument: {}", e.codec_detail());
+                    results.buf().extend_from_slice(why.as_bytes());
+                    broken = Some(why);
+                    batch::STATUS_CODEC
+                }
+                Ok(arg) => run_item(f, arg, &mut results, &mut fds),
+            },
+        };
+        if writer.push(status, results.buf(), &fds).is_err() {
+            // The parent is gone; the worker ends when its Done cannot be sent.
+            break;
+        }
+        fds.clear();
     }
+    drop(results);
+    drop(scope);
+    // If this fails the parent is gone, and so will the Done frame be.
+    let _ = writer.finish();
+    let body = batch::done_body(start.elapsed().as_nanos() as u64, writer.done(), stopped);
+    Outcome::Value(Encoded { bytes: body, fds: Vec::new() })
+}
+
+/// Run one item, appending its record body to the scope's bytes (the
+/// encoded value, the panic message, or why the value could not be
+/// encoded) and the descriptors of a value that holds shareables to `fds`;
+/// its status.
+fn run_item<A, R: Serialize>(
+    f: fn(A) -> R,
+    arg: A,
+    scope: &mut codec::OutgoingScope,
+    fds: &mut Vec<OwnedFd>,
+) -> u8 {
+    let mark = scope.buf().len();
+    let fd_mark = scope.fd_mark();
+    let why = match catch_unwind(AssertUnwindSafe(|| f(arg))) {
+        Err(payload) => {
+            scope.buf().extend_from_slice(panic_message(payload.as_ref()).as_bytes());
+            return batch::STATUS_PANICKED;
+        }
+        Ok(value) => match scope.append(&value) {
+            Ok(()) if scope.buf().len() - mark > batch::MAX_RECORD => {
+                "the result is over 1 GiB, the most one map item can return".to_string()
+            }
+            // Descriptors are rare: look for them only if there are some.
+            Ok(()) if !scope.added_fds_since(fd_mark) => return batch::STATUS_VALUE,
+            Ok(()) if scope.fd_count() <= crate::wire::MAX_FDS => {
+                fds.append(&mut scope.take_fds());
+                return batch::STATUS_VALUE;
+            }
+            Ok(()) => format!(
+                "the result holds more shareable objects than one message can carry ({})",
+                crate::wire::MAX_FDS
+            ),
+            Err(e) => format!("the result: {}", e.codec_detail()),
+        },
+    };
+    drop(scope.take_fds());
+    scope.buf().truncate(mark);
+    scope.buf().extend_from_slice(why.as_bytes());
+    batch::STATUS_CODEC
+}
+
+/// Header of a map batch's frame: id, entry offset, function offset.
+pub(crate) fn batch_header(id: u64, entry: BatchEntry, func: i64) -> [u8; 24] {
+    header(id, code::offset_of(entry), func)
 }
 
 /// The offsets a task frame names: the entry `call` and the user's `f`.
 pub(crate) fn header_for(id: u64, call: Trampoline, func: i64) -> [u8; 24] {
+    header(id, code::offset_of(call), func)
+}
+
+fn header(id: u64, call: i64, func: i64) -> [u8; 24] {
     let mut h = [0u8; 24];
     h[..8].copy_from_slice(&id.to_le_bytes());
-    h[8..16].copy_from_slice(&code::offset_of(call).to_le_bytes());
+    h[8..16].copy_from_slice(&call.to_le_bytes());
     h[16..].copy_from_slice(&func.to_le_bytes());
     h
 }

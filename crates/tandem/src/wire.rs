@@ -50,6 +50,12 @@ pub enum Kind {
     Exited = 7,
     /// A channel message (ipc).
     Message = 8,
+    /// Parent to worker: the board map batches report on (memfd attached).
+    Board = 9,
+    /// Parent to worker: run a map batch.
+    Batch = 10,
+    /// Worker to parent: results of some items of the running batch.
+    Partial = 11,
 }
 
 impl Kind {
@@ -63,6 +69,9 @@ impl Kind {
             6 => Kind::Forked,
             7 => Kind::Exited,
             8 => Kind::Message,
+            9 => Kind::Board,
+            10 => Kind::Batch,
+            11 => Kind::Partial,
             _ => return None,
         })
     }

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::batch;
 use crate::sys::bootstrap::{self, Claim, ParentLink};
 use crate::sys::{code, fork, signal};
 use crate::task::{self, Invocation, Outcome, Trampoline};
@@ -110,6 +111,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     *PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = link.socket.try_clone().ok();
     let sock = link.socket.as_fd();
     let mut config = WorkerConfig::default();
+    let mut sink: Option<batch::Sink> = None;
     let mut pending = first;
     loop {
         let frame = match pending.take() {
@@ -148,8 +150,18 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     }
                 }
             }
-            Kind::Task => {
-                let (id, outcome) = run_task(&link, frame);
+            Kind::Board => match board_sink(&link, frame) {
+                Ok(new) => sink = Some(new),
+                Err(e) => {
+                    eprintln!("tandem worker: could not map the batch board: {e}");
+                    return EXIT_PROTOCOL;
+                }
+            },
+            Kind::Task | Kind::Batch => {
+                let (id, outcome) = match frame.kind {
+                    Kind::Task => run_task(&link, frame),
+                    _ => run_batch(&link, frame, sink.as_ref()),
+                };
                 // What the task printed is out before its result: the
                 // parent may end this process as soon as it has the result.
                 let _ = std::io::stdout().flush();
@@ -169,6 +181,35 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
             }
         }
     }
+}
+
+/// Map the board a Board frame brought, beside a copy of the socket the
+/// batch entry sends overflowing results on.
+fn board_sink(link: &ParentLink, mut frame: Frame) -> std::io::Result<batch::Sink> {
+    let fd = frame.fds.pop().ok_or_else(|| std::io::Error::other("no descriptor came with it"))?;
+    let board = batch::open_board(fd)?;
+    let socket = link.socket.try_clone()?;
+    Ok(batch::Sink { board: std::sync::Arc::new(board), socket: std::sync::Arc::new(socket) })
+}
+
+fn run_batch(link: &ParentLink, frame: Frame, sink: Option<&batch::Sink>) -> (u64, Outcome) {
+    let Some((id, call, func)) = task::parse_task(&frame.payload) else {
+        return (0, Outcome::Codec("a batch message too short to read".into()));
+    };
+    let Some(sink) = sink else {
+        return (id, Outcome::Codec("a map batch came before its board".into()));
+    };
+    let Some(entry) = code::resolve::<task::BatchEntry>(&link.trusted, call) else {
+        return (id, Outcome::Codec("the batch's entry point is not in this executable".into()));
+    };
+    let inv = Invocation {
+        func,
+        payload: frame.payload,
+        arg_at: task::TASK_HEADER_LEN,
+        fds: frame.fds,
+        trusted: link.trusted,
+    };
+    (id, entry(task::BatchCall { inv, id, sink: sink.clone() }))
 }
 
 fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {

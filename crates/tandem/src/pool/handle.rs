@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
+use super::batch::RawBatch;
 use super::processes::Patience;
 use crate::Error;
 use crate::wire::Frame;
@@ -18,6 +19,8 @@ use crate::wire::Frame;
 pub(crate) trait Resolve: Send + Sync {
     /// Resolve from a worker's Done frame. False if already resolved.
     fn resolve_frame(&self, frame: Frame) -> bool;
+    /// Resolve from a map batch's outcome. False if already resolved.
+    fn resolve_batch(&self, raw: RawBatch) -> bool;
     /// Resolve with an error. False if already resolved.
     fn resolve_err(&self, err: Error) -> bool;
     fn is_resolved(&self) -> bool;
@@ -93,6 +96,10 @@ impl<R> Completion<R> {
         true
     }
 
+    pub(crate) fn resolved(&self) -> bool {
+        self.resolved.load(Ordering::SeqCst)
+    }
+
     fn take(&self) -> Result<R, Error> {
         self.wait(None);
         self.slot
@@ -110,6 +117,9 @@ impl<R: DeserializeOwned + Send + 'static> Resolve for Completion<R> {
             return false;
         }
         self.resolve(crate::task::decode_done(frame))
+    }
+    fn resolve_batch(&self, _raw: RawBatch) -> bool {
+        super::batch::not_a_batch(self)
     }
     fn resolve_err(&self, err: Error) -> bool {
         self.resolve(Err(err))
@@ -242,6 +252,24 @@ impl<R> TaskHandle<R> {
             Place::Queued | Place::Finished => {}
         }
         true
+    }
+}
+
+impl<R> TaskHandle<R> {
+    /// A map batch's way to stop: a queued batch never runs (it resolves
+    /// `Cancelled`); a running one finishes its current item and stops,
+    /// once its unit sees the stop flag the map set (a process batch's
+    /// driver is woken to pass it on).
+    pub(crate) fn stop_batch(&self) {
+        let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
+        match &*place {
+            Place::Queued => {
+                self.control.cancelled.store(true, Ordering::SeqCst);
+                self.completion.resolve(Err(Error::Cancelled));
+            }
+            Place::InProcess(wake) | Place::Direct { wake, .. } => super::processes::wake(wake),
+            Place::OnThread { .. } | Place::Finished => {}
+        }
     }
 }
 

@@ -1,25 +1,37 @@
-//! `Pool::map` and `Pool::map_unordered`: lazy, bounded, automatically batched.
+//! `Pool::map` and `Pool::map_unordered`: lazy, bounded, automatically
+//! batched, and each item keeps the semantics of a submitted task.
 //!
-//! Items go out in batches; each batch is one task that runs `f` on every
-//! item (catching each panic on its own) and reports how long it took inside
-//! its unit. The next batch is sized so a batch takes about
-//! [`TARGET_BATCH_NANOS`]: tiny tasks travel in thousands, slow ones alone.
-//! At most `2 x workers` batches are in flight, so memory stays flat however
-//! long the input is.
+//! Items go out in batches, sized so a batch takes about
+//! [`TARGET_BATCH_NANOS`] inside its unit: tiny tasks travel in thousands,
+//! slow ones alone. At most `2 x workers` batches are in flight, so memory
+//! stays flat however long the input is.
+//!
+//! A batch reports item by item (see `batch`): when its worker dies or an
+//! item runs past the time limit, only the running item fails, the finished
+//! ones keep their results, and the items that never started are sent again
+//! (at the front of the queue) without counting as a try. `retries` counts
+//! per item: an item whose worker died under it runs again alone.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, channel};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Pool, TaskHandle};
-use crate::Error;
-use crate::task::{self, BatchOut};
+use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Rest, Timed, run_untimed};
+use super::handle::Completion;
+use super::{BatchJob, Pool, TaskHandle, Work};
+use crate::batch;
+use crate::{Error, Mode, codec, task};
 
 /// How long one batch should run inside its unit.
 const TARGET_BATCH_NANOS: u64 = 500_000;
 const MAX_BATCH: usize = 16_384;
+/// A batch's argument stops growing past this many bytes (after its first item).
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Picks batch sizes from what earlier batches measured.
 struct Sizer {
@@ -27,10 +39,6 @@ struct Sizer {
 }
 
 impl Sizer {
-    fn new() -> Sizer {
-        Sizer { next: 1 }
-    }
-
     fn learn(&mut self, items: usize, nanos: u64) {
         if items == 0 {
             return;
@@ -42,59 +50,395 @@ impl Sizer {
     }
 }
 
-/// The input side of a map: the items, cut into batches of the size the
-/// [`Sizer`] picks, until the iterator runs dry.
-struct Feeder<I> {
+/// A batch ready to send.
+enum Cut<A> {
+    /// Thread mode: the items themselves.
+    Local(Vec<A>),
+    /// Process mode: the encoded argument (prefix, then the items back to
+    /// back), its descriptors, and where each item starts in it (one more
+    /// entry: the end).
+    Remote { argument: Vec<u8>, fds: Vec<OwnedFd>, offsets: Vec<u32> },
+}
+
+impl<A> Cut<A> {
+    fn len(&self) -> usize {
+        match self {
+            Cut::Local(items) => items.len(),
+            Cut::Remote { offsets, .. } => offsets.len() - 1,
+        }
+    }
+}
+
+/// What the input side hands out next.
+enum Piece<A> {
+    Batch(Cut<A>),
+    /// One item that could not be encoded: it fails on its own.
+    Failed(Error),
+}
+
+/// The input side of a map: the items, cut into batches.
+struct Feeder<I: Iterator> {
     items: I,
     sizer: Sizer,
+    /// A fixed batch size set by the user, instead of the sizer's.
+    fixed: Option<usize>,
+    /// An item taken from `items` that belongs to the next batch.
+    carry: Option<I::Item>,
+    /// An item that failed to encode, to hand out after the batch before it.
+    failed: Option<Error>,
     exhausted: bool,
 }
 
-impl<I: Iterator> Feeder<I> {
+impl<I: Iterator> Feeder<I>
+where
+    I::Item: Serialize,
+{
     fn new(items: I) -> Self {
-        Feeder { items, sizer: Sizer::new(), exhausted: false }
+        Feeder { items, sizer: Sizer { next: 1 }, fixed: None, carry: None, failed: None, exhausted: false }
     }
 
-    fn next_batch(&mut self) -> Option<Vec<I::Item>> {
+    fn take(&mut self) -> Option<I::Item> {
+        if self.carry.is_some() {
+            return self.carry.take();
+        }
         if self.exhausted {
             return None;
         }
-        let batch: Vec<I::Item> = self.items.by_ref().take(self.sizer.next).collect();
-        self.exhausted = batch.is_empty();
-        (!self.exhausted).then_some(batch)
+        let next = self.items.next();
+        self.exhausted = next.is_none();
+        next
     }
-}
 
-fn batch_results<R>(out: Result<BatchOut<R>, Error>, len: usize, sizer: &mut Sizer) -> Vec<Result<R, Error>> {
-    match out {
-        Ok((results, nanos)) => {
-            sizer.learn(results.len(), nanos);
-            results.into_iter().map(|r| r.map_err(|message| Error::Panicked { message })).collect()
+    fn next_piece(&mut self, mode: Mode, flags: u8, max_bytes: usize) -> Option<Piece<I::Item>> {
+        if let Some(e) = self.failed.take() {
+            return Some(Piece::Failed(e));
         }
-        Err(e) => (0..len).map(|_| Err(e.duplicate())).collect(),
+        let want = self.fixed.unwrap_or(self.sizer.next);
+        match mode {
+            Mode::Thread => {
+                let items: Vec<_> = std::iter::from_fn(|| self.take()).take(want).collect();
+                (!items.is_empty()).then_some(Piece::Batch(Cut::Local(items)))
+            }
+            Mode::Process => self.encode(want, flags, max_bytes),
+        }
+    }
+
+    /// Encode up to `want` items into one batch argument: fewer if the
+    /// argument grows past `max_bytes` or would carry more descriptors than
+    /// a message can.
+    fn encode(&mut self, want: usize, flags: u8, max_bytes: usize) -> Option<Piece<I::Item>> {
+        let mut scope = codec::OutgoingScope::enter(batch::prefix(flags, 0).to_vec());
+        let mut offsets: Vec<u32> = Vec::with_capacity(want.min(MAX_BATCH) + 1);
+        let mut fds_seen = false;
+        while offsets.len() < want && (offsets.is_empty() || scope.buf().len() < max_bytes) {
+            let Some(item) = self.take() else { break };
+            let (before, mark) = (scope.buf().len(), scope.fd_mark());
+            // Most items carry no descriptor: count them only if one did.
+            let fds_before = if fds_seen { scope.fd_count() } else { 0 };
+            if let Err(e) = scope.append(&item) {
+                scope.truncate_fds(fds_before);
+                if offsets.is_empty() {
+                    return Some(Piece::Failed(e));
+                }
+                self.failed = Some(e);
+                break;
+            }
+            fds_seen |= scope.added_fds_since(mark);
+            if fds_seen && scope.fd_count() > crate::wire::MAX_FDS {
+                scope.buf().truncate(before);
+                scope.truncate_fds(fds_before);
+                if offsets.is_empty() {
+                    return Some(Piece::Failed(Error::Codec(format!(
+                        "a map item holds more shareable objects than one message can carry ({})",
+                        crate::wire::MAX_FDS
+                    ))));
+                }
+                self.carry = Some(item);
+                break;
+            }
+            offsets.push(before as u32);
+        }
+        if offsets.is_empty() {
+            return None;
+        }
+        let count = offsets.len() as u32;
+        let (mut argument, fds) = scope.finish();
+        argument[..batch::PREFIX_LEN].copy_from_slice(&batch::prefix(flags, count));
+        offsets.push(argument.len() as u32);
+        Some(Piece::Batch(Cut::Remote { argument, fds, offsets }))
     }
 }
 
-fn submit_batch<A, R>(
-    pool: &Pool,
-    items: Vec<A>,
-    f: fn(A) -> R,
-    notify: Option<(std::sync::mpsc::Sender<u64>, u64)>,
-) -> TaskHandle<BatchOut<R>>
-where
-    A: Serialize + DeserializeOwned + Send + 'static,
-    R: Serialize + DeserializeOwned + Send + 'static,
-{
-    pool.submit_with(items, f, task::run_batch, task::batch_trampoline::<A, R>, notify)
+/// A batch in flight: where its items are in the input.
+struct Segment<A, R> {
+    /// Input index of its first item.
+    start: usize,
+    len: usize,
+    /// Times its items were re-run after a worker died under them (a
+    /// re-run item travels alone, so this is per item).
+    attempts: u32,
+    stop: Arc<AtomicBool>,
+    /// Process mode: where each item starts in the argument.
+    offsets: Vec<u32>,
+    key: u64,
+    handle: TaskHandle<BatchOutcome<A, R>>,
 }
 
-/// The iterator of [`Pool::map`]: results in input order.
-pub struct Map<'p, I, A, R> {
+/// What both kinds of map share: the pool, the input and the function, and
+/// how a batch's outcome becomes one result per item.
+struct Engine<'p, I: Iterator, A, R> {
     pool: &'p Pool,
     feeder: Feeder<I>,
     f: fn(A) -> R,
-    in_flight: VecDeque<(usize, TaskHandle<BatchOut<R>>)>,
-    ready: VecDeque<Result<R, Error>>,
+    next_index: usize,
+    next_key: u64,
+    /// map_unordered: told the key of each batch that resolves.
+    notify: Option<Sender<u64>>,
+}
+
+/// One item's result, by input index.
+type Indexed<R> = (usize, Result<R, Error>);
+
+impl<'p, I, A, R> Engine<'p, I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn new(pool: &'p Pool, items: I, f: fn(A) -> R, notify: Option<Sender<u64>>) -> Self {
+        Engine { pool, feeder: Feeder::new(items), f, next_index: 0, next_key: 0, notify }
+    }
+
+    fn flags(&self) -> u8 {
+        if self.pool.shared.config.task_timeout.is_some() { batch::TIMED } else { 0 }
+    }
+
+    /// The next batch to send, or an item that failed before it could be.
+    fn next_piece(&mut self) -> Option<Result<Segment<A, R>, Indexed<R>>> {
+        let config = &self.pool.shared.config;
+        let max_bytes = MAX_BATCH_BYTES.min((config.max_message_or_default() / 2) as usize);
+        let piece = self.feeder.next_piece(config.mode, self.flags(), max_bytes)?;
+        let start = self.next_index;
+        Some(match piece {
+            Piece::Failed(e) => {
+                self.next_index += 1;
+                Err((start, Err(e)))
+            }
+            Piece::Batch(cut) => {
+                self.next_index += cut.len();
+                Ok(self.submit(cut, start, 0, false))
+            }
+        })
+    }
+
+    /// Send `cut` (its first item is input item `start`) as one batch.
+    fn submit(&mut self, cut: Cut<A>, start: usize, attempts: u32, front: bool) -> Segment<A, R> {
+        let pool = self.pool;
+        let id = pool.next_task_id();
+        let key = self.next_key;
+        self.next_key += 1;
+        let completion = Arc::new(Completion::new(self.notify.as_ref().map(|tx| (tx.clone(), key))));
+        let stop = Arc::new(AtomicBool::new(false));
+        let len = cut.len();
+        let f = self.f;
+        let (work, offsets, clock) = match cut {
+            Cut::Local(items) if pool.shared.config.task_timeout.is_some() => {
+                let timed = Timed::new(items, completion.clone());
+                let (runner, stop, done) = (timed.clone(), stop.clone(), completion.clone());
+                let work = Work::Thread(Box::new(move || {
+                    let out = runner.run(f, &stop);
+                    Box::new(move || {
+                        if let Some(out) = out {
+                            done.resolve(Ok(out));
+                        }
+                    })
+                }));
+                (work, Vec::new(), Some(timed as Arc<dyn ItemClock>))
+            }
+            Cut::Local(items) => {
+                let (stop, done) = (stop.clone(), completion.clone());
+                let work = Work::Thread(Box::new(move || {
+                    let out = run_untimed(f, items, &stop);
+                    Box::new(move || {
+                        done.resolve(Ok(out));
+                    })
+                }));
+                (work, Vec::new(), None)
+            }
+            Cut::Remote { argument, fds, offsets } => {
+                let header =
+                    task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
+                (Work::Process { header, bytes: argument, fds }, offsets, None)
+            }
+        };
+        let job = BatchJob { stop: stop.clone(), items: len as u32, clock };
+        let handle = pool.enqueue(id, completion, work, Some(job), front);
+        Segment { start, len, attempts, stop, offsets, key, handle }
+    }
+
+    /// The results of a finished batch as runs of consecutive items, in
+    /// input order, and the batches sent for its items that must run again
+    /// (also in order).
+    fn settle(&mut self, segment: Segment<A, R>) -> (Vec<Run<R>>, Vec<Segment<A, R>>) {
+        let Segment { start, len, attempts, offsets, handle, .. } = segment;
+        let outcome = match handle.join() {
+            Ok(outcome) => outcome,
+            Err(e) => return (vec![Run::same(start, len, e)], Vec::new()),
+        };
+        let BatchOutcome { done, results, end, rest } = outcome;
+        let mut out: Vec<Run<R>> = Vec::with_capacity(2);
+        out.push(Run { next: start, kind: RunKind::Values(results.into_iter()) });
+        let mut again = Vec::new();
+        match end {
+            BatchEnd::Complete { nanos } => self.feeder.sizer.learn(len, nanos),
+            BatchEnd::RestFail(e) => out.push(Run::same(start + done, len - done, e)),
+            BatchEnd::Unstarted => {
+                let mut rest = Remainder::new(rest, &offsets, done, self.flags());
+                if let Some(cut) = rest.cut(done, len) {
+                    again.push((cut, start + done, attempts));
+                }
+            }
+            BatchEnd::Failed(e) => {
+                // Thread mode gives back only the items after the failed one.
+                let mut rest = Remainder::new(rest, &offsets, done + 1, self.flags());
+                let retry =
+                    matches!(e, Error::WorkerDied { .. }) && attempts < self.pool.shared.config.retries;
+                match rest.cut(done, done + 1).filter(|_| retry) {
+                    Some(cut) => again.push((cut, start + done, attempts + 1)),
+                    None => out.push(Run::same(start + done, 1, e.for_item(start + done))),
+                }
+                if let Some(cut) = rest.cut(done + 1, len) {
+                    again.push((cut, start + done + 1, attempts));
+                }
+            }
+        }
+        // Queued at the front, last first, so they run in input order.
+        let mut sent: Vec<Segment<A, R>> =
+            again.into_iter().rev().map(|(cut, at, attempts)| self.submit(cut, at, attempts, true)).collect();
+        sent.reverse();
+        (out, sent)
+    }
+}
+
+/// Results of consecutive input items, handed out one at a time (a process
+/// batch's records are decoded only when asked for).
+struct Run<R> {
+    /// Input index of the next result.
+    next: usize,
+    kind: RunKind<R>,
+}
+
+enum RunKind<R> {
+    Values(std::vec::IntoIter<Result<R, ItemFail>>),
+    /// `left` items that all fail with this error.
+    Same {
+        error: Error,
+        left: usize,
+    },
+}
+
+impl<R: DeserializeOwned> Run<R> {
+    fn same(next: usize, left: usize, error: Error) -> Run<R> {
+        Run { next, kind: RunKind::Same { error, left } }
+    }
+
+    fn pop(&mut self) -> Option<Result<R, Error>> {
+        match &mut self.kind {
+            RunKind::Values(values) => Some(values.next()?.map_err(ItemFail::into_error)),
+            RunKind::Same { error, left } => {
+                *left = left.checked_sub(1)?;
+                Some(Err(if *left == 0 {
+                    std::mem::replace(error, Error::Closed)
+                } else {
+                    error.duplicate()
+                }))
+            }
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Iterator for Run<R> {
+    type Item = Indexed<R>;
+
+    fn next(&mut self) -> Option<Indexed<R>> {
+        let result = self.pop()?;
+        self.next += 1;
+        Some((self.next - 1, result))
+    }
+}
+
+/// The items of a batch that did not run, to cut into new batches.
+enum Remainder<'o, A> {
+    /// Thread mode: the unrun items given back, the first being item `first`.
+    Local {
+        items: std::vec::IntoIter<A>,
+        first: usize,
+    },
+    /// Process mode: the argument and where its items start.
+    Remote {
+        argument: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        offsets: &'o [u32],
+        flags: u8,
+    },
+    None,
+}
+
+impl<'o, A> Remainder<'o, A> {
+    /// `local_first`: the index of the first item thread mode gives back.
+    fn new(rest: Rest<A>, offsets: &'o [u32], local_first: usize, flags: u8) -> Self {
+        match rest {
+            Rest::Local(items) => Remainder::Local { items: items.into_iter(), first: local_first },
+            Rest::Remote(Some((argument, fds))) => Remainder::Remote { argument, fds, offsets, flags },
+            Rest::Remote(None) => Remainder::None,
+        }
+    }
+
+    /// Items `from..to` of the batch as a new batch; only what is there
+    /// (thread mode does not give back an item stuck on a timed-out thread).
+    fn cut(&mut self, from: usize, to: usize) -> Option<Cut<A>> {
+        match self {
+            Remainder::Local { items, first } => {
+                let from = from.max(*first);
+                if from >= to {
+                    return None;
+                }
+                let taken: Vec<A> = items.by_ref().take(to - from).collect();
+                *first = from + taken.len();
+                (!taken.is_empty()).then_some(Cut::Local(taken))
+            }
+            Remainder::Remote { argument, fds, offsets, flags } => {
+                if from >= to {
+                    return None;
+                }
+                let (lo, hi) = (*offsets.get(from)? as usize, *offsets.get(to)? as usize);
+                let mut cut = Vec::with_capacity(batch::PREFIX_LEN + hi - lo);
+                cut.extend_from_slice(&batch::prefix(*flags, (to - from) as u32));
+                cut.extend_from_slice(argument.get(lo..hi)?);
+                let shift = (lo - batch::PREFIX_LEN) as u32;
+                let offsets = offsets[from..=to].iter().map(|o| o - shift).collect();
+                // Descriptor indices count across the whole batch: every
+                // piece carries them all.
+                let fds = fds.iter().filter_map(|fd| fd.try_clone().ok()).collect();
+                Some(Cut::Remote { argument: cut, fds, offsets })
+            }
+            Remainder::None => None,
+        }
+    }
+}
+
+/// The iterator of [`Pool::map`]: results in input order.
+///
+/// ```
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(2).build().unwrap();
+/// let doubled: Vec<u64> = pool.map(0..1000u64, |x| x * 2).map(Result::unwrap).collect();
+/// assert_eq!(doubled[999], 1998);
+/// ```
+pub struct Map<'p, I: Iterator, A, R> {
+    engine: Engine<'p, I, A, R>,
+    in_flight: VecDeque<Result<Segment<A, R>, Indexed<R>>>,
+    ready: VecDeque<Run<R>>,
 }
 
 impl<'p, I, A, R> Map<'p, I, A, R>
@@ -104,14 +448,28 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     pub(crate) fn new(pool: &'p Pool, items: I, f: fn(A) -> R) -> Self {
-        Map { pool, feeder: Feeder::new(items), f, in_flight: VecDeque::new(), ready: VecDeque::new() }
+        Map { engine: Engine::new(pool, items, f, None), in_flight: VecDeque::new(), ready: VecDeque::new() }
+    }
+
+    /// Send items in batches of exactly `n` (the last may be smaller)
+    /// instead of sizing batches by measured run time, like the `chunksize`
+    /// of Python's `Pool.map`. Each item still behaves as its own task.
+    /// Takes effect for batches not sent yet: call it before the first item.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// let v: Vec<u32> = pool.map(0..10u32, |x| x + 1).batch_size(3).map(Result::unwrap).collect();
+    /// assert_eq!(v, (1..=10).collect::<Vec<_>>());
+    /// ```
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.engine.feeder.fixed = Some(n.clamp(1, MAX_BATCH));
+        self
     }
 
     fn fill(&mut self) {
-        while self.in_flight.len() < 2 * self.pool.workers() {
-            let Some(batch) = self.feeder.next_batch() else { break };
-            let len = batch.len();
-            self.in_flight.push_back((len, submit_batch(self.pool, batch, self.f, None)));
+        while self.in_flight.len() < 2 * self.engine.pool.workers() {
+            let Some(piece) = self.engine.next_piece() else { break };
+            self.in_flight.push_back(piece);
         }
     }
 }
@@ -126,29 +484,51 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+            while let Some(run) = self.ready.front_mut() {
+                match run.pop() {
+                    Some(r) => return Some(r),
+                    None => drop(self.ready.pop_front()),
+                }
             }
             self.fill();
-            let (len, handle) = self.in_flight.pop_front()?;
-            self.ready.extend(batch_results(handle.join(), len, &mut self.feeder.sizer));
-            self.fill();
+            match self.in_flight.pop_front()? {
+                Err((_, failed)) => return Some(failed),
+                Ok(segment) => {
+                    let (results, again) = self.engine.settle(segment);
+                    self.ready.extend(results);
+                    for segment in again.into_iter().rev() {
+                        self.in_flight.push_front(Ok(segment));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<I: Iterator, A, R> Drop for Map<'_, I, A, R> {
+    fn drop(&mut self) {
+        for segment in self.in_flight.iter().flatten() {
+            segment.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            segment.handle.stop_batch();
         }
     }
 }
 
 /// The iterator of [`Pool::map_unordered`]: `(input index, result)` pairs
-/// in the order batches finish.
-pub struct MapUnordered<'p, I, A, R> {
-    pool: &'p Pool,
-    feeder: Feeder<I>,
-    f: fn(A) -> R,
-    next_index: usize,
-    next_key: u64,
-    in_flight: HashMap<u64, (usize, usize, TaskHandle<BatchOut<R>>)>,
+/// in the order items finish (a batch's items come together).
+///
+/// ```
+/// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+/// let mut seen: Vec<usize> = pool.map_unordered(0..100u64, |x| x * x).map(|(i, _)| i).collect();
+/// seen.sort();
+/// assert_eq!(seen, (0..100).collect::<Vec<_>>());
+/// ```
+pub struct MapUnordered<'p, I: Iterator, A, R> {
+    engine: Engine<'p, I, A, R>,
+    in_flight: HashMap<u64, Segment<A, R>>,
     finished: Receiver<u64>,
-    notify: std::sync::mpsc::Sender<u64>,
-    ready: VecDeque<(usize, Result<R, Error>)>,
+    ready: VecDeque<Run<R>>,
+    failed: VecDeque<Indexed<R>>,
 }
 
 impl<'p, I, A, R> MapUnordered<'p, I, A, R>
@@ -160,26 +540,34 @@ where
     pub(crate) fn new(pool: &'p Pool, items: I, f: fn(A) -> R) -> Self {
         let (notify, finished) = channel();
         MapUnordered {
-            pool,
-            feeder: Feeder::new(items),
-            f,
-            next_index: 0,
-            next_key: 0,
+            engine: Engine::new(pool, items, f, Some(notify)),
             in_flight: HashMap::new(),
             finished,
-            notify,
             ready: VecDeque::new(),
+            failed: VecDeque::new(),
         }
     }
 
+    /// Send items in batches of exactly `n`; see [`Map::batch_size`].
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// assert_eq!(pool.map_unordered(0..10u32, |x| x).batch_size(4).count(), 10);
+    /// ```
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.engine.feeder.fixed = Some(n.clamp(1, MAX_BATCH));
+        self
+    }
+
     fn fill(&mut self) {
-        while self.in_flight.len() < 2 * self.pool.workers() {
-            let Some(batch) = self.feeder.next_batch() else { break };
-            let (start, len, key) = (self.next_index, batch.len(), self.next_key);
-            self.next_index += len;
-            self.next_key += 1;
-            let handle = submit_batch(self.pool, batch, self.f, Some((self.notify.clone(), key)));
-            self.in_flight.insert(key, (start, len, handle));
+        while self.in_flight.len() < 2 * self.engine.pool.workers() {
+            match self.engine.next_piece() {
+                None => break,
+                Some(Err(failed)) => self.failed.push_back(failed),
+                Some(Ok(segment)) => {
+                    self.in_flight.insert(segment.key, segment);
+                }
+            }
         }
     }
 }
@@ -194,17 +582,38 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(r) = self.ready.pop_front() {
+            while let Some(run) = self.ready.front_mut() {
+                match run.next() {
+                    Some(r) => return Some(r),
+                    None => drop(self.ready.pop_front()),
+                }
+            }
+            if let Some(r) = self.failed.pop_front() {
                 return Some(r);
             }
             self.fill();
+            if let Some(r) = self.failed.pop_front() {
+                return Some(r);
+            }
             if self.in_flight.is_empty() {
                 return None;
             }
             let key = self.finished.recv().ok()?;
-            let Some((start, len, handle)) = self.in_flight.remove(&key) else { continue };
-            let results = batch_results(handle.join(), len, &mut self.feeder.sizer);
-            self.ready.extend(results.into_iter().enumerate().map(|(i, r)| (start + i, r)));
+            let Some(segment) = self.in_flight.remove(&key) else { continue };
+            let (results, again) = self.engine.settle(segment);
+            self.ready.extend(results);
+            for segment in again {
+                self.in_flight.insert(segment.key, segment);
+            }
+        }
+    }
+}
+
+impl<I: Iterator, A, R> Drop for MapUnordered<'_, I, A, R> {
+    fn drop(&mut self) {
+        for segment in self.in_flight.values() {
+            segment.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            segment.handle.stop_batch();
         }
     }
 }

@@ -6,8 +6,10 @@
 //! unordered maps with automatic batching). Every mode pulls jobs from one
 //! queue under one lock; a job resolves its handle exactly once.
 
+mod batch;
 mod handle;
 mod map;
+mod process_batch;
 mod processes;
 mod threads;
 
@@ -15,7 +17,6 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,12 +73,26 @@ pub(crate) struct Job {
     pub attempts: u32,
     /// Times it could not be sent because its worker was already gone.
     pub undelivered: u32,
+    /// A map batch: its items report one by one (see `batch`).
+    pub batch: Option<BatchJob>,
+}
+
+/// What the pool knows of a map batch beyond its work.
+pub(crate) struct BatchJob {
+    /// Set by its map to stop the batch after the running item.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// How many items it has.
+    pub items: u32,
+    /// Thread mode under a time limit: each item's start, for the supervisor.
+    pub clock: Option<Arc<dyn batch::ItemClock>>,
 }
 
 /// A task on a pool thread, for time-outs and terminate.
 pub(crate) struct Running {
     pub deadline: Option<Instant>,
     pub completion: Arc<dyn Resolve>,
+    /// A timed map batch: its deadline is its running item's, not its own.
+    pub clock: Option<Arc<dyn batch::ItemClock>>,
 }
 
 pub(crate) struct State {
@@ -390,18 +405,17 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_with(arg, f, task::run_here, task::trampoline::<A, R>, None)
+        self.submit_with(arg, f, task::run_here, task::trampoline::<A, R>)
     }
 
-    /// The one way in: `local` runs the work in thread mode, `call` is the
-    /// worker entry in process mode.
+    /// The one way in for a task: `local` runs the work in thread mode,
+    /// `call` is the worker entry in process mode.
     pub(crate) fn submit_with<X, A, R, O>(
         &self,
         arg: X,
         f: fn(A) -> R,
         local: LocalRun<X, A, R, O>,
         call: Trampoline,
-        notify: Option<(Sender<u64>, u64)>,
     ) -> TaskHandle<O>
     where
         X: Serialize + Send + 'static,
@@ -409,12 +423,8 @@ impl Pool {
         R: 'static,
         O: DeserializeOwned + Send + 'static,
     {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify_free = notify.is_none();
-        let completion = Arc::new(Completion::<O>::new(notify));
-        let control = Arc::new(Control::new(Arc::downgrade(&self.shared)));
-        let handle =
-            TaskHandle { completion: completion.clone(), control: control.clone(), id, _result: PhantomData };
+        let id = self.next_task_id();
+        let completion = Arc::new(Completion::<O>::new(None));
         let work = match self.shared.config.mode {
             Mode::Thread => {
                 let done = completion.clone();
@@ -433,26 +443,60 @@ impl Pool {
                 },
                 Err(e) => {
                     completion.resolve(Err(e));
-                    return handle;
+                    return self.handle(id, completion);
                 }
             },
         };
-        let job = Job { id, control, completion: completion.clone(), work, attempts: 0, undelivered: 0 };
+        self.enqueue(id, completion, work, None, false)
+    }
+
+    pub(crate) fn next_task_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn handle<O>(&self, id: u64, completion: Arc<Completion<O>>) -> TaskHandle<O> {
+        let control = Arc::new(Control::new(Arc::downgrade(&self.shared)));
+        TaskHandle { completion, control, id, _result: PhantomData }
+    }
+
+    /// Queue `work` as task `id` (at the front for `front`: re-runs of map
+    /// items go before new work), or send it straight to an idle worker.
+    pub(crate) fn enqueue<O>(
+        &self,
+        id: u64,
+        completion: Arc<Completion<O>>,
+        work: Work,
+        batch: Option<BatchJob>,
+        front: bool,
+    ) -> TaskHandle<O>
+    where
+        Completion<O>: Resolve,
+        O: Send + 'static,
+    {
+        let handle = self.handle(id, completion.clone());
+        let control = handle.control.clone();
+        // Only a handle someone holds can read its own answer, and a map
+        // batch reports item by item: batches go through the driver.
+        let direct_ok = batch.is_none();
+        let job =
+            Job { id, control, completion: completion.clone(), work, attempts: 0, undelivered: 0, batch };
         let mut state = self.shared.lock();
         if state.closed {
             drop(state);
-            completion.resolve(Err(Error::Closed));
+            completion.resolve_err(Error::Closed);
             return handle;
         }
-        // Only a handle someone holds can read its own answer: map's batches
-        // (resolved through `notify`) go through the driver.
-        let direct = notify_free && state.queue.is_empty() && !self.shared.lanes.is_empty();
+        let direct = direct_ok && state.queue.is_empty() && !self.shared.lanes.is_empty();
         if let Some(claim) = direct.then(|| processes::claim_open_lane(&self.shared, &job)).flatten() {
             drop(state);
             processes::send_direct(&self.shared, claim, job);
             return handle;
         }
-        state.queue.push_back(job);
+        if front {
+            state.queue.push_front(job);
+        } else {
+            state.queue.push_back(job);
+        }
         self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
         match self.shared.config.mode {
             Mode::Process => {

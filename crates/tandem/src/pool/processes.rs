@@ -54,8 +54,8 @@ fn drain_wake(fd: &OwnedFd) {
 
 /// The live worker's ends, for whoever talks to it outside the driver.
 #[derive(Clone)]
-struct Peer {
-    socket: Arc<OwnedFd>,
+pub(super) struct Peer {
+    pub(super) socket: Arc<OwnedFd>,
     pidfd: Arc<OwnedFd>,
 }
 
@@ -300,6 +300,7 @@ fn read_answer(peer: &Peer, wake: &OwnedFd, patience: Patience, max: u64) -> Opt
 fn answer_from(read: Result<Frame, RecvError>) -> Answer {
     match read {
         Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),
+        Ok(frame) if frame.kind == Kind::Partial => Answer::Partial(frame),
         Ok(frame) => Answer::Garbage(format!("an unexpected {:?} message", frame.kind)),
         Err(RecvError::Closed) | Err(RecvError::Truncated(_)) => Answer::Died,
         Err(RecvError::TimedOut) => Answer::TimedOut,
@@ -322,15 +323,19 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<(), Error> {
 }
 
 /// A live worker process and what it has done.
-struct Live {
-    child: ChildProcess,
+pub(super) struct Live {
+    pub(super) child: ChildProcess,
     /// Its socket and a duplicate of its pidfd (shared with joiners).
-    peer: Peer,
-    tasks: u64,
+    pub(super) peer: Peer,
+    pub(super) tasks: u64,
+    /// The board it publishes map batches on, once it has had one.
+    pub(super) board: Option<crate::sys::board::Board>,
 }
 
-enum Answer {
+pub(super) enum Answer {
     Done(Frame),
+    /// Some results of the running map batch.
+    Partial(Frame),
     Died,
     TimedOut,
     Woken,
@@ -467,7 +472,7 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
         let (job, sent_at, verdict) = match next(shared, slot, &mut live, &wake) {
             Next::Stop => break,
             Next::Sent(job, at, verdict) => (job, at, verdict),
-            Next::Queued(mut job) => {
+            Next::Queued(job) => {
                 if live.is_none() {
                     match start_worker(shared, slot) {
                         Ok(new) => live = Some(new),
@@ -486,20 +491,14 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
                     job.control.set(Place::Finished);
                     continue;
                 }
+                if job.batch.is_some() {
+                    super::process_batch::run(shared, slot, &mut live, job, &wake);
+                    continue;
+                }
                 let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
                 let at = Instant::now();
                 if wire::send(worker.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
-                    if job.undelivered < UNDELIVERED_TRIES {
-                        // The worker died before it had the whole task: the
-                        // task never ran, so it does not count as a try.
-                        job.undelivered += 1;
-                        retire(live.take(), false);
-                        shared.slot(slot).restarts += 1;
-                        job.control.set(Place::Queued);
-                        shared.requeue(job);
-                    } else {
-                        finish(shared, slot, &mut live, job, Answer::Died);
-                    }
+                    undelivered(shared, slot, &mut live, job);
                     continue;
                 }
                 (job, at, None)
@@ -530,6 +529,20 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
     }
     let terminating = shared.lock().terminating;
     retire(live, !terminating);
+}
+
+/// A job whose send failed: its worker died before it had the whole task,
+/// so the task never ran and (up to a few times) it does not count as a try.
+pub(super) fn undelivered(shared: &Shared, slot: usize, live: &mut Option<Live>, mut job: Job) {
+    if job.undelivered < UNDELIVERED_TRIES {
+        job.undelivered += 1;
+        retire(live.take(), false);
+        shared.slot(slot).restarts += 1;
+        job.control.set(Place::Queued);
+        shared.requeue(job);
+    } else {
+        finish(shared, slot, live, job, Answer::Died);
+    }
 }
 
 /// Resolve (or re-queue) a sent job from its worker's answer, and retire the
@@ -563,18 +576,17 @@ fn finish(shared: &Shared, slot: usize, live: &mut Option<Live>, mut job: Job, a
                 job.id
             )));
         }
+        Answer::Partial(_) => {
+            retire(live.take(), false);
+            shared.slot(slot).restarts += 1;
+            job.completion.resolve_err(Error::Codec(format!(
+                "the worker answered task {} with map results: its protocol state is broken, so it was replaced",
+                job.id
+            )));
+        }
         Answer::Died => {
             let mut dead = live.take().expect("alive");
-            let status = dead
-                .child
-                .wait_or_kill(crate::child::EXIT_GRACE)
-                .unwrap_or(crate::child::ExitStatus { signal: None, code: None });
-            let mut err = Error::died(dead.child.pid(), status.signal, status.code).in_task(job.id);
-            if let Error::WorkerDied { memory_limit, .. } = &mut err {
-                if shared.config.memory_limit > 0 {
-                    *memory_limit = Some(shared.config.memory_limit);
-                }
-            }
+            let err = death(shared, &mut dead, job.id);
             shared.slot(slot).restarts += 1;
             if job.attempts < shared.config.retries && !shared.lock().terminating {
                 job.attempts += 1;
@@ -598,9 +610,24 @@ fn finish(shared: &Shared, slot: usize, live: &mut Option<Live>, mut job: Job, a
     }
 }
 
+/// How a worker that died while running task `id` died, as the task's error.
+pub(super) fn death(shared: &Shared, dead: &mut Live, id: u64) -> Error {
+    let status = dead
+        .child
+        .wait_or_kill(crate::child::EXIT_GRACE)
+        .unwrap_or(crate::child::ExitStatus { signal: None, code: None });
+    let mut err = Error::died(dead.child.pid(), status.signal, status.code).in_task(id);
+    if let Error::WorkerDied { memory_limit, .. } = &mut err {
+        if shared.config.memory_limit > 0 {
+            *memory_limit = Some(shared.config.memory_limit);
+        }
+    }
+    err
+}
+
 /// Stop a worker: politely (close its socket; it exits after its loop) or
 /// by SIGKILL. Either way it is reaped (or handed to its reaper).
-fn retire(live: Option<Live>, polite: bool) {
+pub(super) fn retire(live: Option<Live>, polite: bool) {
     let Some(Live { child, peer, .. }) = live else { return };
     if !polite {
         let _ = child.kill();
@@ -618,7 +645,7 @@ fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
     }
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
     let peer = Peer { socket: Arc::new(socket), pidfd: Arc::new(pidfd) };
-    let live = Live { child, peer, tasks: 0 };
+    let live = Live { child, peer, tasks: 0, board: None };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
@@ -641,7 +668,7 @@ fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
     Ok(live)
 }
 
-fn await_answer(live: &mut Live, wake: &OwnedFd, deadline: Option<Instant>, max: u64) -> Answer {
+pub(super) fn await_answer(live: &Live, wake: &OwnedFd, deadline: Option<Instant>, max: u64) -> Answer {
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());

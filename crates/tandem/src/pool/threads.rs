@@ -66,7 +66,8 @@ fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
                 return;
             }
             let deadline = shared.config.task_timeout.map(|t| Instant::now() + t);
-            state.running[slot] = Some(Running { deadline, completion: job.completion.clone() });
+            let clock = job.batch.as_ref().and_then(|b| b.clock.clone());
+            state.running[slot] = Some(Running { deadline, completion: job.completion.clone(), clock });
             job.control.set(Place::OnThread { slot, generation });
         }
         if job.control.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
@@ -122,27 +123,43 @@ pub(crate) fn abandon(shared: &Arc<Shared>, slot: usize, generation: u64) {
 }
 
 /// Resolve tasks that run past the time limit, and abandon their threads.
+/// A timed map batch's deadline is its running item's: only that item
+/// fails, and the batch's other items are handed back to its map.
 fn supervise(shared: &Arc<Shared>) {
+    let limit = shared.config.task_timeout.expect("a supervisor only with a time limit");
     let mut state = shared.lock();
     loop {
         if state.closed && state.running.iter().all(Option::is_none) && state.queue.is_empty() {
             return;
         }
         let now = Instant::now();
+        let deadline_of = |r: &Running| match &r.clock {
+            Some(clock) => clock.item_started().map_or(now + limit, |t| t + limit),
+            None => r.deadline.unwrap_or(now + limit),
+        };
         let expired: Vec<usize> = (0..state.running.len())
-            .filter(|&i| state.running[i].as_ref().and_then(|r| r.deadline).is_some_and(|d| d <= now))
+            .filter(|&i| state.running[i].as_ref().is_some_and(|r| deadline_of(r) <= now))
             .collect();
         for slot in expired {
             if let Some(running) = state.running[slot].take() {
-                running.completion.resolve_err(Error::TimedOut);
-                let generation = state.generations[slot];
-                drop(state);
-                abandon(shared, slot, generation);
-                state = shared.lock();
+                let interrupted = match &running.clock {
+                    Some(clock) => clock.interrupt(Error::TimedOut),
+                    None => running.completion.resolve_err(Error::TimedOut),
+                };
+                if interrupted {
+                    let generation = state.generations[slot];
+                    drop(state);
+                    abandon(shared, slot, generation);
+                    state = shared.lock();
+                }
             }
         }
-        let next = state.running.iter().filter_map(|r| r.as_ref()?.deadline).min();
-        state = match next {
+        let now = Instant::now();
+        let next = state.running.iter().flatten().map(|r| match &r.clock {
+            Some(clock) => clock.item_started().map_or(now + limit, |t| t + limit),
+            None => r.deadline.unwrap_or(now + limit),
+        });
+        state = match next.min() {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 shared.deadlines_changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0

@@ -16,9 +16,12 @@
 //! - [`signal`]: the few process-wide signal settings a worker needs.
 //! - [`floor_raw`]: shared memory and forked children for the floor
 //!   measurements of `tandem compare` (not needed by tandem itself).
+//! - [`board`]: the shared page on which a worker publishes each map item's
+//!   result before it starts the next (see `crate::batch`).
 //! - [`shm`], [`robust`], [`ring`]: anonymous shared memory (sealed memfd),
 //!   glibc's robust process-shared mutex in it, and the queue's ring.
 
+pub mod board;
 pub mod bootstrap;
 pub mod code;
 pub mod crash;

@@ -83,6 +83,7 @@ impl Region {
         self.len
     }
 
+    #[inline]
     fn check(&self, offset: usize, size: usize, align: usize) {
         let end = offset.checked_add(size).expect("shared-memory offset overflow");
         assert!(
@@ -94,6 +95,7 @@ impl Region {
     }
 
     /// A raw pointer `offset` bytes into the region (bounds checked).
+    #[inline]
     pub fn ptr(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         self.check(offset, size, align);
         self.base.as_ptr().wrapping_add(offset)
@@ -105,11 +107,13 @@ impl Region {
     }
 
     /// The 64-bit atomic word at `offset`.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         &self.slice::<AtomicU64>(offset, 1)[0]
     }
 
     /// `count` values of `T` starting at `offset`.
+    #[inline]
     pub fn slice<T: Plain>(&self, offset: usize, count: usize) -> &[T] {
         let size = count.checked_mul(size_of::<T>()).expect("shared slice size overflow");
         if size == 0 {
