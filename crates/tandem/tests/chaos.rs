@@ -163,6 +163,78 @@ fn check_no_retries_fail_cleanly(method: StartMethod, tasks: u64) {
     finish(pool);
 }
 
+/// The log a map item writes to: `s<i>` as it starts, `e<i>` as it ends,
+/// each line one O_APPEND write (whole, whoever else writes). Opened once
+/// per worker process.
+fn log_item(path: &str, line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    static LOG: std::sync::Mutex<Option<(String, std::fs::File)>> = std::sync::Mutex::new(None);
+    let mut log = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    if log.as_ref().is_none_or(|(p, _)| p != path) {
+        let file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        *log = Some((path.to_string(), file));
+    }
+    let file = &mut log.as_mut().unwrap().1;
+    file.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
+fn logged_mix((path, i): (String, u64)) -> u64 {
+    log_item(&path, format_args!("s{i}"));
+    let v = mix(i);
+    log_item(&path, format_args!("e{i}"));
+    v
+}
+
+/// Without retries, random SIGKILLs during maps fail only items that were
+/// running: no item runs twice (an item that finished keeps its result, an
+/// item that never started runs once elsewhere), a successful item ran
+/// exactly once, a failure names its own item, and a kill fails at most one
+/// item (a whole batch failing would fail many). Every index resolves once.
+///
+/// (A failed item may have logged its end: a SIGKILL that lands during its
+/// last write takes effect as the write returns, before its result is
+/// published; it may also have logged nothing, if the kill came between
+/// the worker marking it started and its first line.)
+fn check_map_items_fail_alone(method: StartMethod, items: u64) {
+    let pool = chaos_pool(method, 0);
+    let dir = std::env::temp_dir().join(format!("tandem-chaos-map-{}-{method:?}", std::process::id()));
+    let path = dir.to_string_lossy().into_owned();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let (kills, rounds) = under_fire(&pool, || {
+        std::fs::write(&path, b"").unwrap();
+        let args = (0..items).map(|i| (path.clone(), i));
+        let results: Vec<Result<u64, Error>> = pool.map(args, logged_mix).collect();
+        assert_eq!(results.len() as u64, items, "{method:?}: every index once");
+        let log = std::fs::read_to_string(&path).unwrap();
+        let (mut starts, mut ends) = (vec![0u32; items as usize], vec![0u32; items as usize]);
+        for line in log.lines() {
+            let (kind, i) = line.split_at(1);
+            let i: usize = i.parse().unwrap_or_else(|_| panic!("log line {line:?}"));
+            if kind == "s" { starts[i] += 1 } else { ends[i] += 1 }
+        }
+        for (i, r) in results.into_iter().enumerate() {
+            assert!(starts[i] <= 1, "{method:?}: item {i} ran {} times without retries", starts[i]);
+            match r {
+                Ok(v) => {
+                    assert_eq!(v, mix(i as u64), "{method:?}: item {i}");
+                    assert_eq!((starts[i], ends[i]), (1, 1), "{method:?}: item {i} succeeded");
+                    ok += 1;
+                }
+                Err(Error::WorkerDied { signal: Some(9), item: Some(at), .. }) => {
+                    assert_eq!(at, i as u64, "{method:?}: the error names another item");
+                    failed += 1;
+                }
+                Err(e) => panic!("{method:?}: item {i}: unexpected {e:?}"),
+            }
+        }
+    });
+    let _ = std::fs::remove_file(&path);
+    assert!(failed <= kills, "{method:?}: {failed} items failed from {kills} kills");
+    assert!(ok > 0, "{method:?}: some items must get through");
+    eprintln!("{method:?} map items: {rounds} x {items}, {ok} ok, {failed} failed alone, {kills} kills");
+    finish(pool);
+}
+
 /// The two tests check for zombies, so they must not overlap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -180,6 +252,7 @@ fn fork_server_pool_survives_random_sigkills() {
     check_map_all_succeed(StartMethod::ForkServer, 100_000 * n);
     check_submits_all_succeed(StartMethod::ForkServer, 1_500 * n);
     check_no_retries_fail_cleanly(StartMethod::ForkServer, 1_000 * n);
+    check_map_items_fail_alone(StartMethod::ForkServer, 20_000 * n);
 }
 
 #[test]
@@ -188,4 +261,5 @@ fn spawn_pool_survives_random_sigkills() {
     let n = scale();
     check_map_all_succeed(StartMethod::Spawn, 20_000 * n);
     check_submits_all_succeed(StartMethod::Spawn, 500 * n);
+    check_map_items_fail_alone(StartMethod::Spawn, 5_000 * n);
 }

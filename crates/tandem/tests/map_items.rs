@@ -1,0 +1,300 @@
+//! Map items are tasks: whatever the batch size, a crash, a time limit, a
+//! retry or a dropped map touches one item, never its whole batch. Run
+//! against both modes (where a thread can do the same) and both start
+//! methods.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem::shm::SharedSlice;
+use tandem::{Error, Mode, Pool, StartMethod};
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
+const MODES: [Mode; 2] = [Mode::Thread, Mode::Process];
+
+/// With batches of 10: first of a batch (0, 40), last (9, 19, 99), middle
+/// (14, 25), two side by side (37, 38), and several in one batch (14, 19).
+const CRASHERS: [u64; 9] = [0, 9, 14, 19, 25, 37, 38, 40, 99];
+
+fn process_pool(method: StartMethod, retries: u32) -> Pool {
+    Pool::builder().mode(Mode::Process).workers(2).start_method(method).retries(retries).build().unwrap()
+}
+
+fn crash_at_crashers(x: u64) -> u64 {
+    if CRASHERS.contains(&x) {
+        tandem::chaos::segfault();
+    }
+    x * 10
+}
+
+/// Check one result per index: the crashers died by SIGSEGV naming their
+/// item, everything else has its value.
+fn check_only_crashers_failed(results: Vec<(usize, Result<u64, Error>)>, n: usize, what: &str) {
+    let mut seen = HashSet::new();
+    for (i, r) in results {
+        assert!(seen.insert(i), "{what}: index {i} resolved twice");
+        match r {
+            Ok(v) => {
+                assert!(!CRASHERS.contains(&(i as u64)), "{what}: crasher {i} succeeded");
+                assert_eq!(v, i as u64 * 10, "{what}: item {i}");
+            }
+            Err(e @ Error::WorkerDied { .. }) => {
+                assert!(CRASHERS.contains(&(i as u64)), "{what}: item {i} failed but did not crash: {e}");
+                let Error::WorkerDied { signal, item, .. } = &e else { unreachable!() };
+                assert_eq!((*signal, *item), (Some(11), Some(i as u64)), "{what}: {e}");
+                assert!(e.to_string().contains(&format!("while running map item {i}")), "{e}");
+            }
+            Err(e) => panic!("{what}: item {i}: unexpected {e:?}"),
+        }
+    }
+    assert_eq!(seen.len(), n, "{what}: every index once");
+}
+
+#[test]
+fn a_crash_fails_only_the_item_that_was_running() {
+    for method in METHODS {
+        let pool = process_pool(method, 0);
+        for batch in [10, 7, 1, 100] {
+            let ordered: Vec<_> =
+                pool.map(0..100u64, crash_at_crashers).batch_size(batch).enumerate().collect();
+            check_only_crashers_failed(ordered, 100, &format!("{method:?} map, batches of {batch}"));
+            let unordered: Vec<_> =
+                pool.map_unordered(0..100u64, crash_at_crashers).batch_size(batch).collect();
+            check_only_crashers_failed(
+                unordered,
+                100,
+                &format!("{method:?} map_unordered, batches of {batch}"),
+            );
+        }
+        // Batches sized by the pool itself (thousands of items each).
+        let sized: Vec<_> = pool.map(0..20_000u64, crash_at_crashers).enumerate().collect();
+        check_only_crashers_failed(sized, 20_000, &format!("{method:?} map, self-sized batches"));
+    }
+}
+
+/// Count the attempt, and crash on the first attempt of a crasher.
+fn crash_once((attempts, i): (SharedSlice<AtomicU32>, u64)) -> u64 {
+    let attempt = attempts[i as usize].fetch_add(1, Ordering::SeqCst) + 1;
+    if attempt == 1 && CRASHERS.contains(&i) {
+        tandem::chaos::segfault();
+    }
+    i
+}
+
+#[test]
+fn retries_count_per_item_and_finished_items_never_run_again() {
+    for method in METHODS {
+        for retries in [0, 1] {
+            let pool = process_pool(method, retries);
+            let attempts = SharedSlice::<AtomicU32>::new(100).unwrap();
+            let items: Vec<_> = (0..100u64).map(|i| (attempts.clone(), i)).collect();
+            let results: Vec<_> = pool.map(items, crash_once).batch_size(10).collect();
+            for (i, r) in results.into_iter().enumerate() {
+                let crasher = CRASHERS.contains(&(i as u64));
+                match (crasher, retries, r) {
+                    (true, 0, Err(Error::WorkerDied { signal: Some(11), .. })) => {}
+                    (_, _, Ok(v)) if !crasher || retries == 1 => assert_eq!(v, i as u64),
+                    other => panic!("{method:?} retries {retries}: item {i}: {other:?}"),
+                }
+                // A crasher ran once more if it was retried; every other
+                // item ran exactly once: finished ones kept their results,
+                // unstarted ones ran again elsewhere without counting.
+                let expected = if crasher && retries == 1 { 2 } else { 1 };
+                assert_eq!(
+                    attempts[i].load(Ordering::SeqCst),
+                    expected,
+                    "{method:?} retries {retries}: item {i}"
+                );
+            }
+        }
+    }
+}
+
+/// Instant for the first 100 items, then 15 ms each.
+fn quick_then_slow(i: u64) -> u64 {
+    if i >= 100 {
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    i
+}
+
+#[test]
+fn the_time_limit_is_per_item_so_batching_never_times_out_a_quick_item() {
+    for mode in MODES {
+        let pool =
+            Pool::builder().mode(mode).workers(2).task_timeout(Duration::from_millis(150)).build().unwrap();
+        // 40 slow items would take 600 ms in one batch: far past the limit.
+        for (i, r) in pool.map(0..140u64, quick_then_slow).enumerate() {
+            assert_eq!(r.unwrap(), i as u64, "{mode:?}");
+        }
+        for (i, r) in pool.map(0..140u64, quick_then_slow).batch_size(140).enumerate() {
+            assert_eq!(r.unwrap(), i as u64, "{mode:?}, one batch of everything");
+        }
+        assert_eq!(pool.stats().workers.iter().map(|w| w.restarts).sum::<u64>(), 0, "{mode:?}");
+    }
+}
+
+/// Item 150 never ends (it sleeps a minute); the rest are instant.
+fn one_endless(i: u64) -> u64 {
+    if i == 150 {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    i
+}
+
+#[test]
+fn one_endless_item_times_out_alone_and_the_map_finishes() {
+    for mode in MODES {
+        let pool =
+            Pool::builder().mode(mode).workers(2).task_timeout(Duration::from_millis(300)).build().unwrap();
+        let ordered: Vec<_> = pool.map(0..300u64, one_endless).collect();
+        let unordered: Vec<_> = pool.map_unordered(0..300u64, one_endless).collect();
+        let unordered: Vec<_> = {
+            let mut u = unordered;
+            u.sort_by_key(|(i, _)| *i);
+            assert!(u.iter().enumerate().all(|(n, (i, _))| n == *i), "{mode:?}: every index once");
+            u.into_iter().map(|(_, r)| r).collect()
+        };
+        for (what, results) in [("map", ordered), ("map_unordered", unordered)] {
+            assert_eq!(results.len(), 300);
+            for (i, r) in results.into_iter().enumerate() {
+                match (i, r) {
+                    (150, Err(Error::TimedOut)) => {}
+                    (i, Ok(v)) if i != 150 => assert_eq!(v, i as u64),
+                    other => panic!("{mode:?} {what}: {other:?}"),
+                }
+            }
+        }
+        // One worker was killed (process) or abandoned (thread) per map.
+        assert_eq!(pool.stats().workers.iter().map(|w| w.restarts).sum::<u64>(), 2, "{mode:?}");
+        assert_eq!(pool.submit(1u64, |x| x + 1).join().unwrap(), 2);
+    }
+}
+
+/// Count the item, then work for 2 ms.
+fn counted((runs, i): (SharedSlice<AtomicU64>, u64)) -> u64 {
+    runs[0].fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(2));
+    i
+}
+
+#[test]
+fn a_dropped_map_stops_after_the_items_already_running() {
+    for mode in MODES {
+        for unordered in [false, true] {
+            let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+            let runs = SharedSlice::<AtomicU64>::new(1).unwrap();
+            let items = (0..100_000u64).map(|i| (runs.clone(), i));
+            let taken = if unordered {
+                let mut map = pool.map_unordered(items, counted).batch_size(50);
+                let taken = map.by_ref().take(10).count();
+                let before = runs[0].load(Ordering::SeqCst);
+                drop(map);
+                (taken, before)
+            } else {
+                let mut map = pool.map(items, counted).batch_size(50);
+                let taken = map.by_ref().take(10).count();
+                let before = runs[0].load(Ordering::SeqCst);
+                drop(map);
+                (taken, before)
+            };
+            assert_eq!(taken.0, 10);
+            pool.shutdown(); // waits for whatever still runs
+            let after = runs[0].load(Ordering::SeqCst);
+            // Each worker finishes the item it was running, and may start
+            // one more before the stop reaches it; without the stop, the
+            // four batches in flight (200 items) would run to their end.
+            assert!(
+                after - taken.1 <= 4,
+                "{mode:?} unordered {unordered}: {} items ran after the map was dropped",
+                after - taken.1
+            );
+        }
+    }
+}
+
+/// A value whose serialization fails for 13.
+#[derive(Debug, Deserialize)]
+struct Picky(u64);
+
+impl Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("13 cannot be sent"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+#[test]
+fn an_item_that_cannot_be_sent_fails_alone() {
+    for method in METHODS {
+        let pool = process_pool(method, 0);
+        let results: Vec<_> = pool.map((0..40).map(Picky), |p| p.0).batch_size(10).collect();
+        for (i, r) in results.into_iter().enumerate() {
+            match (i, r) {
+                (13, Err(Error::Codec(_))) => {}
+                (i, Ok(v)) if i != 13 => assert_eq!(v, i as u64),
+                other => panic!("{method:?}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn items_carrying_shared_objects_are_batched_within_the_descriptor_limit() {
+    // Each item carries a descriptor; self-sized batches grow past the 253
+    // one message can carry, so they must be cut there, not fail.
+    let pool = process_pool(StartMethod::ForkServer, 0);
+    let slice = SharedSlice::<AtomicU64>::new(1).unwrap();
+    let items: Vec<_> = (0..2_000u64).map(|i| (slice.clone(), i)).collect();
+    let sum: u64 = pool
+        .map(items, |(s, i): (SharedSlice<AtomicU64>, u64)| {
+            s[0].fetch_add(1, Ordering::SeqCst);
+            i
+        })
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(sum, (0..2_000u64).sum::<u64>());
+    assert_eq!(slice[0].load(Ordering::SeqCst), 2_000);
+}
+
+#[test]
+fn results_carrying_shared_objects_come_back_from_a_batch() {
+    let pool = process_pool(StartMethod::Spawn, 0);
+    let made: Vec<SharedSlice<AtomicU64>> = pool
+        .map(0..20u64, |i| {
+            let s = SharedSlice::<AtomicU64>::new(1).unwrap();
+            s[0].store(i * 7, Ordering::SeqCst);
+            s
+        })
+        .batch_size(5)
+        .map(Result::unwrap)
+        .collect();
+    for (i, s) in made.iter().enumerate() {
+        assert_eq!(s[0].load(Ordering::SeqCst), i as u64 * 7);
+    }
+}
+
+#[test]
+fn big_results_overflow_the_board_and_still_arrive_in_order() {
+    // 300 results of 16 KiB: several times the 1 MiB board, so the worker
+    // flushes it to its socket mid-batch.
+    for method in METHODS {
+        let pool = process_pool(method, 0);
+        let out: Vec<Vec<u8>> =
+            pool.map(0..300u32, |i| vec![i as u8; 16 << 10]).batch_size(300).map(Result::unwrap).collect();
+        assert_eq!(out.len(), 300);
+        for (i, v) in out.iter().enumerate() {
+            assert!(v.len() == 16 << 10 && v.iter().all(|&b| b == i as u8), "{method:?}: item {i}");
+        }
+        // One result bigger than the whole board travels alone.
+        let huge: Vec<usize> =
+            pool.map([1usize, 3 << 20, 5], |n| vec![1u8; n]).map(|r| r.unwrap().len()).collect();
+        assert_eq!(huge, vec![1, 3 << 20, 5]);
+    }
+}
