@@ -187,6 +187,23 @@ impl<'de, T> Deserialize<'de> for Sender<T> {
 
 /// The receiving end of a channel. One receiver; it can be moved to another
 /// thread or sent to a process, but not shared (`Send`, not `Sync`).
+///
+/// ```
+/// tandem::init();
+/// let (tx, rx) = tandem::ipc::channel::<u32>().unwrap();
+/// // The receiver goes to a process; the answer comes back on another channel.
+/// let (back_tx, back_rx) = tandem::ipc::channel::<u32>().unwrap();
+/// let h = tandem::process::spawn((rx, back_tx), |(rx, back)| {
+///     back.send(rx.iter().sum()).unwrap();
+/// })
+/// .unwrap();
+/// for i in 1..=3 {
+///     tx.send(i).unwrap();
+/// }
+/// drop(tx); // ends the worker's iter()
+/// assert_eq!(back_rx.recv().unwrap(), 6);
+/// h.join().unwrap();
+/// ```
 pub struct Receiver<T> {
     sock: OwnedFd,
     max: u64,
@@ -279,6 +296,14 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     /// Messages until every sender is gone (or a message fails).
+    ///
+    /// ```
+    /// let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+    /// tx.send(1).unwrap();
+    /// tx.send(2).unwrap();
+    /// drop(tx);
+    /// assert_eq!(rx.iter().collect::<Vec<_>>(), [1, 2]);
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
         std::iter::from_fn(move || self.recv().ok())
     }

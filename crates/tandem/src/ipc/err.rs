@@ -9,6 +9,15 @@ use crate::Error;
 /// Why a message was not sent. The message comes back.
 ///
 /// `Debug` does not print the message, so `unwrap()` works for any `T`.
+///
+/// ```
+/// use tandem::ipc::SendError;
+/// let (tx, rx) = tandem::ipc::channel::<String>().unwrap();
+/// drop(rx);
+/// let err = tx.send("lost".into()).unwrap_err();
+/// assert!(matches!(err, SendError::Disconnected(_)));
+/// assert!(err.to_string().contains("receiver is gone"));
+/// ```
 pub enum SendError<T> {
     /// The receiver is gone (dropped, or its process died).
     Disconnected(T),
@@ -21,6 +30,13 @@ pub enum SendError<T> {
 
 impl<T> SendError<T> {
     /// The message that was not sent.
+    ///
+    /// ```
+    /// let (tx, rx) = tandem::ipc::channel::<String>().unwrap();
+    /// drop(rx);
+    /// let back = tx.send("kept".into()).unwrap_err().into_inner();
+    /// assert_eq!(back, "kept");
+    /// ```
     pub fn into_inner(self) -> T {
         match self {
             SendError::Disconnected(v) | SendError::Failed(v, _) => v,
@@ -51,6 +67,15 @@ impl<T> fmt::Debug for SendError<T> {
 impl<T> std::error::Error for SendError<T> {}
 
 /// Why [`Receiver::recv`] returned no message.
+///
+/// ```
+/// use tandem::ipc::RecvError;
+/// let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+/// drop(tx);
+/// let err = rx.recv().unwrap_err();
+/// assert!(matches!(err, RecvError::Disconnected));
+/// assert!(err.to_string().contains("senders are all gone"));
+/// ```
 #[derive(Debug)]
 pub enum RecvError {
     /// Every sender is gone (dropped, or its process died) and no message is
@@ -62,6 +87,15 @@ pub enum RecvError {
 }
 
 /// Why [`Receiver::recv_timeout`] returned no message.
+///
+/// ```
+/// use std::time::Duration;
+/// use tandem::ipc::RecvTimeoutError;
+/// let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+/// assert!(matches!(rx.recv_timeout(Duration::ZERO), Err(RecvTimeoutError::Timeout)));
+/// drop(tx);
+/// assert!(matches!(rx.recv_timeout(Duration::ZERO), Err(RecvTimeoutError::Disconnected)));
+/// ```
 #[derive(Debug)]
 pub enum RecvTimeoutError {
     /// No message came within the time limit.
@@ -73,6 +107,14 @@ pub enum RecvTimeoutError {
 }
 
 /// Why [`Receiver::try_recv`] returned no message.
+///
+/// ```
+/// use tandem::ipc::TryRecvError;
+/// let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+/// assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+/// drop(tx);
+/// assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+/// ```
 #[derive(Debug)]
 pub enum TryRecvError {
     /// No message is waiting.

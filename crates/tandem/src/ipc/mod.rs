@@ -32,6 +32,17 @@ pub use queue::Queue;
 use crate::wire;
 
 /// The default largest channel message: 1 GiB (as for task arguments).
+///
+/// ```
+/// assert_eq!(tandem::ipc::DEFAULT_MAX_MESSAGE, 1 << 30);
+/// ```
 pub const DEFAULT_MAX_MESSAGE: usize = wire::DEFAULT_MAX_MESSAGE as usize;
 /// The default largest queue item, serialized: 4 KiB.
+///
+/// ```
+/// use tandem::ipc::{DEFAULT_MAX_ITEM, Queue};
+/// let q = Queue::<Vec<u8>>::bounded(2).unwrap();
+/// assert!(q.put(vec![0; DEFAULT_MAX_ITEM]).is_err()); // with its length prefix, too big
+/// assert!(q.put(vec![0; DEFAULT_MAX_ITEM - 8]).is_ok());
+/// ```
 pub const DEFAULT_MAX_ITEM: usize = 4096;

@@ -50,6 +50,12 @@ pub struct Queue<T> {
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// A queue holding at most `capacity` items of up to
     /// [`DEFAULT_MAX_ITEM`] bytes each, serialized.
+    ///
+    /// ```
+    /// let q = tandem::ipc::Queue::<String>::bounded(8).unwrap();
+    /// assert_eq!(q.capacity(), 8);
+    /// assert!(tandem::ipc::Queue::<u8>::bounded(0).is_err());
+    /// ```
     pub fn bounded(capacity: usize) -> Result<Queue<T>, Error> {
         Queue::with_max_item(capacity, DEFAULT_MAX_ITEM)
     }
@@ -102,6 +108,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Add an item, waiting while the queue is full.
+    ///
+    /// ```
+    /// let q = tandem::ipc::Queue::<(u8, String)>::bounded(2).unwrap();
+    /// q.put((1, "one".into())).unwrap();
+    /// assert_eq!(q.get().unwrap(), (1, "one".to_string()));
+    /// ```
     pub fn put(&self, item: T) -> Result<(), Error> {
         let bytes = self.encode(&item)?;
         self.ring.put(&bytes, None, false).map_err(Self::ring_error)
@@ -122,6 +134,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Take the oldest item, waiting while the queue is empty.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let q = tandem::ipc::Queue::<u32>::bounded(4).unwrap();
+    /// let h = tandem::process::spawn(q.clone(), |q| q.get().unwrap() * 2).unwrap();
+    /// q.put(21).unwrap(); // the process waits in get() until this arrives
+    /// assert_eq!(h.join().unwrap(), 42);
+    /// ```
     pub fn get(&self) -> Result<T, Error> {
         let bytes = self.ring.get(None, false).map_err(Self::ring_error)?;
         codec::decode(&bytes, Vec::new())
@@ -156,16 +176,35 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Items in the queue now (a snapshot; others may change it at once).
+    ///
+    /// ```
+    /// let q = tandem::ipc::Queue::<u8>::bounded(4).unwrap();
+    /// q.put(1).unwrap();
+    /// q.put(2).unwrap();
+    /// assert_eq!(q.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.ring.len()
     }
 
     /// Whether the queue is empty now (a snapshot).
+    ///
+    /// ```
+    /// let q = tandem::ipc::Queue::<u8>::bounded(4).unwrap();
+    /// assert!(q.is_empty());
+    /// q.put(1).unwrap();
+    /// assert!(!q.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The most items it holds.
+    ///
+    /// ```
+    /// let q = tandem::ipc::Queue::<u8>::bounded(3).unwrap();
+    /// assert_eq!(q.capacity(), 3);
+    /// ```
     pub fn capacity(&self) -> usize {
         self.ring.capacity() as usize
     }

@@ -82,6 +82,12 @@ impl Drop for Attachment {
 
 /// What [`Barrier::wait`] returns: whether this unit was the one that
 /// completed the round (exactly one per round is the leader).
+///
+/// ```
+/// let b = tandem::sync::Barrier::new(1).unwrap();
+/// let r: tandem::sync::BarrierWaitResult = b.wait().unwrap();
+/// assert!(r.is_leader()); // the only party completes every round
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarrierWaitResult {
     leader: bool,
@@ -89,6 +95,14 @@ pub struct BarrierWaitResult {
 
 impl BarrierWaitResult {
     /// Whether this unit was the leader of its round.
+    ///
+    /// ```
+    /// use tandem::sync::Barrier;
+    /// let b = Barrier::new(2).unwrap();
+    /// let h = tandem::thread::spawn(b.clone(), |b| b.wait().unwrap().is_leader()).unwrap();
+    /// let here = b.wait().unwrap().is_leader();
+    /// assert!(here != h.join().unwrap());
+    /// ```
     pub fn is_leader(&self) -> bool {
         self.leader
     }
@@ -121,6 +135,16 @@ impl Barrier {
     /// Wait for all parties. `Err(Error::Broken)` if a process holding the
     /// barrier died (see the type's documentation); once broken, a barrier
     /// stays broken.
+    ///
+    /// ```
+    /// use tandem::sync::Barrier;
+    /// tandem::init();
+    /// let b = Barrier::new(3).unwrap();
+    /// let hs: Vec<_> =
+    ///     (0..2).map(|_| tandem::process::spawn(b.clone(), |b| b.wait().map(|_| ()).unwrap()).unwrap()).collect();
+    /// b.wait().unwrap(); // returns once both processes arrived too
+    /// hs.into_iter().for_each(|h| h.join().unwrap());
+    /// ```
     pub fn wait(&self) -> Result<BarrierWaitResult, Error> {
         let _ = &self.attachment; // held for as long as this handle lives
         if let Some(err) = self.broken() {

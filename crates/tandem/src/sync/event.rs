@@ -34,6 +34,11 @@ pub struct Event {
 
 impl Event {
     /// A new event, not set.
+    ///
+    /// ```
+    /// let e = tandem::sync::Event::new().unwrap();
+    /// assert!(!e.is_set());
+    /// ```
     pub fn new() -> Result<Event, Error> {
         Ok(Event { region: Arc::new(shared::make_region(8, "event")?) })
     }
@@ -43,6 +48,13 @@ impl Event {
     }
 
     /// Set the flag and wake everyone waiting for it.
+    ///
+    /// ```
+    /// let e = tandem::sync::Event::new().unwrap();
+    /// let seen = e.clone();
+    /// e.set();
+    /// assert!(seen.is_set()); // clones are the same event
+    /// ```
     pub fn set(&self) {
         self.flag().store(1, Ordering::SeqCst);
         if self.region.atomic_u32(EVENT_WAITERS).load(Ordering::SeqCst) > 0 {
@@ -51,16 +63,41 @@ impl Event {
     }
 
     /// Lower the flag.
+    ///
+    /// ```
+    /// let e = tandem::sync::Event::new().unwrap();
+    /// e.set();
+    /// e.clear();
+    /// assert!(!e.is_set());
+    /// ```
     pub fn clear(&self) {
         self.flag().store(0, Ordering::SeqCst);
     }
 
     /// Whether the flag is set now.
+    ///
+    /// ```
+    /// let e = tandem::sync::Event::new().unwrap();
+    /// e.set();
+    /// assert!(e.is_set());
+    /// ```
     pub fn is_set(&self) -> bool {
         self.flag().load(Ordering::Acquire) != 0
     }
 
     /// Wait until the flag is set.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let go = tandem::sync::Event::new().unwrap();
+    /// let h = tandem::process::spawn(go.clone(), |go| {
+    ///     go.wait();
+    ///     7u8
+    /// })
+    /// .unwrap();
+    /// go.set();
+    /// assert_eq!(h.join().unwrap(), 7);
+    /// ```
     pub fn wait(&self) {
         self.wait_until(None);
     }

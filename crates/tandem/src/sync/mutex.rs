@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::Error;
 use crate::backoff::Backoff;
 use crate::shared;
-use crate::shm::Plain;
+use crate::sys::plain::Plain;
 use crate::sys::robust::{Acquired, LockedValue, MUTEX_BYTES, RobustMutex};
 use crate::sys::shm::Region;
 
@@ -51,6 +51,15 @@ pub struct Mutex<T: Plain> {
 /// The lock held: dereferences to the `T`. Unlocks when dropped.
 ///
 /// Like std's guard, it is not `Send`: the thread that locked must unlock.
+///
+/// ```
+/// let m = tandem::sync::Mutex::new(0u32).unwrap();
+/// {
+///     let mut g: tandem::sync::MutexGuard<'_, u32> = m.lock().unwrap();
+///     *g = 3;
+/// } // unlocked here
+/// assert_eq!(*m.try_lock().unwrap(), 3);
+/// ```
 pub struct MutexGuard<'a, T: Plain> {
     value: LockedValue<'a, T>,
     poison: &'a AtomicU32,
@@ -114,6 +123,21 @@ impl<T: Plain> Mutex<T> {
     }
 
     /// Whether a holder panicked or died while holding the lock.
+    ///
+    /// ```
+    /// use tandem::sync::Mutex;
+    /// // A process that dies holding the lock poisons it.
+    /// fn die_holding(m: Mutex<u8>) {
+    ///     let _g = m.lock().unwrap();
+    ///     std::process::abort();
+    /// }
+    /// tandem::init();
+    /// let m = Mutex::new(0u8).unwrap();
+    /// let h = tandem::process::spawn(m.clone(), die_holding).unwrap();
+    /// assert!(h.join().is_err());
+    /// assert!(m.lock().is_err());
+    /// assert!(m.is_poisoned());
+    /// ```
     pub fn is_poisoned(&self) -> bool {
         self.region.atomic_u32(POISON).load(Ordering::Acquire) != 0
     }

@@ -38,6 +38,11 @@ pub struct Semaphore {
 
 impl Semaphore {
     /// A semaphore with `permits` permits.
+    ///
+    /// ```
+    /// let s = tandem::sync::Semaphore::new(3).unwrap();
+    /// assert_eq!(s.available(), 3);
+    /// ```
     pub fn new(permits: u32) -> Result<Semaphore, Error> {
         let region = shared::make_region(8, "semaphore")?;
         region.atomic_u32(SEM_COUNT).store(permits, Ordering::Release);
@@ -49,6 +54,14 @@ impl Semaphore {
     }
 
     /// Take a permit, waiting for one as long as it takes.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let s = tandem::sync::Semaphore::new(0).unwrap();
+    /// let h = tandem::process::spawn(s.clone(), |s| s.release()).unwrap();
+    /// s.acquire(); // waits for the process's release
+    /// h.join().unwrap();
+    /// ```
     pub fn acquire(&self) {
         self.acquire_until(None);
     }
@@ -75,6 +88,12 @@ impl Semaphore {
     }
 
     /// Take a permit if one is free, without waiting.
+    ///
+    /// ```
+    /// let s = tandem::sync::Semaphore::new(1).unwrap();
+    /// assert!(s.try_acquire());
+    /// assert!(!s.try_acquire());
+    /// ```
     pub fn try_acquire(&self) -> bool {
         let count = self.count();
         let mut now = count.load(Ordering::Acquire);
@@ -88,6 +107,12 @@ impl Semaphore {
     }
 
     /// Give a permit back (or add one).
+    ///
+    /// ```
+    /// let s = tandem::sync::Semaphore::new(0).unwrap();
+    /// s.release();
+    /// assert!(s.try_acquire());
+    /// ```
     pub fn release(&self) {
         self.count().fetch_add(1, Ordering::SeqCst);
         if self.region.atomic_u32(SEM_WAITERS).load(Ordering::SeqCst) > 0 {
@@ -98,6 +123,12 @@ impl Semaphore {
     }
 
     /// Permits free now (a snapshot).
+    ///
+    /// ```
+    /// let s = tandem::sync::Semaphore::new(2).unwrap();
+    /// s.acquire();
+    /// assert_eq!(s.available(), 1);
+    /// ```
     pub fn available(&self) -> u32 {
         self.count().load(Ordering::Acquire)
     }
