@@ -23,11 +23,13 @@
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)] // CI's `clippy -D warnings` makes it an error
 #![allow(clippy::needless_doctest_main)] // the crate example shows where init() goes
 
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+mod backoff;
 mod batch;
 pub mod chaos;
 mod child;
@@ -39,6 +41,7 @@ pub mod ipc;
 mod launch;
 mod pool;
 mod reaper;
+mod shared;
 pub mod shm;
 pub mod sync;
 #[allow(unsafe_code)]

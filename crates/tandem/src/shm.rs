@@ -22,78 +22,14 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{
-    AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
-    AtomicUsize,
-};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
-use crate::codec::{RecvFd, SendFd};
+use crate::shared;
 use crate::sys::shm::Region;
 
-mod sealed {
-    pub trait Sealed {}
-}
-
-/// Types that may live in plain shared memory: fixed-size, no pointers, no
-/// destructor, valid for every bit pattern (including all zeros), and
-/// `Sync`.
-///
-/// Why these rules: the memory is mapped by other processes at other
-/// addresses (so a pointer would mean nothing there), starts zeroed, may be
-/// left half-written by a process killed in the middle of a store, and is
-/// never dropped in any one process. Integers, floats, the integer atomics
-/// and arrays of them qualify; `bool`, `char`, references, `String` and
-/// anything with a `Drop` do not. The trait is sealed: tandem decides which
-/// types are sound here.
-///
-/// Atomics are how units *change* shared memory concurrently; plain numbers
-/// in a [`SharedSlice`] are read-only once it is made (build it with
-/// [`SharedSlice::from_slice`]), and a [`crate::sync::Mutex`] hands out
-/// `&mut T` only to the unit holding the lock.
-///
-/// ```
-/// fn needs_plain<T: tandem::shm::Plain>() {}
-/// needs_plain::<u64>();
-/// needs_plain::<std::sync::atomic::AtomicU32>();
-/// needs_plain::<[f64; 4]>();
-/// ```
-///
-/// Heap-owning types are refused at compile time:
-///
-/// ```compile_fail
-/// let s = tandem::shm::SharedSlice::<String>::new(1);
-/// ```
-///
-/// ```compile_fail
-/// let m = tandem::sync::Mutex::new(vec![1u8]);
-/// ```
-pub trait Plain: sealed::Sealed + Send + Sync + 'static {}
-
-macro_rules! plain {
-    ($($t:ty),*) => {$(
-        impl sealed::Sealed for $t {}
-        impl Plain for $t {}
-    )*};
-}
-
-plain!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
-plain!(
-    AtomicU8,
-    AtomicU16,
-    AtomicU32,
-    AtomicU64,
-    AtomicUsize,
-    AtomicI8,
-    AtomicI16,
-    AtomicI32,
-    AtomicI64,
-    AtomicIsize
-);
-impl<T: Plain, const N: usize> sealed::Sealed for [T; N] {}
-impl<T: Plain, const N: usize> Plain for [T; N] {}
+pub use crate::sys::plain::Plain;
 
 /// A fixed-length slice of `T` in shared memory, visible to every unit that
 /// holds a clone. `Deref<Target = [T]>`.
@@ -126,8 +62,7 @@ impl<T: Plain> SharedSlice<T> {
         let bytes = len.checked_mul(size_of::<T>()).ok_or_else(|| {
             Error::os("making a shared slice", std::io::Error::from(std::io::ErrorKind::OutOfMemory))
         })?;
-        let region =
-            Region::create(bytes).map_err(|e| Error::os("making a shared slice (memfd + mmap)", e))?;
+        let region = shared::make_region(bytes, "slice")?;
         Ok(SharedSlice { region: Arc::new(region), len, _t: PhantomData })
     }
 
@@ -170,20 +105,18 @@ impl<T: Plain> fmt::Debug for SharedSlice<T> {
 
 impl<T: Plain> Serialize for SharedSlice<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (SendFd(self.region.fd()), self.len as u64).serialize(serializer)
+        shared::serialize(&self.region, self.len as u64, serializer)
     }
 }
 
 impl<'de, T: Plain> Deserialize<'de> for SharedSlice<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SharedSlice<T>, D::Error> {
-        use serde::de::Error as _;
-        let (RecvFd(fd), len) = <(RecvFd, u64)>::deserialize(deserializer)?;
-        let region =
-            Region::open(fd).map_err(|e| D::Error::custom(format!("mapping a shared slice: {e}")))?;
-        let len = len as usize;
-        if len.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > region.len()) {
-            return Err(D::Error::custom("a shared slice claims more elements than its memory holds"));
-        }
-        Ok(SharedSlice { region: Arc::new(region), len, _t: PhantomData })
+        let (region, len) = shared::deserialize(deserializer, "slice", |region, &len: &u64| {
+            match (len as usize).checked_mul(size_of::<T>()) {
+                Some(bytes) if bytes <= region.len() => Ok(()),
+                _ => Err("a shared slice claims more elements than its memory holds".to_string()),
+            }
+        })?;
+        Ok(SharedSlice { region: Arc::new(region), len: len as usize, _t: PhantomData })
     }
 }

@@ -87,7 +87,7 @@ impl From<&str> for Failure {
     }
 }
 
-/// Random token for a new worker, as hex for its environment.
+/// Random token for a new worker, as hex for its environment: `getrandom(2)`.
 pub fn new_token() -> io::Result<([u8; TOKEN_LEN], String)> {
     let mut token = [0u8; TOKEN_LEN];
     rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty())?;
@@ -95,7 +95,10 @@ pub fn new_token() -> io::Result<([u8; TOKEN_LEN], String)> {
     Ok((token, hex))
 }
 
-/// Look for a parent handshake. Call once, early, while single-threaded.
+/// Look for a parent handshake. Call once, early, while single-threaded:
+/// `getenv(3)`, `unsetenv(3)`, then the handshake on standard input
+/// (`getsockopt(2)` `SO_PEERCRED`, `recvmsg(2)` with `SCM_RIGHTS`,
+/// `fcntl(2)` for the lifeline, `close_range(2)`).
 pub fn claim() -> Claim {
     let Some(value) = std::env::var_os(WORKER_ENV) else {
         return Claim::NotAWorker;
@@ -239,7 +242,8 @@ fn parse_hex(hex: &str) -> Option<[u8; TOKEN_LEN]> {
 }
 
 /// Proof of trust for a process forked from a trusted worker (the fork-server
-/// template): the child is a copy of an already-verified process.
+/// template): the child is a copy of an already-verified process. No system
+/// call.
 pub fn inherit(parent: &ParentLink, socket: OwnedFd) -> ParentLink {
     ParentLink { socket, trusted: parent.trusted, lifeline: None }
 }

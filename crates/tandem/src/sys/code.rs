@@ -57,7 +57,7 @@ fn anchor_addr() -> usize {
 }
 
 /// The position of `f` relative to this image's anchor: the same in every
-/// process running this executable.
+/// process running this executable. No system call.
 pub fn offset_of<F: FnPtr>(f: F) -> i64 {
     f.addr().wrapping_sub(anchor_addr()) as i64
 }
@@ -73,6 +73,8 @@ pub struct Trusted(pub(super) ());
 /// (a corrupted or foreign message), so a bad offset is an error, never a jump.
 /// The type must be the one the sender encoded; tandem guarantees that by
 /// sending a monomorphised trampoline together with the user's function.
+/// Reads `/proc/self/maps` (`proc(5)`) once, if the linker's bounds do not
+/// apply.
 pub fn resolve<F: FnPtr>(_from_parent: &Trusted, offset: i64) -> Option<F> {
     let addr = anchor_addr().wrapping_add(offset as usize);
     if !text_ranges().iter().any(|&(lo, hi)| addr >= lo && addr < hi) {
@@ -93,7 +95,8 @@ unsafe extern "C" {
     static etext: u8;
 }
 
-/// Compute the code ranges now, so processes forked later inherit them.
+/// Compute the code ranges now, so processes forked later inherit them
+/// (reads `/proc/self/maps`, `proc(5)`, if needed).
 pub fn warm() {
     let _ = text_ranges();
 }

@@ -18,8 +18,16 @@
 //!   measurements of `tandem compare` (not needed by tandem itself).
 //! - [`board`]: the shared page on which a worker publishes each map item's
 //!   result before it starts the next (see `crate::batch`).
-//! - [`shm`], [`robust`], [`ring`]: anonymous shared memory (sealed memfd),
-//!   glibc's robust process-shared mutex in it, and the queue's ring.
+//! - [`plain`]: the `Plain` trait (which types may live in shared memory;
+//!   public as `tandem::shm::Plain`), defined here so nothing in this layer
+//!   imports from above it.
+//! - [`shm`], [`robust`], [`futex`]: anonymous shared memory (sealed memfd)
+//!   with a small safe API (atomics, `Plain` values, byte copies), glibc's
+//!   robust process-shared mutex in it, and futex waits and wakes on its
+//!   words.
+//!
+//! Each function's documentation names the manual page of the call it
+//! wraps, as rustix does (`mmap(2)`, `futex(2)`, `pthread_mutex_lock(3)`).
 
 pub mod board;
 pub mod bootstrap;
@@ -27,7 +35,8 @@ pub mod code;
 pub mod crash;
 pub mod floor_raw;
 pub mod fork;
-pub mod ring;
+pub mod futex;
+pub mod plain;
 pub mod robust;
 pub mod shm;
 pub mod signal;

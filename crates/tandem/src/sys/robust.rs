@@ -12,8 +12,17 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
+use super::plain::Plain;
 use super::shm::Region;
-use crate::shm::Plain;
+
+/// How a locker spends the moments before it sleeps in the kernel: poll
+/// `ready` until it says `true` (then return `true`) or the budget is spent
+/// (`false`). The crate's one policy, `crate::backoff::Backoff`, implements
+/// it; it is passed in so that this layer depends on nothing above it.
+pub trait Spin {
+    /// Poll `ready` within the budget; whether it said `true`.
+    fn spin_until(&self, ready: impl FnMut() -> bool) -> bool;
+}
 
 /// Bytes a mutex takes in a region (rounded up to a cache line).
 pub const MUTEX_BYTES: usize = 64;
@@ -48,7 +57,8 @@ fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
 }
 
 impl<'r> RobustMutex<'r> {
-    /// The mutex at `offset` (which must hold one made by [`RobustMutex::init`]).
+    /// The mutex at `offset` (which must hold one made by
+    /// [`RobustMutex::init`]); bounds and alignment checked, no system call.
     pub fn at(region: &'r Region, offset: usize) -> RobustMutex<'r> {
         region.ptr(offset, MUTEX_BYTES, align_of::<libc::pthread_mutex_t>());
         RobustMutex { region, offset }
@@ -58,7 +68,10 @@ impl<'r> RobustMutex<'r> {
         self.region.ptr(self.offset, MUTEX_BYTES, align_of::<libc::pthread_mutex_t>()).cast()
     }
 
-    /// Initialise the mutex. Only before the region is shared.
+    /// Initialise the mutex, process-shared and robust:
+    /// `pthread_mutexattr_init(3)`, `pthread_mutexattr_setpshared(3)`,
+    /// `pthread_mutexattr_setrobust(3)`, `pthread_mutex_init(3)`. Only
+    /// before the region is shared.
     pub fn init(&self) -> io::Result<()> {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         // SAFETY: `attr` is initialised by pthread_mutexattr_init before any
@@ -82,6 +95,7 @@ impl<'r> RobustMutex<'r> {
         }
     }
 
+    /// Judge a lock call's result; on `EOWNERDEAD`, `pthread_mutex_consistent(3)`.
     fn after(&self, rc: libc::c_int) -> io::Result<Option<Acquired>> {
         match rc {
             0 => Ok(Some(Acquired::Clean)),
@@ -98,28 +112,32 @@ impl<'r> RobustMutex<'r> {
         }
     }
 
-    /// Take the lock without blocking: `None` if someone holds it.
+    /// Take the lock without blocking: `None` if someone holds it
+    /// (`pthread_mutex_trylock(3)`).
     pub fn try_lock(&self) -> io::Result<Option<Acquired>> {
         // SAFETY: the mutex was initialised in shared memory that outlives `self`.
         self.after(unsafe { libc::pthread_mutex_trylock(self.raw()) })
     }
 
-    /// Take the lock, spinning briefly before sleeping in the kernel (a
-    /// futex sleep and wake-up across CPUs costs tens of microseconds here,
-    /// far more than a typical critical section).
-    pub fn lock(&self) -> io::Result<Acquired> {
-        for _ in 0..64 {
-            if let Some(how) = self.try_lock()? {
-                return Ok(how);
-            }
-            std::hint::spin_loop();
+    /// Take the lock: try it while `spin` lasts, then sleep in the kernel
+    /// (`pthread_mutex_trylock(3)`, then `pthread_mutex_lock(3)`). A futex
+    /// sleep and wake-up across CPUs costs tens of microseconds here, far
+    /// more than a typical critical section.
+    pub fn lock(&self, spin: &impl Spin) -> io::Result<Acquired> {
+        let mut got = Ok(None);
+        spin.spin_until(|| {
+            got = self.try_lock();
+            !matches!(got, Ok(None))
+        });
+        if let Some(how) = got? {
+            return Ok(how);
         }
         // SAFETY: as in try_lock.
         let rc = unsafe { libc::pthread_mutex_lock(self.raw()) };
         self.after(rc).map(|how| how.expect("a blocking lock does not return EBUSY"))
     }
 
-    /// Release the lock. glibc checks ownership for robust mutexes, so a
+    /// Release the lock (`pthread_mutex_unlock(3)`). glibc checks ownership for robust mutexes, so a
     /// wrong unlock is an error (EPERM), not undefined behaviour.
     pub fn unlock(&self) {
         // SAFETY: as in try_lock.
@@ -137,15 +155,21 @@ pub struct LockedValue<'r, T> {
 }
 
 impl<'r, T: Plain> LockedValue<'r, T> {
-    /// Lock the mutex at `mutex_at` guarding the `T` at `value_at`.
-    pub fn lock(region: &'r Region, mutex_at: usize, value_at: usize) -> io::Result<(Self, Acquired)> {
+    /// Lock the mutex at `mutex_at` guarding the `T` at `value_at`, as
+    /// [`RobustMutex::lock`].
+    pub fn lock(
+        region: &'r Region,
+        mutex_at: usize,
+        value_at: usize,
+        spin: &impl Spin,
+    ) -> io::Result<(Self, Acquired)> {
         let mutex = RobustMutex::at(region, mutex_at);
         region.ptr(value_at, size_of::<T>(), align_of::<T>());
-        let how = mutex.lock()?;
+        let how = mutex.lock(spin)?;
         Ok((LockedValue { mutex, value_at, _t: PhantomData }, how))
     }
 
-    /// Like [`LockedValue::lock`] without blocking.
+    /// Like [`LockedValue::lock`] without blocking (`pthread_mutex_trylock(3)`).
     pub fn try_lock(
         region: &'r Region,
         mutex_at: usize,
@@ -180,6 +204,7 @@ impl<T: Plain> DerefMut for LockedValue<'_, T> {
 }
 
 impl<T> Drop for LockedValue<'_, T> {
+    /// `pthread_mutex_unlock(3)`.
     fn drop(&mut self) {
         self.mutex.unlock();
     }

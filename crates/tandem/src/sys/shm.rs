@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
-use crate::shm::Plain;
+use super::plain::Plain;
 
 /// One shared mapping and the memfd behind it. Unmapped on drop.
 pub struct Region {
@@ -31,7 +31,9 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// A new zero-filled region of `len` bytes.
+    /// A new zero-filled region of `len` bytes: `memfd_create(2)`,
+    /// `ftruncate(2)`, `fcntl(2)` `F_ADD_SEALS` (no shrinking or growing),
+    /// then `mmap(2)` `MAP_SHARED`.
     pub fn create(len: usize) -> io::Result<Region> {
         let fd = rustix::fs::memfd_create("tandem-shared", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
@@ -39,8 +41,9 @@ impl Region {
         Region::map(fd, len)
     }
 
-    /// Map a region received from another unit. Its size is the memfd's,
-    /// which the seals guarantee cannot change.
+    /// Map a region received from another unit: `fcntl(2)` `F_GET_SEALS`
+    /// (refused unless sealed against resizing), `fstat(2)` for its size
+    /// (the memfd's, which the seals guarantee cannot change), `mmap(2)`.
     pub fn open(fd: OwnedFd) -> io::Result<Region> {
         let seals = rustix::fs::fcntl_get_seals(&fd)?;
         if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
@@ -53,6 +56,7 @@ impl Region {
         Region::map(fd, len)
     }
 
+    /// `mmap(2)` the whole memfd, shared, read and write.
     fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
         // mmap refuses length 0; an empty region maps one (never touched) page.
         let map_len = len.max(1);
@@ -73,12 +77,13 @@ impl Region {
         Ok(Region { fd, base, len })
     }
 
-    /// The memfd, for sending to another unit.
+    /// The memfd, for sending to another unit (no system call; `dup(2)`
+    /// happens when it is serialized).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
-    /// Size in bytes.
+    /// Size in bytes (no system call).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -94,26 +99,26 @@ impl Region {
         assert!((self.base.as_ptr() as usize + offset) % align == 0, "misaligned shared-memory access");
     }
 
-    /// A raw pointer `offset` bytes into the region (bounds checked).
+    /// A raw pointer `offset` bytes into the region (bounds checked; no
+    /// system call). Only this layer dereferences it.
     #[inline]
-    pub fn ptr(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
+    pub(in crate::sys) fn ptr(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         self.check(offset, size, align);
         self.base.as_ptr().wrapping_add(offset)
     }
 
-    /// The 32-bit atomic word at `offset`.
+    /// The 32-bit atomic word at `offset` (no system call; a futex word for
+    /// [`super::futex`]).
     pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         &self.slice::<AtomicU32>(offset, 1)[0]
     }
 
-    /// The 64-bit atomic word at `offset`.
-    #[inline]
+    /// The 64-bit atomic word at `offset` (no system call).
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         &self.slice::<AtomicU64>(offset, 1)[0]
     }
 
-    /// `count` values of `T` starting at `offset`.
-    #[inline]
+    /// `count` values of `T` starting at `offset` (no system call).
     pub fn slice<T: Plain>(&self, offset: usize, count: usize) -> &[T] {
         let size = count.checked_mul(size_of::<T>()).expect("shared slice size overflow");
         if size == 0 {
@@ -131,7 +136,8 @@ impl Region {
     }
 
     /// Move `value` into the region at `offset`. `&mut self`: only while the
-    /// region is still private to its creator, before it is shared.
+    /// region is still private to its creator, before it is shared (no
+    /// system call).
     pub fn init_value<T: Plain>(&mut self, offset: usize, value: T) {
         let ptr = self.ptr(offset, size_of::<T>(), align_of::<T>());
         // SAFETY: in bounds and aligned (checked); `&mut self` means the region is not
@@ -140,19 +146,22 @@ impl Region {
         unsafe { std::ptr::write(ptr.cast::<T>(), value) }
     }
 
-    /// Copy `values` into the region at `offset`; same contract as `init_value`.
+    /// Copy `values` into the region at `offset`; same contract as
+    /// `init_value` (no system call).
     pub fn init_slice<T: Plain + Copy>(&mut self, offset: usize, values: &[T]) {
         let ptr = self.ptr(offset, std::mem::size_of_val(values), align_of::<T>());
         // SAFETY: as in init_value; the source is a distinct local slice.
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), ptr.cast::<T>(), values.len()) }
     }
 
-    /// Copy `bytes` into the region at `offset`.
+    /// Copy `bytes` into the region at `offset` (no system call).
     ///
-    /// Callers use this only for memory that no other unit reads or writes
+    /// Part of the small safe byte API for layers above (the Queue's ring
+    /// in `ipc`): no reference into the region is ever made for these
+    /// bytes, only raw copies. Callers use this only for memory that no other unit reads or writes
     /// at the same time (a queue slot owned under the queue's lock, or a
     /// region not yet shared), so it races with nothing.
-    pub(in crate::sys) fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+    pub(crate) fn write_bytes(&self, offset: usize, bytes: &[u8]) {
         let ptr = self.ptr(offset, bytes.len(), 1);
         // SAFETY: in bounds (checked); no reference to these bytes exists
         // (see the doc comment), and the source is a distinct local buffer.
@@ -160,8 +169,8 @@ impl Region {
     }
 
     /// Fill `out` from the region at `offset`; same contract as
-    /// [`Region::write_bytes`].
-    pub(in crate::sys) fn read_into(&self, offset: usize, out: &mut [u8]) {
+    /// [`Region::write_bytes`] (no system call).
+    pub(crate) fn read_into(&self, offset: usize, out: &mut [u8]) {
         let ptr = self.ptr(offset, out.len(), 1);
         // SAFETY: in bounds (checked); nothing writes these bytes meanwhile
         // (see write_bytes); the destination is a distinct local buffer.
@@ -169,8 +178,8 @@ impl Region {
     }
 
     /// Copy `len` bytes out of the region at `offset`; same contract as
-    /// [`Region::write_bytes`].
-    pub(in crate::sys) fn read_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
+    /// [`Region::write_bytes`] (no system call).
+    pub(crate) fn read_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
         let ptr = self.ptr(offset, len, 1);
         let mut out = Vec::with_capacity(len);
         // SAFETY: in bounds (checked); the destination has capacity `len`
@@ -184,6 +193,7 @@ impl Region {
 }
 
 impl Drop for Region {
+    /// `munmap(2)`; the memfd closes with `fd` (`close(2)`).
     fn drop(&mut self) {
         // SAFETY: this value made the mapping and every reference into it
         // borrows `self`, so none outlives the unmapping.
