@@ -32,7 +32,6 @@ pub mod chaos;
 mod child;
 mod codec;
 mod error;
-pub mod floor;
 mod forkserver;
 pub mod ipc;
 mod launch;

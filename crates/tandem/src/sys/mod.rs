@@ -12,17 +12,14 @@
 //!   becomes a worker before any test harness or user code runs, and the
 //!   handshake proving the worker's channel came from its parent.
 //! - [`fork`]: `fork(2)` where it is sound (a single-threaded fork-server
-//!   template, or a child that only makes raw syscalls and `_exit`s).
+//!   template), and `_exit(2)`.
 //! - [`signal`]: the few process-wide signal settings a worker needs.
-//! - [`floor_raw`]: shared memory and forked children for the floor
-//!   measurements of `tandem compare` (not needed by tandem itself).
 //! - [`shm`], [`robust`], [`ring`]: anonymous shared memory (sealed memfd),
 //!   glibc's robust process-shared mutex in it, and the queue's ring.
 
 pub mod bootstrap;
 pub mod code;
 pub mod crash;
-pub mod floor_raw;
 pub mod fork;
 pub mod ring;
 pub mod robust;
