@@ -19,6 +19,7 @@
 
 pub mod bootstrap;
 pub mod code;
+#[cfg(feature = "chaos")]
 pub mod crash;
 pub mod fork;
 pub mod ring;
