@@ -71,7 +71,7 @@ impl SharedRegion {
         Ok(SharedRegion { base, len, data_words, _memfd: memfd })
     }
 
-    /// The futex words.
+    /// The futex words: the start of the mmap(2) mapping, as atomics.
     pub fn control(&self) -> &[AtomicU32] {
         // SAFETY: the mapping is page-aligned, zero-filled (valid AtomicU32
         // values), at least CONTROL_BYTES long and lives as long as `self`;
@@ -79,7 +79,7 @@ impl SharedRegion {
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU32>(), CONTROL_WORDS) }
     }
 
-    /// The data words.
+    /// The data words: the rest of the mmap(2) mapping, as atomics.
     pub fn data(&self) -> &[AtomicU64] {
         // SAFETY: CONTROL_BYTES is a multiple of 8 and the base is page
         // aligned, so the data is aligned for AtomicU64; `len` covers
