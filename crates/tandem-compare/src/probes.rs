@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tandem::floor::{self, Echo, Peer, ShmEcho, ShmSink, Sink, Transport};
 use tandem::{Error, StartMethod, UnitId};
+use tandem_floor::{self as floor, Echo, Peer, ShmEcho, ShmSink, Sink, Transport};
 
 use crate::Plan;
 use crate::machine::meminfo_kib;

@@ -9,7 +9,7 @@ use tandem::{Mode, Pool, StartMethod};
 fn round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("round_trip");
     g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    let mut echo = tandem::floor::PipeEcho::start().unwrap();
+    let mut echo = tandem_floor::PipeEcho::start().unwrap();
     g.bench_function("floor/pipe_1_byte_two_processes", |b| b.iter(|| echo.round_trip().unwrap()));
     drop(echo);
     for mode in [Mode::Thread, Mode::Process] {

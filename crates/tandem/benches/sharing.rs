@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use serde::{Deserialize, Serialize};
-use tandem::floor::PipeEcho;
 use tandem::ipc::{self, Queue, Receiver, Sender};
 use tandem::shm::SharedSlice;
 use tandem::{JoinHandle, StartMethod};
+use tandem_floor::PipeEcho;
 
 fn start<A, R>(arg: A, f: fn(A) -> R) -> JoinHandle<R>
 where

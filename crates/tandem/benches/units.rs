@@ -15,8 +15,8 @@ fn creation(c: &mut Criterion) {
         b.iter(|| tandem::thread::spawn(1u64, |x| x + 1).unwrap().join().unwrap())
     });
 
-    g.bench_function("floor/fork_waitpid", |b| b.iter(|| tandem::floor::fork_wait().unwrap()));
-    g.bench_function("floor/posix_spawn_true", |b| b.iter(|| tandem::floor::spawn_true_wait().unwrap()));
+    g.bench_function("floor/fork_waitpid", |b| b.iter(|| tandem_floor::fork_wait().unwrap()));
+    g.bench_function("floor/posix_spawn_true", |b| b.iter(|| tandem_floor::spawn_true_wait().unwrap()));
     for (name, method) in
         [("tandem/process_spawn", StartMethod::Spawn), ("tandem/process_forkserver", StartMethod::ForkServer)]
     {

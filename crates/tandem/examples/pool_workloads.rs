@@ -16,7 +16,7 @@
 //!    next task starting in the new worker, and to its result in the caller.
 //!
 //! Also the raw OS floor in the same run: a 1-byte pipe round trip between
-//! two processes (`tandem::floor::PipeEcho`), and for the replacement
+//! two processes (`tandem_floor::PipeEcho`), and for the replacement
 //! workload a bare fork + exit + wait and a posix_spawn of /bin/true + wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +76,7 @@ fn pipe_floor(iterations: usize, pinned: bool) {
         // The forked echo child inherits the mask.
         rustix::thread::sched_setaffinity(None, &one).expect("pinning to one CPU");
     }
-    let mut echo = tandem::floor::PipeEcho::start().expect("starting the pipe echo child");
+    let mut echo = tandem_floor::PipeEcho::start().expect("starting the pipe echo child");
     for _ in 0..iterations / 10 {
         echo.round_trip().expect("pipe round trip");
     }
@@ -142,11 +142,10 @@ fn maps(items: u64, runs: usize) {
 
 fn replacements(iterations: usize) {
     // For reference: the OS floor of starting a process at all.
-    let forks =
-        (0..iterations).map(|_| tandem::floor::fork_wait().expect("fork").as_nanos() as u64).collect();
+    let forks = (0..iterations).map(|_| tandem_floor::fork_wait().expect("fork").as_nanos() as u64).collect();
     print_latency("floor", "fork + _exit + wait", "replace", forks);
     let spawns = (0..iterations)
-        .map(|_| tandem::floor::spawn_true_wait().expect("spawning /bin/true").as_nanos() as u64)
+        .map(|_| tandem_floor::spawn_true_wait().expect("spawning /bin/true").as_nanos() as u64)
         .collect();
     print_latency("floor", "posix_spawn /bin/true + wait", "replace", spawns);
 

@@ -20,22 +20,33 @@
 //! pointers), `wire` (frames with descriptors), `codec` (postcard),
 //! `launch`/`forkserver`/`child`/`reaper` (worker processes), `worker` (the
 //! loop inside one), and the public units on top.
+//!
+//! # Cargo features
+//!
+//! Both are off by default.
+//!
+//! - `chaos`: the `chaos` module, deliberate failures (a real SIGSEGV,
+//!   garbage written to a worker's socket to its parent, hanging that socket
+//!   up) for demos and tests of how tandem reports them.
+//! - `fuzzing`: hidden safe entry points into the decoders that read another
+//!   process's bytes, for fuzz targets and property tests. Not an API.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)] // CI's `clippy -D warnings` makes it an error
 #![allow(clippy::needless_doctest_main)] // the crate example shows where init() goes
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
 mod backoff;
 mod batch;
+#[cfg(feature = "chaos")]
 pub mod chaos;
 mod child;
 mod codec;
 mod error;
-pub mod floor;
 mod forkserver;
 pub mod ipc;
 mod launch;

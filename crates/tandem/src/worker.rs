@@ -1,7 +1,7 @@
 //! The worker side: what a process started by tandem does instead of `main`.
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::batch;
@@ -94,11 +94,19 @@ impl WorkerConfig {
 }
 
 /// A copy of this worker's socket to its parent, for [`crate::chaos`].
-static PARENT_SOCKET: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+#[cfg(feature = "chaos")]
+static PARENT_SOCKET: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
 
 /// This worker's socket to its parent, if this process is a worker.
-pub(crate) fn parent_socket() -> Option<OwnedFd> {
+#[cfg(feature = "chaos")]
+pub(crate) fn parent_socket() -> Option<std::os::fd::OwnedFd> {
     PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.try_clone().ok()
+}
+
+/// Keep a copy of this worker's socket for [`parent_socket`].
+#[cfg(feature = "chaos")]
+fn keep_parent_socket(socket: impl AsFd) {
+    *PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = socket.as_fd().try_clone_to_owned().ok();
 }
 
 /// Run tasks from the parent until it closes the connection.
@@ -108,7 +116,8 @@ pub(crate) fn parent_socket() -> Option<OwnedFd> {
 /// (`sys::bootstrap`) or the parent-death signal of a fork-server worker,
 /// whose parent is the template (`forkserver`).
 pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
-    *PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = link.socket.try_clone().ok();
+    #[cfg(feature = "chaos")]
+    keep_parent_socket(&link.socket);
     let sock = link.socket.as_fd();
     let mut config = WorkerConfig::default();
     let mut sink: Option<batch::Sink> = None;

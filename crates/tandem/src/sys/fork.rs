@@ -2,12 +2,11 @@
 //!
 //! After `fork` in a multi-threaded process the child may only make
 //! async-signal-safe calls, because locks held by other threads stay locked.
-//! So this module offers exactly two shapes: a full fork from a process that
-//! is verifiably single-threaded (the fork-server template), and a fork whose
-//! child runs a fixed loop of raw syscalls (for measuring the OS floor).
+//! So this module offers one shape: a full fork from a process that is
+//! verifiably single-threaded (the fork-server template). (The raw forked
+//! children of the OS-floor measurements are the `tandem-floor` crate's own.)
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::process::Pid;
 
@@ -60,46 +59,6 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.
     unsafe { libc::_exit(code) }
-}
-
-/// What a floor-measurement child does between fork and `_exit`.
-pub enum RawChild<'a> {
-    /// Exit at once with status 0: the cost of a bare fork.
-    ExitImmediately,
-    /// Echo every byte read from `input` to `output` until end of file:
-    /// the far side of a pipe round trip.
-    Echo {
-        /// Read end.
-        input: &'a OwnedFd,
-        /// Write end.
-        output: &'a OwnedFd,
-    },
-}
-
-/// Fork a child that runs only raw syscalls (`read`, `write`, `_exit`), which
-/// is sound even in a multi-threaded parent. Returns the child's pid; the
-/// caller must reap it.
-pub fn fork_raw_child(what: RawChild<'_>) -> io::Result<Pid> {
-    // SAFETY: the child executes only the code below: rustix's read/write,
-    // which are direct syscalls without allocation or locks, and _exit.
-    // Those are async-signal-safe, so no lock inherited from another thread
-    // of the parent can be touched.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            if let RawChild::Echo { input, output } = what {
-                let mut byte = [0u8; 1];
-                while let Ok(1) = rustix::io::read(input.as_fd(), &mut byte) {
-                    if rustix::io::write(output.as_fd(), &byte).is_err() {
-                        break;
-                    }
-                }
-            }
-            exit_now(0)
-        }
-        pid => Ok(Pid::from_raw(pid).expect("fork returned a positive pid")),
-    }
 }
 
 #[cfg(test)]

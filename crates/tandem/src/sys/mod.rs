@@ -12,10 +12,8 @@
 //!   becomes a worker before any test harness or user code runs, and the
 //!   handshake proving the worker's channel came from its parent.
 //! - [`fork`]: `fork(2)` where it is sound (a single-threaded fork-server
-//!   template, or a child that only makes raw syscalls and `_exit`s).
+//!   template), and `_exit(2)`.
 //! - [`signal`]: the few process-wide signal settings a worker needs.
-//! - [`floor_raw`]: shared memory and forked children for the floor
-//!   measurements of `tandem compare` (not needed by tandem itself).
 //! - [`board`]: the shared page on which a worker publishes each map item's
 //!   result before it starts the next (see `crate::batch`).
 //! - [`plain`]: the `Plain` trait (which types may live in shared memory;
@@ -32,8 +30,8 @@
 pub mod board;
 pub mod bootstrap;
 pub mod code;
+#[cfg(feature = "chaos")]
 pub mod crash;
-pub mod floor_raw;
 pub mod fork;
 pub mod futex;
 pub mod plain;

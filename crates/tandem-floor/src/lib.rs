@@ -1,10 +1,26 @@
 //! The raw OS floor: the cheapest way the OS does what tandem does, measured
-//! by the benchmarks and by `tandem compare` in the same run as tandem.
+//! by tandem's benchmarks and by `tandem compare` in the same run as tandem.
+//!
+//! Starting a process or a thread, and one byte or one chunk there and back
+//! over a pipe, a Unix socket, TCP loopback or shared memory, with a thread
+//! or a forked child on the far side. A forked child makes raw syscalls only
+//! (no allocation, no locks) and `_exit`s, so these figures are what the
+//! kernel costs, not what a runtime adds. tandem does not use this crate;
+//! its benchmarks and `tandem compare` set its figures beside tandem's.
 //!
 //! ```
-//! let t = tandem::floor::fork_wait().unwrap();
+//! let t = tandem_floor::fork_wait().unwrap();
 //! assert!(t.as_nanos() > 0);
 //! ```
+//!
+//! Layout: this file is safe code; every `unsafe` block is in the private
+//! `sys` module (fork(2), `_exit(2)`, a shared mapping, futex words).
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod sys;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,8 +30,10 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{WaitId, WaitIdOptions};
 
-use crate::sys::floor_raw::{REPLY, REQUEST, STOP, SharedRegion};
-use crate::sys::fork::{RawChild, fork_raw_child};
+use crate::sys::fork::{Child, fork_child, serve_sink};
+use crate::sys::region::{
+    REPLY, REQUEST, STOP, SharedRegion, publish, serve_shm_echo, serve_shm_sink, wait_change,
+};
 
 fn reap(pid: rustix::process::Pid) -> io::Result<()> {
     loop {
@@ -28,15 +46,25 @@ fn reap(pid: rustix::process::Pid) -> io::Result<()> {
 }
 
 /// One bare `fork` + `_exit` + `waitid`: the floor of starting a process.
+///
+/// ```
+/// let t = tandem_floor::fork_wait().unwrap();
+/// assert!(t > std::time::Duration::ZERO);
+/// ```
 pub fn fork_wait() -> io::Result<Duration> {
     let start = Instant::now();
-    let pid = fork_raw_child(RawChild::ExitImmediately)?;
+    let pid = fork_child(Child::ExitImmediately)?;
     reap(pid)?;
     Ok(start.elapsed())
 }
 
 /// One `posix_spawn` of `/bin/true` and its wait (std's `Command` uses
 /// posix_spawn when it can): the floor of starting a new program.
+///
+/// ```
+/// let t = tandem_floor::spawn_true_wait().unwrap();
+/// assert!(t > std::time::Duration::ZERO);
+/// ```
 pub fn spawn_true_wait() -> io::Result<Duration> {
     let start = Instant::now();
     std::process::Command::new("/bin/true").status()?;
@@ -44,6 +72,11 @@ pub fn spawn_true_wait() -> io::Result<Duration> {
 }
 
 /// One `std::thread::spawn` + `join`: the floor of starting a thread.
+///
+/// ```
+/// let t = tandem_floor::thread_spawn_join();
+/// assert!(t > std::time::Duration::ZERO);
+/// ```
 pub fn thread_spawn_join() -> Duration {
     let start = Instant::now();
     std::thread::spawn(|| {}).join().expect("empty thread");
@@ -52,6 +85,12 @@ pub fn thread_spawn_join() -> Duration {
 
 /// A child process that echoes bytes on a pair of pipes: the far side of a
 /// pipe round trip. The child exits when it is dropped.
+///
+/// ```
+/// let mut echo = tandem_floor::PipeEcho::start().unwrap();
+/// echo.round_trip().unwrap();
+/// drop(echo); // kills and reaps the child
+/// ```
 pub struct PipeEcho {
     to_child: Option<OwnedFd>,
     from_child: OwnedFd,
@@ -60,14 +99,26 @@ pub struct PipeEcho {
 
 impl PipeEcho {
     /// Fork the echoing child.
+    ///
+    /// ```
+    /// let echo = tandem_floor::PipeEcho::start().unwrap();
+    /// # drop(echo);
+    /// ```
     pub fn start() -> io::Result<PipeEcho> {
         let (child_in, to_child) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (from_child, child_out) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let pid = fork_raw_child(RawChild::Echo { input: &child_in, output: &child_out })?;
+        let pid = fork_child(Child::Echo { input: child_in.as_fd(), output: child_out.as_fd() })?;
         Ok(PipeEcho { to_child: Some(to_child), from_child, pid })
     }
 
     /// One byte there and back.
+    ///
+    /// ```
+    /// let mut echo = tandem_floor::PipeEcho::start().unwrap();
+    /// for _ in 0..3 {
+    ///     echo.round_trip().unwrap();
+    /// }
+    /// ```
     pub fn round_trip(&mut self) -> io::Result<()> {
         let to = self.to_child.as_ref().expect("open until drop");
         rustix::io::write(to, &[1])?;
@@ -91,6 +142,13 @@ impl Drop for PipeEcho {
 
 /// Which kernel channel carries bytes between the two sides of an [`Echo`]
 /// or a [`Sink`].
+///
+/// ```
+/// use tandem_floor::{Echo, Peer, Transport};
+/// for transport in [Transport::Pipe, Transport::UnixSocket, Transport::TcpLoopback] {
+///     Echo::start(transport, Peer::Thread).unwrap().round_trip().unwrap();
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     /// Two pipes, one each way.
@@ -102,6 +160,13 @@ pub enum Transport {
 }
 
 /// Who sits on the far side of a measurement.
+///
+/// ```
+/// use tandem_floor::{Echo, Peer, Transport};
+/// for peer in [Peer::Thread, Peer::Process] {
+///     Echo::start(Transport::Pipe, peer).unwrap().round_trip().unwrap();
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
     /// Another thread of this process.
@@ -199,7 +264,7 @@ fn write_all_fd(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
 /// process: [`Echo::round_trip`] is the latency floor of that channel.
 ///
 /// ```
-/// use tandem::floor::{Echo, Peer, Transport};
+/// use tandem_floor::{Echo, Peer, Transport};
 /// let mut e = Echo::start(Transport::UnixSocket, Peer::Process).unwrap();
 /// e.round_trip().unwrap();
 /// ```
@@ -210,11 +275,17 @@ pub struct Echo {
 
 impl Echo {
     /// Open the channel and start the echoing peer.
+    ///
+    /// ```
+    /// use tandem_floor::{Echo, Peer, Transport};
+    /// let e = Echo::start(Transport::TcpLoopback, Peer::Process).unwrap();
+    /// # drop(e);
+    /// ```
     pub fn start(transport: Transport, peer: Peer) -> io::Result<Echo> {
         let Link { near_in, near_out, far_in, far_out } = Link::open(transport)?;
         let server = match peer {
             Peer::Process => {
-                Server::Process(fork_raw_child(RawChild::Echo { input: &far_in, output: &far_out })?)
+                Server::Process(fork_child(Child::Echo { input: far_in.as_fd(), output: far_out.as_fd() })?)
             }
             Peer::Thread => Server::Thread(Some(std::thread::spawn(move || {
                 let mut byte = [0u8; 1];
@@ -229,6 +300,12 @@ impl Echo {
     }
 
     /// One byte there and back.
+    ///
+    /// ```
+    /// use tandem_floor::{Echo, Peer, Transport};
+    /// let mut e = Echo::start(Transport::Pipe, Peer::Process).unwrap();
+    /// e.round_trip().unwrap();
+    /// ```
     pub fn round_trip(&mut self) -> io::Result<()> {
         let (near_in, near_out) = self.near.as_ref().expect("open until drop");
         write_all_fd(near_out, &[7])?;
@@ -249,7 +326,7 @@ impl Drop for Echo {
 /// acknowledgement, so chunk size over its time is the channel's bandwidth.
 ///
 /// ```
-/// use tandem::floor::{Peer, Sink, Transport};
+/// use tandem_floor::{Peer, Sink, Transport};
 /// let mut s = Sink::start(Transport::Pipe, Peer::Thread, 1 << 16).unwrap();
 /// s.transfer().unwrap();
 /// assert_eq!(s.chunk_bytes(), 1 << 16);
@@ -263,13 +340,19 @@ pub struct Sink {
 impl Sink {
     /// Open the channel and start the reading peer; each transfer moves
     /// `chunk_bytes` bytes.
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, Sink, Transport};
+    /// let s = Sink::start(Transport::UnixSocket, Peer::Process, 1 << 20).unwrap();
+    /// # drop(s);
+    /// ```
     pub fn start(transport: Transport, peer: Peer, chunk_bytes: usize) -> io::Result<Sink> {
         let Link { near_in, near_out, far_in, far_out } = Link::open(transport)?;
         let read_buf = 1 << 16;
         let server = match peer {
             Peer::Process => {
                 let mut buf = vec![0u8; read_buf];
-                let pid = crate::sys::floor_raw::fork_floor_child(crate::sys::floor_raw::FloorChild::Sink {
+                let pid = fork_child(Child::Sink {
                     input: far_in.as_fd(),
                     ack: far_out.as_fd(),
                     buf: &mut buf,
@@ -279,18 +362,31 @@ impl Sink {
             }
             Peer::Thread => Server::Thread(Some(std::thread::spawn(move || {
                 let mut buf = vec![0u8; read_buf];
-                crate::sys::floor_raw::serve_sink(far_in.as_fd(), far_out.as_fd(), &mut buf, chunk_bytes);
+                serve_sink(far_in.as_fd(), far_out.as_fd(), &mut buf, chunk_bytes);
             }))),
         };
         Ok(Sink { near: Some((near_in, near_out)), chunk: vec![0x5a; chunk_bytes], server })
     }
 
     /// Bytes moved by one [`Sink::transfer`].
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, Sink, Transport};
+    /// let s = Sink::start(Transport::Pipe, Peer::Thread, 4096).unwrap();
+    /// assert_eq!(s.chunk_bytes(), 4096);
+    /// ```
     pub fn chunk_bytes(&self) -> usize {
         self.chunk.len()
     }
 
     /// Send one chunk and wait until the far side has read all of it.
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, Sink, Transport};
+    /// let mut s = Sink::start(Transport::TcpLoopback, Peer::Process, 1 << 16).unwrap();
+    /// s.transfer().unwrap();
+    /// s.transfer().unwrap();
+    /// ```
     pub fn transfer(&mut self) -> io::Result<()> {
         let (near_in, near_out) = self.near.as_ref().expect("open until drop");
         write_all_fd(near_out, &self.chunk)?;
@@ -311,7 +407,7 @@ impl Drop for Sink {
 /// process peer the memory is a `MAP_SHARED` memfd mapping.
 ///
 /// ```
-/// use tandem::floor::{Peer, ShmEcho};
+/// use tandem_floor::{Peer, ShmEcho};
 /// let mut e = ShmEcho::start(Peer::Process, 0).unwrap();
 /// e.round_trip();
 /// ```
@@ -322,12 +418,11 @@ pub struct ShmEcho {
 }
 
 fn start_shm_server(peer: Peer, region: &Arc<SharedRegion>, spin: u32, sink: bool) -> io::Result<Server> {
-    use crate::sys::floor_raw::{FloorChild, fork_floor_child, serve_shm_echo, serve_shm_sink};
     Ok(match peer {
-        Peer::Process => Server::Process(fork_floor_child(if sink {
-            FloorChild::ShmSink { region, spin }
+        Peer::Process => Server::Process(fork_child(if sink {
+            Child::ShmSink { region, spin }
         } else {
-            FloorChild::ShmEcho { region, spin }
+            Child::ShmEcho { region, spin }
         })?),
         Peer::Thread => {
             let region = Arc::clone(region);
@@ -340,7 +435,6 @@ fn start_shm_server(peer: Peer, region: &Arc<SharedRegion>, spin: u32, sink: boo
 
 /// Ask the server for one round and wait for its answer.
 fn shm_request(region: &SharedRegion, spin: u32) {
-    use crate::sys::floor_raw::{publish, wait_change};
     let c = region.control();
     let before = c[REPLY].load(Ordering::Acquire);
     let next = c[REQUEST].load(Ordering::Relaxed).wrapping_add(1);
@@ -355,7 +449,7 @@ fn shm_stop(region: &SharedRegion, server: &mut Server) {
     let c = region.control();
     c[STOP].store(1, Ordering::Release);
     let next = c[REQUEST].load(Ordering::Relaxed).wrapping_add(1);
-    crate::sys::floor_raw::publish(&c[REQUEST], next);
+    publish(&c[REQUEST], next);
     if let Server::Process(pid) = server {
         // It stops by itself on the stop word; reaping waits for that.
         let _ = reap(*pid);
@@ -368,6 +462,12 @@ fn shm_stop(region: &SharedRegion, server: &mut Server) {
 impl ShmEcho {
     /// Map the shared words and start the answering peer. `spin` is how many
     /// times each side polls before sleeping on the futex (0: sleep at once).
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, ShmEcho};
+    /// let e = ShmEcho::start(Peer::Thread, 1000).unwrap();
+    /// # drop(e);
+    /// ```
     pub fn start(peer: Peer, spin: u32) -> io::Result<ShmEcho> {
         let region = Arc::new(SharedRegion::new(0)?);
         let server = start_shm_server(peer, &region, spin, false)?;
@@ -375,6 +475,13 @@ impl ShmEcho {
     }
 
     /// One request there and one reply back.
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, ShmEcho};
+    /// let mut e = ShmEcho::start(Peer::Thread, 0).unwrap();
+    /// e.round_trip();
+    /// e.round_trip();
+    /// ```
     pub fn round_trip(&mut self) {
         shm_request(&self.region, self.spin);
     }
@@ -390,7 +497,7 @@ impl Drop for ShmEcho {
 /// words, the peer reads all of it, then answers.
 ///
 /// ```
-/// use tandem::floor::{Peer, ShmSink};
+/// use tandem_floor::{Peer, ShmSink};
 /// let mut s = ShmSink::start(Peer::Thread, 1 << 16).unwrap();
 /// s.transfer();
 /// assert_eq!(s.chunk_bytes(), 1 << 16);
@@ -403,6 +510,12 @@ pub struct ShmSink {
 
 impl ShmSink {
     /// Map `chunk_bytes` (rounded down to 8) of shared data and start the reader.
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, ShmSink};
+    /// let s = ShmSink::start(Peer::Process, 1 << 20).unwrap();
+    /// # drop(s);
+    /// ```
     pub fn start(peer: Peer, chunk_bytes: usize) -> io::Result<ShmSink> {
         let region = Arc::new(SharedRegion::new(chunk_bytes / 8)?);
         let server = start_shm_server(peer, &region, 0, true)?;
@@ -410,11 +523,24 @@ impl ShmSink {
     }
 
     /// Bytes moved by one [`ShmSink::transfer`].
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, ShmSink};
+    /// let s = ShmSink::start(Peer::Thread, 1001).unwrap();
+    /// assert_eq!(s.chunk_bytes(), 1000); // rounded down to whole 64-bit words
+    /// ```
     pub fn chunk_bytes(&self) -> usize {
         self.region.data().len() * 8
     }
 
     /// Write the whole buffer, then wait until the peer has read it.
+    ///
+    /// ```
+    /// use tandem_floor::{Peer, ShmSink};
+    /// let mut s = ShmSink::start(Peer::Process, 1 << 16).unwrap();
+    /// s.transfer();
+    /// s.transfer();
+    /// ```
     pub fn transfer(&mut self) {
         self.round += 1;
         for w in self.region.data() {
@@ -434,7 +560,7 @@ impl Drop for ShmSink {
 /// measuring what an idle process costs. They are killed on drop.
 ///
 /// ```
-/// let idle = tandem::floor::IdleProcesses::start(2).unwrap();
+/// let idle = tandem_floor::IdleProcesses::start(2).unwrap();
 /// assert_eq!(idle.pids().len(), 2);
 /// ```
 pub struct IdleProcesses {
@@ -444,19 +570,30 @@ pub struct IdleProcesses {
 
 impl IdleProcesses {
     /// Fork `n` idle children.
+    ///
+    /// ```
+    /// let idle = tandem_floor::IdleProcesses::start(1).unwrap();
+    /// # drop(idle);
+    /// ```
     pub fn start(n: usize) -> io::Result<IdleProcesses> {
         let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let mut idle = IdleProcesses { pids: Vec::with_capacity(n), _silent: (read_end, write_end) };
         for _ in 0..n {
             let input = idle._silent.0.as_fd();
-            let pid =
-                crate::sys::floor_raw::fork_floor_child(crate::sys::floor_raw::FloorChild::Idle { input })?;
+            let pid = fork_child(Child::Idle { input })?;
             idle.pids.push(pid);
         }
         Ok(idle)
     }
 
     /// The children's pids.
+    ///
+    /// ```
+    /// let idle = tandem_floor::IdleProcesses::start(3).unwrap();
+    /// let pids = idle.pids();
+    /// assert_eq!(pids.len(), 3);
+    /// assert!(pids.iter().all(|&p| p != std::process::id()));
+    /// ```
     pub fn pids(&self) -> Vec<u32> {
         self.pids.iter().map(|p| p.as_raw_nonzero().get() as u32).collect()
     }

@@ -1,23 +1,20 @@
-//! Raw pieces for the floor measurements that cannot be written safely:
-//! memory shared between processes (memfd + `MAP_SHARED`) and forked
-//! children that serve a measurement with raw syscalls only.
+//! Memory shared between processes: a memfd_create(2) file mapped with
+//! mmap(2) `MAP_SHARED`, futex(2) words in it, and the loops that serve a
+//! shared-memory measurement from them.
 //!
 //! The serving loops ([`serve_shm_echo`], [`serve_shm_sink`]) are safe code
 //! made of atomics and futex syscalls; a thread runs them directly and a
-//! forked child runs them between `fork` and `_exit`, where only
-//! async-signal-safe work is allowed (no allocation, no locks).
+//! forked child runs them between `fork` and `_exit` (see [`super::fork`]),
+//! where only async-signal-safe work is allowed (no allocation, no locks).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::MemfdFlags;
 use rustix::mm::{MapFlags, ProtFlags};
-use rustix::process::Pid;
 use rustix::thread::futex;
-
-use super::fork::exit_now;
 
 /// 32-bit control words at the start of a region (futex words).
 pub const CONTROL_WORDS: usize = 64;
@@ -49,7 +46,9 @@ unsafe impl Send for SharedRegion {}
 unsafe impl Sync for SharedRegion {}
 
 impl SharedRegion {
-    /// Map `CONTROL_WORDS` futex words followed by `data_words` 64-bit words.
+    /// Map `CONTROL_WORDS` futex words followed by `data_words` 64-bit
+    /// words: memfd_create(2), ftruncate(2) and mmap(2) (`MAP_SHARED`);
+    /// munmap(2) on drop.
     pub fn new(data_words: usize) -> io::Result<SharedRegion> {
         let page = rustix::param::page_size();
         let len = (CONTROL_BYTES + data_words * 8).div_ceil(page) * page;
@@ -72,7 +71,7 @@ impl SharedRegion {
         Ok(SharedRegion { base, len, data_words, _memfd: memfd })
     }
 
-    /// The futex words.
+    /// The futex words: the start of the mmap(2) mapping, as atomics.
     pub fn control(&self) -> &[AtomicU32] {
         // SAFETY: the mapping is page-aligned, zero-filled (valid AtomicU32
         // values), at least CONTROL_BYTES long and lives as long as `self`;
@@ -80,7 +79,7 @@ impl SharedRegion {
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU32>(), CONTROL_WORDS) }
     }
 
-    /// The data words.
+    /// The data words: the rest of the mmap(2) mapping, as atomics.
     pub fn data(&self) -> &[AtomicU64] {
         // SAFETY: CONTROL_BYTES is a multiple of 8 and the base is page
         // aligned, so the data is aligned for AtomicU64; `len` covers
@@ -103,8 +102,8 @@ impl Drop for SharedRegion {
 }
 
 /// Wait until `word` differs from `seen`: spin `spin` times, then sleep in
-/// the kernel (a shared, not process-private, futex so it works across
-/// processes). Returns the new value.
+/// the kernel with futex(2) `FUTEX_WAIT` (a shared, not process-private,
+/// futex so it works across processes). Returns the new value.
 pub fn wait_change(word: &AtomicU32, seen: u32, spin: u32) -> u32 {
     for _ in 0..spin {
         let now = word.load(Ordering::Acquire);
@@ -123,7 +122,7 @@ pub fn wait_change(word: &AtomicU32, seen: u32, spin: u32) -> u32 {
     }
 }
 
-/// Publish `value` in `word` and wake its waiter.
+/// Publish `value` in `word` and wake its waiter: futex(2) `FUTEX_WAKE`.
 pub fn publish(word: &AtomicU32, value: u32) {
     word.store(value, Ordering::Release);
     let _ = futex::wake(word, futex::Flags::empty(), 1);
@@ -144,101 +143,18 @@ fn serve_requests(region: &SharedRegion, spin: u32, work: impl Fn(&SharedRegion)
     }
 }
 
-/// Answer every request with a reply of the same number until told to stop.
+/// Answer every request with a reply of the same number until told to stop
+/// (futex(2) waits and wakes, through [`wait_change`] and [`publish`]).
 pub fn serve_shm_echo(region: &SharedRegion, spin: u32) {
     serve_requests(region, spin, |_| {});
 }
 
 /// For every request, read the whole data area, then reply: the far side
-/// of a bandwidth measurement through shared memory.
+/// of a bandwidth measurement through shared memory (futex(2) waits and
+/// wakes, as [`serve_shm_echo`]).
 pub fn serve_shm_sink(region: &SharedRegion, spin: u32) {
     serve_requests(region, spin, |region| {
         let sum = region.data().iter().fold(0u64, |s, w| s.wrapping_add(w.load(Ordering::Relaxed)));
         region.control()[CHECKSUM].store(sum as u32, Ordering::Relaxed);
     });
-}
-
-/// What a forked floor child does before `_exit`.
-pub enum FloorChild<'a> {
-    /// Block reading `input` (which nobody writes) until killed or EOF:
-    /// an idle process, for memory measurements.
-    Idle {
-        /// Read end that stays silent.
-        input: BorrowedFd<'a>,
-    },
-    /// Read `input` into `buf` until EOF; after every `ack_every` bytes
-    /// write one byte to `ack`: the far side of a bandwidth measurement.
-    Sink {
-        /// Data comes in here.
-        input: BorrowedFd<'a>,
-        /// One byte per `ack_every` bytes goes out here.
-        ack: BorrowedFd<'a>,
-        /// Scratch space, allocated before the fork (the child must not allocate).
-        buf: &'a mut [u8],
-        /// Bytes per acknowledgement.
-        ack_every: usize,
-    },
-    /// [`serve_shm_echo`].
-    ShmEcho {
-        /// The shared control words.
-        region: &'a SharedRegion,
-        /// Spins before sleeping.
-        spin: u32,
-    },
-    /// [`serve_shm_sink`].
-    ShmSink {
-        /// The shared control words and data.
-        region: &'a SharedRegion,
-        /// Spins before sleeping.
-        spin: u32,
-    },
-}
-
-/// Read into `buf` until EOF, acknowledging every `ack_every` bytes. Safe
-/// code without allocation, shared by the thread and the child version.
-pub fn serve_sink(input: BorrowedFd<'_>, ack: BorrowedFd<'_>, buf: &mut [u8], ack_every: usize) {
-    let mut pending = 0usize;
-    loop {
-        match rustix::io::read(input, &mut *buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                pending += n;
-                while pending >= ack_every {
-                    pending -= ack_every;
-                    if rustix::io::write(ack, &[1]).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return,
-        }
-    }
-}
-
-/// Fork a child that runs one [`FloorChild`] job and `_exit`s. Sound in a
-/// multi-threaded parent because the job is raw syscalls and atomics only.
-/// The caller must reap the child (kill it first if it may still run).
-pub fn fork_floor_child(job: FloorChild<'_>) -> io::Result<Pid> {
-    // SAFETY: the child runs only the job below and `_exit`: rustix read/
-    // write/futex calls (direct syscalls), atomic loads and stores, and
-    // writes into memory allocated before the fork. None allocates or takes
-    // a lock, so no lock held by another parent thread can be touched.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            match job {
-                FloorChild::Idle { input } => {
-                    let mut byte = [0u8; 1];
-                    while let Err(rustix::io::Errno::INTR) = rustix::io::read(input.as_fd(), &mut byte) {}
-                }
-                FloorChild::Sink { input, ack, buf, ack_every } => serve_sink(input, ack, buf, ack_every),
-                FloorChild::ShmEcho { region, spin } => serve_shm_echo(region, spin),
-                FloorChild::ShmSink { region, spin } => serve_shm_sink(region, spin),
-            }
-            exit_now(0)
-        }
-        pid => Ok(Pid::from_raw(pid).expect("fork returned a positive pid")),
-    }
 }
