@@ -287,11 +287,6 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// Its records in order: `(status, body)`, or why one cannot be read.
-    pub(crate) fn records(&self) -> Records<'_> {
-        Records { data: &self.data[self.at.min(self.data.len())..], left: self.count }
-    }
-
     /// Step past the next record and return it; `Err` once the data is
     /// malformed (and from then on). The caller counts the records.
     #[inline]
@@ -302,33 +297,6 @@ impl Chunk {
         let len = body.len();
         self.at = self.data.len() - after.len();
         Ok((status, &self.data[start..start + len]))
-    }
-}
-
-/// The records of a [`Chunk`].
-pub(crate) struct Records<'a> {
-    data: &'a [u8],
-    left: u32,
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<(u8, &'a [u8]), String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        match split_record(self.data) {
-            Ok((status, body, rest)) => {
-                self.data = rest;
-                Some(Ok((status, body)))
-            }
-            Err(why) => {
-                self.left = 0;
-                Some(Err(why))
-            }
-        }
     }
 }
 
@@ -442,8 +410,15 @@ mod tests {
         socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap()
     }
 
-    fn bodies(chunks: &[Chunk]) -> Vec<(u8, Vec<u8>)> {
-        chunks.iter().flat_map(|c| c.records().map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())).collect()
+    fn bodies(chunks: Vec<Chunk>) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        for mut c in chunks {
+            for _ in 0..c.count {
+                let (s, b) = c.pop().unwrap();
+                out.push((s, b.to_vec()));
+            }
+        }
+        out
     }
 
     #[test]
@@ -463,10 +438,7 @@ mod tests {
         let mut c = Collector::new(7, 10);
         assert_eq!(c.read_board(&board).unwrap(), Some(3));
         assert_eq!(c.done(), 3);
-        assert_eq!(
-            bodies(&c.into_chunks()),
-            (0..3u8).map(|i| (STATUS_VALUE, vec![i; 5])).collect::<Vec<_>>()
-        );
+        assert_eq!(bodies(c.into_chunks()), (0..3u8).map(|i| (STATUS_VALUE, vec![i; 5])).collect::<Vec<_>>());
         drop(ours);
     }
 
@@ -500,7 +472,7 @@ mod tests {
             c.partial(f).unwrap();
         }
         assert_eq!(c.read_board(&board).unwrap(), None);
-        let got = bodies(&c.into_chunks());
+        let got = bodies(c.into_chunks());
         assert_eq!(got.len(), 6);
         for (i, (s, b)) in got.iter().enumerate() {
             assert_eq!(*s, STATUS_VALUE);
@@ -524,7 +496,7 @@ mod tests {
         board.write(ARENA, &record_header(STATUS_VALUE, 1000));
         let mut c = Collector::new(9, 4);
         c.read_board(&board).unwrap();
-        assert!(c.into_chunks()[0].records().next().unwrap().is_err());
+        assert!(c.into_chunks()[0].pop().is_err());
         // A frame for another batch, or out of order.
         let mut c = Collector::new(9, 4);
         let frame = |id: u64, first: u32| Frame {

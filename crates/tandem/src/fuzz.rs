@@ -51,8 +51,9 @@ pub fn done_payload(payload: &[u8]) {
     let id = payload.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
     let mut results = crate::batch::Collector::new(id, 1 << 20);
     if results.partial(frame(Kind::Partial)).is_ok() {
-        for chunk in results.into_chunks() {
-            for (_, body) in chunk.records().flatten() {
+        for mut chunk in results.into_chunks() {
+            for _ in 0..chunk.count {
+                let Ok((_, body)) = chunk.pop() else { break };
                 let _ = crate::codec::decode::<(u64, String)>(body, Vec::new());
             }
         }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::Shared;
 use super::batch::RawBatch;
-use super::processes::Patience;
+use super::lanes::Patience;
 use crate::Error;
 use crate::wire::Frame;
 
@@ -135,7 +135,7 @@ pub(crate) enum Place {
     /// Running in a process worker: the eventfd that wakes its driver.
     InProcess(Arc<OwnedFd>),
     /// Sent by its submitter straight to the idle worker of lane `slot`; its
-    /// handle may read the answer itself (see `processes::claim_open_lane`).
+    /// handle may read the answer itself (see `lanes::claim_open_lane`).
     Direct {
         slot: usize,
         wake: Arc<OwnedFd>,
@@ -210,14 +210,14 @@ impl<R> TaskHandle<R> {
 
     /// A task sent straight to a process worker: read its answer here
     /// rather than wait for the pool's driver to (see
-    /// `processes::claim_open_lane`).
+    /// `lanes::claim_open_lane`).
     fn read_direct(&self, patience: Patience) {
         let slot = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
             Place::Direct { slot, .. } => *slot,
             _ => return,
         };
         if let Some(pool) = self.control.pool.upgrade() {
-            super::processes::join_direct(&pool, slot, self.id, patience);
+            super::lanes::join_direct(&pool, slot, self.id, patience);
         }
     }
 

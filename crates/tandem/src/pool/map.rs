@@ -13,7 +13,6 @@
 //! per item: an item whose worker died under it runs again alone.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -21,153 +20,11 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Rest, Timed, run_untimed};
+use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Timed, run_untimed};
+use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Piece, Remainder};
 use super::handle::Completion;
 use super::{BatchJob, Pool, TaskHandle, Work};
-use crate::batch;
-use crate::{Error, Mode, codec, task};
-
-/// How long one batch should run inside its unit.
-const TARGET_BATCH_NANOS: u64 = 500_000;
-const MAX_BATCH: usize = 16_384;
-/// A batch's argument stops growing past this many bytes (after its first item).
-const MAX_BATCH_BYTES: usize = 8 << 20;
-
-/// Picks batch sizes from what earlier batches measured.
-struct Sizer {
-    next: usize,
-}
-
-impl Sizer {
-    fn learn(&mut self, items: usize, nanos: u64) {
-        if items == 0 {
-            return;
-        }
-        let per_item = (nanos / items as u64).max(1);
-        let ideal = (TARGET_BATCH_NANOS / per_item).clamp(1, MAX_BATCH as u64) as usize;
-        // Grow at most 4x per step so one fast outlier cannot jump to the cap.
-        self.next = ideal.min(self.next.saturating_mul(4)).max(1);
-    }
-}
-
-/// A batch ready to send.
-enum Cut<A> {
-    /// Thread mode: the items themselves.
-    Local(Vec<A>),
-    /// Process mode: the encoded argument (prefix, then the items back to
-    /// back), its descriptors, and where each item starts in it (one more
-    /// entry: the end).
-    Remote { argument: Vec<u8>, fds: Vec<OwnedFd>, offsets: Vec<u32> },
-}
-
-impl<A> Cut<A> {
-    fn len(&self) -> usize {
-        match self {
-            Cut::Local(items) => items.len(),
-            Cut::Remote { offsets, .. } => offsets.len() - 1,
-        }
-    }
-}
-
-/// What the input side hands out next.
-enum Piece<A> {
-    Batch(Cut<A>),
-    /// One item that could not be encoded: it fails on its own.
-    Failed(Error),
-}
-
-/// The input side of a map: the items, cut into batches.
-struct Feeder<I: Iterator> {
-    items: I,
-    sizer: Sizer,
-    /// A fixed batch size set by the user, instead of the sizer's.
-    fixed: Option<usize>,
-    /// An item taken from `items` that belongs to the next batch.
-    carry: Option<I::Item>,
-    /// An item that failed to encode, to hand out after the batch before it.
-    failed: Option<Error>,
-    exhausted: bool,
-}
-
-impl<I: Iterator> Feeder<I>
-where
-    I::Item: Serialize,
-{
-    fn new(items: I) -> Self {
-        Feeder { items, sizer: Sizer { next: 1 }, fixed: None, carry: None, failed: None, exhausted: false }
-    }
-
-    fn take(&mut self) -> Option<I::Item> {
-        if self.carry.is_some() {
-            return self.carry.take();
-        }
-        if self.exhausted {
-            return None;
-        }
-        let next = self.items.next();
-        self.exhausted = next.is_none();
-        next
-    }
-
-    fn next_piece(&mut self, mode: Mode, flags: u8, max_bytes: usize) -> Option<Piece<I::Item>> {
-        if let Some(e) = self.failed.take() {
-            return Some(Piece::Failed(e));
-        }
-        let want = self.fixed.unwrap_or(self.sizer.next);
-        match mode {
-            Mode::Thread => {
-                let items: Vec<_> = std::iter::from_fn(|| self.take()).take(want).collect();
-                (!items.is_empty()).then_some(Piece::Batch(Cut::Local(items)))
-            }
-            Mode::Process => self.encode(want, flags, max_bytes),
-        }
-    }
-
-    /// Encode up to `want` items into one batch argument: fewer if the
-    /// argument grows past `max_bytes` or would carry more descriptors than
-    /// a message can.
-    fn encode(&mut self, want: usize, flags: u8, max_bytes: usize) -> Option<Piece<I::Item>> {
-        let mut scope = codec::OutgoingScope::enter(batch::prefix(flags, 0).to_vec());
-        let mut offsets: Vec<u32> = Vec::with_capacity(want.min(MAX_BATCH) + 1);
-        let mut fds_seen = false;
-        while offsets.len() < want && (offsets.is_empty() || scope.buf().len() < max_bytes) {
-            let Some(item) = self.take() else { break };
-            let (before, mark) = (scope.buf().len(), scope.fd_mark());
-            // Most items carry no descriptor: count them only if one did.
-            let fds_before = if fds_seen { scope.fd_count() } else { 0 };
-            if let Err(e) = scope.append(&item) {
-                scope.truncate_fds(fds_before);
-                if offsets.is_empty() {
-                    return Some(Piece::Failed(e));
-                }
-                self.failed = Some(e);
-                break;
-            }
-            fds_seen |= scope.added_fds_since(mark);
-            if fds_seen && scope.fd_count() > crate::wire::MAX_FDS {
-                scope.buf().truncate(before);
-                scope.truncate_fds(fds_before);
-                if offsets.is_empty() {
-                    return Some(Piece::Failed(Error::Codec(format!(
-                        "a map item holds more shareable objects than one message can carry ({})",
-                        crate::wire::MAX_FDS
-                    ))));
-                }
-                self.carry = Some(item);
-                break;
-            }
-            offsets.push(before as u32);
-        }
-        if offsets.is_empty() {
-            return None;
-        }
-        let count = offsets.len() as u32;
-        let (mut argument, fds) = scope.finish();
-        argument[..batch::PREFIX_LEN].copy_from_slice(&batch::prefix(flags, count));
-        offsets.push(argument.len() as u32);
-        Some(Piece::Batch(Cut::Remote { argument, fds, offsets }))
-    }
-}
+use crate::{Error, batch, task};
 
 /// A batch in flight: where its items are in the input.
 struct Segment<A, R> {
@@ -364,66 +221,6 @@ impl<R: DeserializeOwned> Iterator for Run<R> {
         let result = self.pop()?;
         self.next += 1;
         Some((self.next - 1, result))
-    }
-}
-
-/// The items of a batch that did not run, to cut into new batches.
-enum Remainder<'o, A> {
-    /// Thread mode: the unrun items given back, the first being item `first`.
-    Local {
-        items: std::vec::IntoIter<A>,
-        first: usize,
-    },
-    /// Process mode: the argument and where its items start.
-    Remote {
-        argument: Vec<u8>,
-        fds: Vec<OwnedFd>,
-        offsets: &'o [u32],
-        flags: u8,
-    },
-    None,
-}
-
-impl<'o, A> Remainder<'o, A> {
-    /// `local_first`: the index of the first item thread mode gives back.
-    fn new(rest: Rest<A>, offsets: &'o [u32], local_first: usize, flags: u8) -> Self {
-        match rest {
-            Rest::Local(items) => Remainder::Local { items: items.into_iter(), first: local_first },
-            Rest::Remote(Some((argument, fds))) => Remainder::Remote { argument, fds, offsets, flags },
-            Rest::Remote(None) => Remainder::None,
-        }
-    }
-
-    /// Items `from..to` of the batch as a new batch; only what is there
-    /// (thread mode does not give back an item stuck on a timed-out thread).
-    fn cut(&mut self, from: usize, to: usize) -> Option<Cut<A>> {
-        match self {
-            Remainder::Local { items, first } => {
-                let from = from.max(*first);
-                if from >= to {
-                    return None;
-                }
-                let taken: Vec<A> = items.by_ref().take(to - from).collect();
-                *first = from + taken.len();
-                (!taken.is_empty()).then_some(Cut::Local(taken))
-            }
-            Remainder::Remote { argument, fds, offsets, flags } => {
-                if from >= to {
-                    return None;
-                }
-                let (lo, hi) = (*offsets.get(from)? as usize, *offsets.get(to)? as usize);
-                let mut cut = Vec::with_capacity(batch::PREFIX_LEN + hi - lo);
-                cut.extend_from_slice(&batch::prefix(*flags, (to - from) as u32));
-                cut.extend_from_slice(argument.get(lo..hi)?);
-                let shift = (lo - batch::PREFIX_LEN) as u32;
-                let offsets = offsets[from..=to].iter().map(|o| o - shift).collect();
-                // Descriptor indices count across the whole batch: every
-                // piece carries them all.
-                let fds = fds.iter().filter_map(|fd| fd.try_clone().ok()).collect();
-                Some(Cut::Remote { argument: cut, fds, offsets })
-            }
-            Remainder::None => None,
-        }
     }
 }
 

@@ -1,0 +1,181 @@
+//! How a pool is configured: [`PoolBuilder`] and the settings it builds.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::shared::{Shared, SlotStats, State};
+use super::{Pool, lanes, processes, threads};
+use crate::{Error, Mode, StartMethod};
+
+/// Settings shared by every worker of a pool.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) mode: Mode,
+    pub(crate) workers: usize,
+    pub(crate) method: StartMethod,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) memory_limit: u64,
+    pub(crate) retries: u32,
+    pub(crate) initializer: Option<fn()>,
+    pub(crate) max_message: u64,
+    pub(crate) no_new_privs: bool,
+}
+
+impl Config {
+    pub(crate) fn max_message_or_default(&self) -> u64 {
+        if self.max_message == 0 { crate::wire::DEFAULT_MAX_MESSAGE } else { self.max_message }
+    }
+}
+
+/// Builder for a [`Pool`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tandem::{Mode, Pool};
+/// tandem::init();
+/// let pool = Pool::builder()
+///     .mode(Mode::Process)
+///     .workers(2)
+///     .task_timeout(Duration::from_secs(30))
+///     .retries(1)
+///     .build()
+///     .unwrap();
+/// assert_eq!(pool.submit(21u64, |x| x * 2).join().unwrap(), 42);
+/// ```
+#[derive(Clone, Debug)]
+pub struct PoolBuilder {
+    config: Config,
+}
+
+impl PoolBuilder {
+    pub(crate) fn new() -> PoolBuilder {
+        PoolBuilder {
+            config: Config {
+                mode: Mode::Thread,
+                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                method: StartMethod::Spawn,
+                task_timeout: None,
+                max_tasks_per_worker: None,
+                memory_limit: 0,
+                retries: 0,
+                initializer: None,
+                max_message: 0,
+                no_new_privs: false,
+            },
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Threads (the default) or processes.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+    /// How many workers (default: the available parallelism).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n;
+        self
+    }
+    /// How process workers start (process mode only).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.config.method = method;
+        self
+    }
+    /// Per-task time limit. A process worker past it is killed and replaced;
+    /// a pool thread cannot be killed, so it is abandoned (it finishes the
+    /// task and exits) and replaced. Either way the task is `TimedOut`.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.config.task_timeout = Some(limit);
+        self
+    }
+    /// Replace a worker after it has run `n` tasks.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.config.max_tasks_per_worker = Some(n.max(1));
+        self
+    }
+    /// Cap each process worker's address space (RLIMIT_AS) at `bytes`. A task
+    /// that allocates past it fails with `WorkerDied` naming the limit and the
+    /// worker is replaced. Thread mode cannot limit a thread: ignored there.
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.config.memory_limit = bytes;
+        self
+    }
+    /// Times a task is re-run after its worker died under it (default 0).
+    /// A task that keeps killing workers fails for good after that.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.config.retries = n;
+        self
+    }
+    /// Runs once in each worker before its first task.
+    pub fn initializer(mut self, f: fn()) -> Self {
+        self.config.initializer = Some(f);
+        self
+    }
+    /// Largest task argument or result in bytes (process mode; default 1 GiB).
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.config.max_message = bytes;
+        self
+    }
+
+    /// Harden each process worker with `PR_SET_NO_NEW_PRIVS` (default off):
+    /// programs its tasks execute cannot gain privileges through setuid bits
+    /// or file capabilities. Thread mode cannot set it for one thread of a
+    /// shared process without affecting the caller: ignored there.
+    ///
+    /// ```
+    /// use tandem::{Mode, Pool};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).workers(1).no_new_privs(true).build().unwrap();
+    /// let status = pool.submit((), |()| std::fs::read_to_string("/proc/self/status").unwrap());
+    /// assert!(status.join().unwrap().contains("NoNewPrivs:\t1"));
+    /// ```
+    pub fn no_new_privs(mut self, on: bool) -> Self {
+        self.config.no_new_privs = on;
+        self
+    }
+
+    /// Start the workers.
+    pub fn build(self) -> Result<Pool, Error> {
+        let config = self.config;
+        if config.workers == 0 {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a pool needs at least one worker: call workers(n) with n >= 1",
+            )));
+        }
+        let n = config.workers;
+        let lanes = match config.mode {
+            Mode::Thread => Vec::new(),
+            Mode::Process => lanes::new_lanes(n)?,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                terminating: false,
+                generations: vec![0; n],
+                running: (0..n).map(|_| None).collect(),
+                joinable: Vec::new(),
+            }),
+            work_ready: Condvar::new(),
+            deadlines_changed: Condvar::new(),
+            slots: (0..n)
+                .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
+                .collect(),
+            lanes,
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            config,
+        });
+        let pool = Pool { shared: shared.clone() };
+        match shared.config.mode {
+            Mode::Thread => threads::start(&shared)?,
+            Mode::Process => processes::start(&shared)?,
+        }
+        Ok(pool)
+    }
+}

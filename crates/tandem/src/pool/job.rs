@@ -1,0 +1,53 @@
+//! What the pool queues: a task's work and how to resolve it.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::batch;
+use super::handle::{Control, Resolve};
+use crate::Error;
+
+/// How thread mode runs a task here: the user's `f` and the argument `X`
+/// (one item, or a batch of them) to an output `O`.
+pub(crate) type LocalRun<X, A, R, O> = fn(fn(A) -> R, X) -> Result<O, Error>;
+
+/// What a queued task carries.
+pub(crate) enum Work {
+    /// Thread mode: runs the task and returns what resolves its completion,
+    /// so the worker can count the task before anyone sees its result.
+    Thread(Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>),
+    /// Process mode: the encoded Task frame.
+    Process { header: [u8; 24], bytes: Vec<u8>, fds: Vec<OwnedFd> },
+}
+
+pub(crate) struct Job {
+    pub id: u64,
+    pub control: Arc<Control>,
+    pub completion: Arc<dyn Resolve>,
+    pub work: Work,
+    /// Times the task was re-run after its worker died.
+    pub attempts: u32,
+    /// Times it could not be sent because its worker was already gone.
+    pub undelivered: u32,
+    /// A map batch: its items report one by one (see `batch`).
+    pub batch: Option<BatchJob>,
+}
+
+/// What the pool knows of a map batch beyond its work.
+pub(crate) struct BatchJob {
+    /// Set by its map to stop the batch after the running item.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// How many items it has.
+    pub items: u32,
+    /// Thread mode under a time limit: each item's start, for the supervisor.
+    pub clock: Option<Arc<dyn batch::ItemClock>>,
+}
+
+/// A task on a pool thread, for time-outs and terminate.
+pub(crate) struct Running {
+    pub deadline: Option<Instant>,
+    pub completion: Arc<dyn Resolve>,
+    /// A timed map batch: its deadline is its running item's, not its own.
+    pub clock: Option<Arc<dyn batch::ItemClock>>,
+}

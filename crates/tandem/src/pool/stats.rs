@@ -1,0 +1,75 @@
+//! What [`Pool::stats`](super::Pool::stats) reports.
+
+use std::time::Duration;
+
+use super::shared::Shared;
+use crate::UnitId;
+
+/// Numbers about one worker slot.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// The thread or process in the slot now.
+    pub id: UnitId,
+    /// Tasks run to an outcome in this slot, across replacements.
+    pub tasks_done: u64,
+    /// Times the slot's worker was replaced (death, time-out, cancel, recycling).
+    pub restarts: u64,
+    /// CPU time used by the current worker (user + system).
+    pub cpu_time: Duration,
+    /// Resident memory of the current worker process in bytes; 0 for a
+    /// thread, which shares its process's memory.
+    pub memory_bytes: u64,
+}
+
+/// A snapshot of a pool.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// One entry per worker slot.
+    pub workers: Vec<WorkerStats>,
+    /// Tasks waiting for a worker.
+    pub queued: usize,
+}
+
+/// A snapshot of every slot of `shared`.
+pub(crate) fn snapshot(shared: &Shared) -> PoolStats {
+    let workers = (0..shared.config.workers)
+        .map(|i| {
+            let slot = shared.slot(i).clone();
+            let (cpu_time, memory_bytes) = match (slot.unit, slot.tid) {
+                (Some(UnitId::Process(pid)), _) => {
+                    (cpu_time(&format!("/proc/{pid}/stat")), resident_bytes(pid))
+                }
+                (_, Some(tid)) => (cpu_time(&format!("/proc/self/task/{tid}/stat")), 0),
+                _ => (Duration::ZERO, 0),
+            };
+            WorkerStats {
+                id: slot.unit.unwrap_or(UnitId::Process(0)),
+                tasks_done: slot.tasks_done,
+                restarts: slot.restarts,
+                cpu_time,
+                memory_bytes,
+            }
+        })
+        .collect();
+    PoolStats { workers, queued: shared.lock().queue.len() }
+}
+
+/// User + system CPU time from a /proc stat file.
+fn cpu_time(path: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else { return Duration::ZERO };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return Duration::ZERO };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
+
+/// Resident memory of a process, from /proc/PID/statm.
+fn resident_bytes(pid: u32) -> u64 {
+    let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) else { return 0 };
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
