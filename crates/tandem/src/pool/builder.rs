@@ -71,16 +71,34 @@ impl PoolBuilder {
 
 impl PoolBuilder {
     /// Threads (the default) or processes.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+    /// assert_ne!(pool.submit((), |()| std::process::id()).join().unwrap(), std::process::id());
+    /// ```
     pub fn mode(mut self, mode: Mode) -> Self {
         self.config.mode = mode;
         self
     }
     /// How many workers (default: the available parallelism).
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(3).build().unwrap();
+    /// assert_eq!(pool.stats().workers.len(), 3);
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = n;
         self
     }
     /// How process workers start (process mode only).
+    ///
+    /// ```
+    /// use tandem::{Mode, Pool, StartMethod};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).start_method(StartMethod::ForkServer).workers(1).build().unwrap();
+    /// assert_eq!(pool.submit(2u8, |x| x * 2).join().unwrap(), 4);
+    /// ```
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.config.method = method;
         self
@@ -88,11 +106,32 @@ impl PoolBuilder {
     /// Per-task time limit. A process worker past it is killed and replaced;
     /// a pool thread cannot be killed, so it is abandoned (it finishes the
     /// task and exits) and replaced. Either way the task is `TimedOut`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder()
+    ///     .mode(tandem::Mode::Process)
+    ///     .workers(1)
+    ///     .task_timeout(Duration::from_millis(100))
+    ///     .build()
+    ///     .unwrap();
+    /// let endless = pool.submit((), |()| -> u8 { loop { std::hint::spin_loop() } });
+    /// assert!(matches!(endless.join(), Err(tandem::Error::TimedOut)));
+    /// ```
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.config.task_timeout = Some(limit);
         self
     }
     /// Replace a worker after it has run `n` tasks.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(1).max_tasks_per_worker(2).build().unwrap();
+    /// for _ in 0..4 {
+    ///     pool.submit(1u8, |x| x).join().unwrap();
+    /// }
+    /// assert_eq!(pool.stats().workers[0].restarts, 2);
+    /// ```
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.config.max_tasks_per_worker = Some(n.max(1));
         self
@@ -100,22 +139,62 @@ impl PoolBuilder {
     /// Cap each process worker's address space (RLIMIT_AS) at `bytes`. A task
     /// that allocates past it fails with `WorkerDied` naming the limit and the
     /// worker is replaced. Thread mode cannot limit a thread: ignored there.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder()
+    ///     .mode(tandem::Mode::Process)
+    ///     .workers(1)
+    ///     .worker_memory_limit(256 << 20)
+    ///     .build()
+    ///     .unwrap();
+    /// let hog = pool.submit(1usize << 30, |n| vec![1u8; n].len());
+    /// assert!(hog.join().unwrap_err().to_string().contains("memory limit"));
+    /// ```
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.config.memory_limit = bytes;
         self
     }
     /// Times a task is re-run after its worker died under it (default 0).
     /// A task that keeps killing workers fails for good after that.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).retries(2).build().unwrap();
+    /// let crash = pool.submit((), |()| -> u8 { std::process::abort() });
+    /// // Three runs, three dead workers: then the task fails for good.
+    /// assert!(matches!(crash.join(), Err(tandem::Error::WorkerDied { .. })));
+    /// assert_eq!(pool.stats().workers[0].restarts, 3);
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.config.retries = n;
         self
     }
     /// Runs once in each worker before its first task.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// static READY: AtomicBool = AtomicBool::new(false);
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder()
+    ///     .mode(tandem::Mode::Process)
+    ///     .workers(1)
+    ///     .initializer(|| READY.store(true, Ordering::SeqCst))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(pool.submit((), |()| READY.load(Ordering::SeqCst)).join().unwrap());
+    /// ```
     pub fn initializer(mut self, f: fn()) -> Self {
         self.config.initializer = Some(f);
         self
     }
     /// Largest task argument or result in bytes (process mode; default 1 GiB).
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).max_message_size(1 << 20).build().unwrap();
+    /// assert_eq!(pool.submit(vec![7u8; 1000], |v| v.len()).join().unwrap(), 1000);
+    /// ```
     pub fn max_message_size(mut self, bytes: u64) -> Self {
         self.config.max_message = bytes;
         self
@@ -139,6 +218,11 @@ impl PoolBuilder {
     }
 
     /// Start the workers.
+    ///
+    /// ```
+    /// assert!(tandem::Pool::builder().workers(0).build().is_err());
+    /// assert!(tandem::Pool::builder().workers(1).build().is_ok());
+    /// ```
     pub fn build(self) -> Result<Pool, Error> {
         let config = self.config;
         if config.workers == 0 {

@@ -187,12 +187,28 @@ pub struct TaskHandle<R> {
 
 impl<R> TaskHandle<R> {
     /// Wait for the task's outcome.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// assert_eq!(pool.submit(20u32, |x| x + 1).join().unwrap(), 21);
+    /// let panicked = pool.submit((), |()| -> u8 { panic!("bad input") });
+    /// assert!(matches!(panicked.join(), Err(tandem::Error::Panicked { .. })));
+    /// ```
     pub fn join(self) -> Result<R, Error> {
         self.read_direct(Patience::Forever);
         self.completion.take()
     }
 
     /// Whether the task has an outcome yet. Never blocks.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool.submit(1u8, |x| x);
+    /// while !h.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(h.join().unwrap(), 1);
+    /// ```
     pub fn is_finished(&self) -> bool {
         if !self.completion.resolved.load(Ordering::SeqCst) {
             self.read_direct(Patience::None);
@@ -202,6 +218,14 @@ impl<R> TaskHandle<R> {
 
     /// Wait at most `limit` for an outcome; true if there is one. The task
     /// is not stopped when the wait ends (see [`cancel`](Self::cancel)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool.submit(1u8, |x| x);
+    /// assert!(h.wait_timeout(Duration::from_secs(30)));
+    /// assert_eq!(h.join().unwrap(), 1);
+    /// ```
     pub fn wait_timeout(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         self.read_direct(Patience::Until(deadline));
@@ -222,6 +246,12 @@ impl<R> TaskHandle<R> {
     }
 
     /// The task's number in its pool (as named in error messages).
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// let (a, b) = (pool.submit(1u8, |x| x), pool.submit(2u8, |x| x));
+    /// assert_ne!(a.id(), b.id());
+    /// ```
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -233,6 +263,18 @@ impl<R> TaskHandle<R> {
     /// on a pool thread cannot be stopped: the handle resolves now, the thread
     /// is no longer counted as a worker (it finishes the task and exits), and
     /// a new thread takes its place so the pool keeps its size.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+    /// let slow = pool.submit(60u64, |s| {
+    ///     std::thread::sleep(Duration::from_secs(s));
+    ///     s
+    /// });
+    /// assert!(slow.cancel()); // queued: never runs; running: its worker is killed
+    /// assert!(matches!(slow.join(), Err(tandem::Error::Cancelled)));
+    /// ```
     pub fn cancel(&self) -> bool {
         let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*place, Place::Finished) || self.completion.resolved.load(Ordering::SeqCst) {

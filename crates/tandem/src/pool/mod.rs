@@ -77,11 +77,21 @@ impl Pool {
     }
 
     /// The pool's mode.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().build().unwrap();
+    /// assert_eq!(pool.mode(), tandem::Mode::Thread);
+    /// ```
     pub fn mode(&self) -> Mode {
         self.shared.config.mode
     }
 
     /// How many workers the pool keeps.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// assert_eq!(pool.workers(), 2);
+    /// ```
     pub fn workers(&self) -> usize {
         self.shared.config.workers
     }
@@ -89,6 +99,14 @@ impl Pool {
     /// Submit `f(arg)`. Never blocks; the handle resolves to `Err(Closed)`
     /// if the pool is shut down, and to `Err(Codec)` if the argument cannot
     /// be serialized (process mode).
+    ///
+    /// ```
+    /// use tandem::{Mode, Pool};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).workers(2).build().unwrap();
+    /// let h = pool.submit(21u64, |x| x * 2);
+    /// assert_eq!(h.join().unwrap(), 42);
+    /// ```
     pub fn submit<A, R>(&self, arg: A, f: fn(A) -> R) -> TaskHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -203,8 +221,25 @@ impl Pool {
     /// `f` over every item, results in input order: lazy (items are pulled
     /// as room frees up, so an endless iterator works), with a bounded number
     /// of tasks in flight, and with tiny tasks batched automatically so the
-    /// per-task cost does not dominate. A batch runs as one task: if its
-    /// worker dies, each of its items fails with the same error.
+    /// per-task cost does not dominate ([`Map::batch_size`] fixes the size).
+    ///
+    /// Each item keeps the semantics of a submitted task, whatever its
+    /// batch: a worker that dies fails only the item it was running
+    /// (`WorkerDied` names it); the items of its batch that finished keep
+    /// their results, and those that had not started run again elsewhere
+    /// without counting as a try; `retries` counts per item; `task_timeout`
+    /// limits each item. Dropping the map stops its batches after the items
+    /// already running.
+    ///
+    /// ```
+    /// use tandem::{Error, Mode, Pool};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).workers(2).build().unwrap();
+    /// let out: Vec<Result<u64, Error>> = pool.map(0..100u64, |x| if x == 7 { std::process::abort() } else { x }).collect();
+    /// // Only the item that crashed its worker failed; its batch's others did not.
+    /// assert!(matches!(out[7], Err(Error::WorkerDied { item: Some(7), .. })));
+    /// assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 99);
+    /// ```
     pub fn map<I, A, R>(&self, items: I, f: fn(A) -> R) -> Map<'_, I::IntoIter, A, R>
     where
         I: IntoIterator<Item = A>,
@@ -214,8 +249,18 @@ impl Pool {
         Map::new(self, items.into_iter(), f)
     }
 
-    /// Like [`map`](Pool::map), but yields `(input index, result)` as soon as
-    /// each batch finishes.
+    /// Like [`map`](Pool::map) (the same per-item semantics), but yields
+    /// `(input index, result)` as soon as each batch finishes.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// let mut sum = 0;
+    /// for (i, r) in pool.map_unordered(0..10u64, |x| x * 10) {
+    ///     assert_eq!(r.unwrap(), i as u64 * 10);
+    ///     sum += i;
+    /// }
+    /// assert_eq!(sum, 45);
+    /// ```
     pub fn map_unordered<I, A, R>(&self, items: I, f: fn(A) -> R) -> MapUnordered<'_, I::IntoIter, A, R>
     where
         I: IntoIterator<Item = A>,
@@ -239,6 +284,14 @@ impl Pool {
 
     /// Finish every submitted task, then stop the workers and wait for
     /// them. Later submits resolve to `Err(Closed)`. Idempotent.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool.submit(1u8, |x| x + 1);
+    /// pool.shutdown();
+    /// assert_eq!(h.join().unwrap(), 2); // submitted work finished
+    /// assert!(matches!(pool.submit(1u8, |x| x).join(), Err(tandem::Error::Closed)));
+    /// ```
     pub fn shutdown(&self) {
         self.shared.lock().closed = true;
         self.shared.work_ready.notify_all();
@@ -252,6 +305,18 @@ impl Pool {
     /// Stop now: queued and running tasks resolve to `Err(Cancelled)`;
     /// process workers are killed; pool threads are abandoned (they finish
     /// their current task, whose result is discarded, and exit).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+    /// let slow = pool.submit(60u64, |s| {
+    ///     std::thread::sleep(Duration::from_secs(s));
+    ///     s
+    /// });
+    /// pool.terminate();
+    /// assert!(matches!(slow.join(), Err(tandem::Error::Cancelled)));
+    /// ```
     pub fn terminate(&self) {
         let (queued, running) = {
             let mut state = self.shared.lock();

@@ -8,6 +8,13 @@ use crate::UnitId;
 /// Numbers about one worker slot.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
+///
+/// ```
+/// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+/// pool.submit(1u8, |x| x).join().unwrap();
+/// let w = &pool.stats().workers[0];
+/// assert_eq!((w.tasks_done, w.restarts), (1, 0));
+/// ```
 pub struct WorkerStats {
     /// The thread or process in the slot now.
     pub id: UnitId,
@@ -25,6 +32,13 @@ pub struct WorkerStats {
 /// A snapshot of a pool.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
+///
+/// ```
+/// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+/// let stats = pool.stats();
+/// assert_eq!(stats.workers.len(), 2);
+/// assert_eq!(stats.queued, 0);
+/// ```
 pub struct PoolStats {
     /// One entry per worker slot.
     pub workers: Vec<WorkerStats>,
