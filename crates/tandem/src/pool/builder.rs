@@ -1,11 +1,12 @@
 //! How a pool is configured: [`PoolBuilder`] and the settings it builds.
 
-use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::shared::{Shared, SlotStats, State};
+use super::backend::Inner;
+use super::processes::Processes;
+use super::shared::Shared;
+use super::threads::Threads;
 use super::{Pool, lanes, processes, threads};
 use crate::{Error, Mode, StartMethod};
 
@@ -232,34 +233,21 @@ impl PoolBuilder {
             )));
         }
         let n = config.workers;
-        let lanes = match config.mode {
-            Mode::Thread => Vec::new(),
-            Mode::Process => lanes::new_lanes(n)?,
+        let inner = match config.mode {
+            Mode::Thread => {
+                let (threads, slots) = Threads::new(n);
+                let shared = Arc::new(Shared::new(config, slots, threads));
+                threads::start(&shared)?;
+                Inner::Threads(shared)
+            }
+            Mode::Process => {
+                let lanes = lanes::new_lanes(n)?;
+                let shared = Arc::new(Shared::new(config, (), Processes { lanes }));
+                processes::start(&shared)?;
+                Inner::Processes(shared)
+            }
         };
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                closed: false,
-                terminating: false,
-                generations: vec![0; n],
-                running: (0..n).map(|_| None).collect(),
-                joinable: Vec::new(),
-            }),
-            work_ready: Condvar::new(),
-            deadlines_changed: Condvar::new(),
-            slots: (0..n)
-                .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
-                .collect(),
-            lanes,
-            queued: std::sync::atomic::AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
-            config,
-        });
-        let pool = Pool { shared: shared.clone() };
-        match shared.config.mode {
-            Mode::Thread => threads::start(&shared)?,
-            Mode::Process => processes::start(&shared)?,
-        }
+        let pool = Pool { inner };
         Ok(pool)
     }
 }

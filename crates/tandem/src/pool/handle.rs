@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::Shared;
 use super::batch::RawBatch;
 use super::lanes::Patience;
+use super::processes::Processes;
+use super::shared::Shared;
+use super::threads::Threads;
 use crate::Error;
 use crate::wire::Frame;
 
@@ -139,11 +141,13 @@ pub(crate) enum Place {
     Direct {
         slot: usize,
         wake: Arc<OwnedFd>,
+        pool: Weak<Shared<Processes>>,
     },
     /// Running on a pool thread: the worker's slot and generation.
     OnThread {
         slot: usize,
         generation: u64,
+        pool: Weak<Shared<Threads>>,
     },
     Finished,
 }
@@ -152,12 +156,11 @@ pub(crate) enum Place {
 pub(crate) struct Control {
     pub place: Mutex<Place>,
     pub cancelled: AtomicBool,
-    pub pool: Weak<Shared>,
 }
 
 impl Control {
-    pub(crate) fn new(pool: Weak<Shared>) -> Control {
-        Control { place: Mutex::new(Place::Queued), cancelled: AtomicBool::new(false), pool }
+    pub(crate) fn new() -> Control {
+        Control { place: Mutex::new(Place::Queued), cancelled: AtomicBool::new(false) }
     }
 
     pub(crate) fn set(&self, place: Place) {
@@ -236,11 +239,11 @@ impl<R> TaskHandle<R> {
     /// rather than wait for the pool's driver to (see
     /// `lanes::claim_open_lane`).
     fn read_direct(&self, patience: Patience) {
-        let slot = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
-            Place::Direct { slot, .. } => *slot,
+        let (slot, pool) = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
+            Place::Direct { slot, pool, .. } => (*slot, pool.clone()),
             _ => return,
         };
-        if let Some(pool) = self.control.pool.upgrade() {
+        if let Some(pool) = pool.upgrade() {
             super::lanes::join_direct(&pool, slot, self.id, patience);
         }
     }
@@ -286,8 +289,8 @@ impl<R> TaskHandle<R> {
         }
         match &*place {
             Place::InProcess(wake) | Place::Direct { wake, .. } => super::processes::wake(wake),
-            Place::OnThread { slot, generation } => {
-                if let Some(pool) = self.control.pool.upgrade() {
+            Place::OnThread { slot, generation, pool } => {
+                if let Some(pool) = pool.upgrade() {
                     super::threads::abandon(&pool, *slot, *generation);
                 }
             }

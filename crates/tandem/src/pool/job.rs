@@ -1,4 +1,5 @@
-//! What the pool queues: a task's work and how to resolve it.
+//! What the pool queues: a task's work (in the shape its mode needs) and
+//! how to resolve it.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -9,29 +10,40 @@ use super::handle::{Control, Resolve};
 use crate::Error;
 
 /// How thread mode runs a task here: the user's `f` and the argument `X`
-/// (one item, or a batch of them) to an output `O`.
+/// to an output `O`.
 pub(crate) type LocalRun<X, A, R, O> = fn(fn(A) -> R, X) -> Result<O, Error>;
 
-/// What a queued task carries.
-pub(crate) enum Work {
-    /// Thread mode: runs the task and returns what resolves its completion,
-    /// so the worker can count the task before anyone sees its result.
-    Thread(Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>),
-    /// Process mode: the encoded Task frame.
-    Process { header: [u8; 24], bytes: Vec<u8>, fds: Vec<OwnedFd> },
+/// Thread mode's work: runs the task and returns what resolves its
+/// completion, so the worker can count the task before anyone sees its result.
+pub(crate) type ThreadWork = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
+
+/// Process mode's work: the encoded frame of a task or a map batch.
+pub(crate) struct ProcessWork {
+    pub header: [u8; 24],
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
 }
 
-pub(crate) struct Job {
+/// A queued task, with the work of its pool's mode.
+pub(crate) struct Job<W> {
     pub id: u64,
     pub control: Arc<Control>,
     pub completion: Arc<dyn Resolve>,
-    pub work: Work,
+    pub work: W,
     /// Times the task was re-run after its worker died.
     pub attempts: u32,
     /// Times it could not be sent because its worker was already gone.
     pub undelivered: u32,
     /// A map batch: its items report one by one (see `batch`).
     pub batch: Option<BatchJob>,
+}
+
+impl<W> Job<W> {
+    /// The same job with other work (`()` once its work is taken).
+    pub(crate) fn with_work<V>(self, work: V) -> (Job<V>, W) {
+        let Job { id, control, completion, work: old, attempts, undelivered, batch } = self;
+        (Job { id, control, completion, work, attempts, undelivered, batch }, old)
+    }
 }
 
 /// What the pool knows of a map batch beyond its work.

@@ -11,9 +11,12 @@ use std::time::Instant;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::handle::Place;
+use super::job::ProcessWork;
 use super::processes::{Answer, answer_from, wake};
-use super::{Job, Shared, Work};
+use super::processes::{Job, Processes};
 use crate::Error;
+
+type Shared = super::shared::Shared<Processes>;
 use crate::wire::{self, Kind};
 
 /// Largest task frame a submitter sends itself: small enough that `sendmsg`
@@ -76,7 +79,7 @@ pub(crate) fn new_lanes(n: usize) -> Result<Vec<Lane>, Error> {
 }
 
 pub(super) fn lane(shared: &Shared, slot: usize) -> MutexGuard<'_, LaneState> {
-    shared.lanes[slot].state.lock().unwrap_or_else(|e| e.into_inner())
+    shared.backend.lanes[slot].state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An open lane a submitter has claimed: its driver stays parked.
@@ -96,15 +99,12 @@ pub(crate) struct Claim<'a> {
 /// back), like a bare pipe round trip. A handle that stops waiting or is
 /// dropped wakes the driver, which then takes the task over.
 pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
-    let small = match &job.work {
-        Work::Process { header, bytes, .. } => header.len() + bytes.len() <= DIRECT_MAX,
-        Work::Thread(_) => false,
-    };
+    let small = job.work.header.len() + job.work.bytes.len() <= DIRECT_MAX;
     // Recycling counts tasks in the driver: let it send them.
     if !small || shared.config.max_tasks_per_worker.is_some() {
         return None;
     }
-    (0..shared.lanes.len()).find_map(|slot| {
+    (0..shared.backend.lanes.len()).find_map(|slot| {
         let mut lane = lane(shared, slot);
         if !lane.open {
             return None;
@@ -116,10 +116,14 @@ pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim
 }
 
 /// Send `job` on a claimed lane.
-pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
+pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     let Claim { slot, mut lane, peer } = claim;
-    let Work::Process { header, bytes, fds } = &job.work else { unreachable!("claimed for process work") };
-    job.control.set(Place::Direct { slot, wake: shared.lanes[slot].wake.clone() });
+    let ProcessWork { header, bytes, fds } = &job.work;
+    job.control.set(Place::Direct {
+        slot,
+        wake: shared.backend.lanes[slot].wake.clone(),
+        pool: Arc::downgrade(shared),
+    });
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
     drop(peer);
@@ -128,7 +132,7 @@ pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
         // lane's driver to replace the worker (its pidfd may not show the
         // death yet).
         drop(lane);
-        wake(&shared.lanes[slot].wake);
+        wake(&shared.backend.lanes[slot].wake);
         job.control.set(Place::Queued);
         shared.requeue(job);
         return;
@@ -137,7 +141,7 @@ pub(crate) fn send_direct(shared: &Shared, claim: Claim<'_>, job: Job) {
     drop(lane);
     if shared.config.task_timeout.is_some() {
         // The deadline is the driver's to keep: wake it to take the task.
-        wake(&shared.lanes[slot].wake);
+        wake(&shared.backend.lanes[slot].wake);
     }
 }
 
@@ -148,7 +152,7 @@ pub(crate) fn wake_one_parked(shared: &Shared) {
     // takes that one, and a driver holding an unjoined direct task takes it
     // over before the queue.
     let nudge = |want_open: bool| {
-        (0..shared.lanes.len()).find(|&slot| {
+        (0..shared.backend.lanes.len()).find(|&slot| {
             let mut lane = lane(shared, slot);
             let fits = lane.parked && !lane.nudged && (lane.open || !want_open);
             if fits {
@@ -158,7 +162,7 @@ pub(crate) fn wake_one_parked(shared: &Shared) {
         })
     };
     if let Some(slot) = nudge(true).or_else(|| nudge(false)) {
-        wake(&shared.lanes[slot].wake);
+        wake(&shared.backend.lanes[slot].wake);
     }
 }
 
@@ -190,7 +194,12 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         lane.reading = true;
         peer
     };
-    let read = read_answer(&peer, &shared.lanes[slot].wake, patience, shared.config.max_message_or_default());
+    let read = read_answer(
+        &peer,
+        &shared.backend.lanes[slot].wake,
+        patience,
+        shared.config.max_message_or_default(),
+    );
     let mut lane = lane(shared, slot);
     lane.reading = false;
     let driver_waiting = lane.driver_waiting;
@@ -208,13 +217,13 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
             if let Some(flight) = lane.in_flight.as_mut() {
                 flight.verdict = Some(other);
             }
-            wake(&shared.lanes[slot].wake);
+            wake(&shared.backend.lanes[slot].wake);
             None
         }
     };
     drop(lane);
     if driver_waiting {
-        shared.lanes[slot].reader_gone.notify_all();
+        shared.backend.lanes[slot].reader_gone.notify_all();
     }
     if let Some((job, frame)) = done {
         shared.slot(slot).tasks_done += 1;

@@ -20,10 +20,11 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::backend::Inner;
 use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Timed, run_untimed};
 use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Piece, Remainder};
 use super::handle::Completion;
-use super::{BatchJob, Pool, TaskHandle, Work};
+use super::{BatchJob, Pool, ProcessWork, TaskHandle, ThreadWork};
 use crate::{Error, batch, task};
 
 /// A batch in flight: where its items are in the input.
@@ -67,12 +68,12 @@ where
     }
 
     fn flags(&self) -> u8 {
-        if self.pool.shared.config.task_timeout.is_some() { batch::TIMED } else { 0 }
+        if self.pool.config().task_timeout.is_some() { batch::TIMED } else { 0 }
     }
 
     /// The next batch to send, or an item that failed before it could be.
     fn next_piece(&mut self) -> Option<Result<Segment<A, R>, Indexed<R>>> {
-        let config = &self.pool.shared.config;
+        let config = self.pool.config();
         let max_bytes = MAX_BATCH_BYTES.min((config.max_message_or_default() / 2) as usize);
         let piece = self.feeder.next_piece(config.mode, self.flags(), max_bytes)?;
         let start = self.next_index;
@@ -98,38 +99,29 @@ where
         let stop = Arc::new(AtomicBool::new(false));
         let len = cut.len();
         let f = self.f;
-        let (work, offsets, clock) = match cut {
-            Cut::Local(items) if pool.shared.config.task_timeout.is_some() => {
-                let timed = Timed::new(items, completion.clone());
-                let (runner, stop, done) = (timed.clone(), stop.clone(), completion.clone());
-                let work = Work::Thread(Box::new(move || {
-                    let out = runner.run(f, &stop);
-                    Box::new(move || {
-                        if let Some(out) = out {
-                            done.resolve(Ok(out));
-                        }
-                    })
-                }));
-                (work, Vec::new(), Some(timed as Arc<dyn ItemClock>))
+        let (handle, offsets) = match (cut, &pool.inner) {
+            (Cut::Local(items), Inner::Threads(shared)) => {
+                let (work, clock) =
+                    local_batch(f, items, &completion, &stop, shared.config.task_timeout.is_some());
+                let job = BatchJob { stop: stop.clone(), items: len as u32, clock };
+                (super::enqueue(shared, id, completion, work, Some(job), front), Vec::new())
             }
-            Cut::Local(items) => {
-                let (stop, done) = (stop.clone(), completion.clone());
-                let work = Work::Thread(Box::new(move || {
-                    let out = run_untimed(f, items, &stop);
-                    Box::new(move || {
-                        done.resolve(Ok(out));
-                    })
-                }));
-                (work, Vec::new(), None)
-            }
-            Cut::Remote { argument, fds, offsets } => {
+            (Cut::Remote { argument, fds, offsets }, Inner::Processes(shared)) => {
                 let header =
                     task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
-                (Work::Process { header, bytes: argument, fds }, offsets, None)
+                let work = ProcessWork { header, bytes: argument, fds };
+                let job = BatchJob { stop: stop.clone(), items: len as u32, clock: None };
+                (super::enqueue_process(shared, id, completion, work, Some(job), front), offsets)
+            }
+            // The feeder cuts batches in the pool's own shape; anything else
+            // is a bug here, reported on the batch's items, never a panic.
+            (_, _) => {
+                completion.resolve(Err(Error::Codec(
+                    "a map batch in the wrong shape for its pool (a bug in tandem)".into(),
+                )));
+                (super::handle(id, completion), Vec::new())
             }
         };
-        let job = BatchJob { stop: stop.clone(), items: len as u32, clock };
-        let handle = pool.enqueue(id, completion, work, Some(job), front);
         Segment { start, len, attempts, stop, offsets, key, handle }
     }
 
@@ -158,8 +150,7 @@ where
             BatchEnd::Failed(e) => {
                 // Thread mode gives back only the items after the failed one.
                 let mut rest = Remainder::new(rest, &offsets, done + 1, self.flags());
-                let retry =
-                    matches!(e, Error::WorkerDied { .. }) && attempts < self.pool.shared.config.retries;
+                let retry = matches!(e, Error::WorkerDied { .. }) && attempts < self.pool.config().retries;
                 match rest.cut(done, done + 1).filter(|_| retry) {
                     Some(cut) => again.push((cut, start + done, attempts + 1)),
                     None => out.push(Run::same(start + done, 1, e.for_item(start + done))),
@@ -175,6 +166,38 @@ where
         sent.reverse();
         (out, sent)
     }
+}
+
+/// A map batch's work on a pool thread: run back to back, or under a time
+/// limit with each item's start published for the supervisor.
+fn local_batch<A: Send + 'static, R: Send + 'static>(
+    f: fn(A) -> R,
+    items: Vec<A>,
+    completion: &Arc<Completion<BatchOutcome<A, R>>>,
+    stop: &Arc<AtomicBool>,
+    timed: bool,
+) -> (ThreadWork, Option<Arc<dyn ItemClock>>) {
+    let (stop, done) = (stop.clone(), completion.clone());
+    if timed {
+        let timed = Timed::new(items, completion.clone());
+        let runner = timed.clone();
+        let work: ThreadWork = Box::new(move || {
+            let out = runner.run(f, &stop);
+            Box::new(move || {
+                if let Some(out) = out {
+                    done.resolve(Ok(out));
+                }
+            })
+        });
+        return (work, Some(timed as Arc<dyn ItemClock>));
+    }
+    let work: ThreadWork = Box::new(move || {
+        let out = run_untimed(f, items, &stop);
+        Box::new(move || {
+            done.resolve(Ok(out));
+        })
+    });
+    (work, None)
 }
 
 /// Results of consecutive input items, handed out one at a time (a process

@@ -1,7 +1,9 @@
 //! Pools: the `concurrent.futures` analogue, one type for threads and processes.
 //!
-//! Layout: [`builder`] (settings), [`job`] (what is queued), [`shared`] (the
-//! queue under one lock and per-slot numbers), [`handle`] (a task's
+//! Layout: [`backend`] (the seam: what a mode provides; `Pool` holds the
+//! common part of either mode), [`builder`] (settings), [`job`] (what is
+//! queued, in each mode's shape), [`shared`] (the queue under one lock, the
+//! pool's life and per-slot numbers, written once for any mode), [`handle`] (a task's
 //! completion, cancel control and public handle), [`threads`] (thread
 //! workers and the time-out supervisor), [`processes`] (one driver thread per
 //! process worker) with [`lanes`] (its direct path) and [`process_batch`] (a
@@ -10,6 +12,7 @@
 //! [`stats`]. Every mode pulls jobs from one queue under one lock; a job
 //! resolves its handle exactly once.
 
+mod backend;
 mod batch;
 mod builder;
 mod feed;
@@ -30,16 +33,17 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use backend::{Backend, Inner};
 pub use builder::PoolBuilder;
 pub use handle::TaskHandle;
 use handle::{Completion, Control, Resolve};
-pub(crate) use job::{BatchJob, Job, LocalRun, Running, Work};
+pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
 pub use map::{Map, MapUnordered};
-pub(crate) use shared::{Shared, State};
+use shared::Shared;
 pub use stats::{PoolStats, WorkerStats};
 
+use crate::Mode;
 use crate::task::{self, Trampoline};
-use crate::{Error, Mode};
 
 /// A pool of worker threads or worker processes behind one API.
 ///
@@ -62,7 +66,7 @@ use crate::{Error, Mode};
 /// }
 /// ```
 pub struct Pool {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) inner: Inner,
 }
 
 impl Pool {
@@ -83,7 +87,7 @@ impl Pool {
     /// assert_eq!(pool.mode(), tandem::Mode::Thread);
     /// ```
     pub fn mode(&self) -> Mode {
-        self.shared.config.mode
+        self.config().mode
     }
 
     /// How many workers the pool keeps.
@@ -93,7 +97,14 @@ impl Pool {
     /// assert_eq!(pool.workers(), 2);
     /// ```
     pub fn workers(&self) -> usize {
-        self.shared.config.workers
+        self.config().workers
+    }
+
+    pub(crate) fn config(&self) -> &builder::Config {
+        match &self.inner {
+            Inner::Threads(s) => &s.config,
+            Inner::Processes(s) => &s.config,
+        }
     }
 
     /// Submit `f(arg)`. Never blocks; the handle resolves to `Err(Closed)`
@@ -132,90 +143,36 @@ impl Pool {
     {
         let id = self.next_task_id();
         let completion = Arc::new(Completion::<O>::new(None));
-        let work = match self.shared.config.mode {
-            Mode::Thread => {
+        match &self.inner {
+            Inner::Threads(shared) => {
                 let done = completion.clone();
-                Work::Thread(Box::new(move || {
+                let work: ThreadWork = Box::new(move || {
                     let result = local(f, arg);
                     Box::new(move || {
                         done.resolve(result);
                     })
-                }))
+                });
+                enqueue(shared, id, completion, work, None, false)
             }
-            Mode::Process => match crate::codec::encode(&arg) {
-                Ok(encoded) => Work::Process {
-                    header: task::header_for(id, call, crate::sys::code::offset_of(f)),
-                    bytes: encoded.bytes,
-                    fds: encoded.fds,
-                },
+            Inner::Processes(shared) => match crate::codec::encode(&arg) {
+                Ok(encoded) => {
+                    let header = task::header_for(id, call, crate::sys::code::offset_of(f));
+                    let work = ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds };
+                    enqueue_process(shared, id, completion, work, None, false)
+                }
                 Err(e) => {
                     completion.resolve(Err(e));
-                    return self.handle(id, completion);
+                    handle(id, completion)
                 }
             },
-        };
-        self.enqueue(id, completion, work, None, false)
+        }
     }
 
     pub(crate) fn next_task_id(&self) -> u64 {
-        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn handle<O>(&self, id: u64, completion: Arc<Completion<O>>) -> TaskHandle<O> {
-        let control = Arc::new(Control::new(Arc::downgrade(&self.shared)));
-        TaskHandle { completion, control, id, _result: PhantomData }
-    }
-
-    /// Queue `work` as task `id` (at the front for `front`: re-runs of map
-    /// items go before new work), or send it straight to an idle worker.
-    pub(crate) fn enqueue<O>(
-        &self,
-        id: u64,
-        completion: Arc<Completion<O>>,
-        work: Work,
-        batch: Option<BatchJob>,
-        front: bool,
-    ) -> TaskHandle<O>
-    where
-        Completion<O>: Resolve,
-        O: Send + 'static,
-    {
-        let handle = self.handle(id, completion.clone());
-        let control = handle.control.clone();
-        // Only a handle someone holds can read its own answer, and a map
-        // batch reports item by item: batches go through the driver.
-        let direct_ok = batch.is_none();
-        let job =
-            Job { id, control, completion: completion.clone(), work, attempts: 0, undelivered: 0, batch };
-        let mut state = self.shared.lock();
-        if state.closed {
-            drop(state);
-            completion.resolve_err(Error::Closed);
-            return handle;
+        match &self.inner {
+            Inner::Threads(s) => s.next_id.fetch_add(1, Ordering::Relaxed),
+            Inner::Processes(s) => s.next_id.fetch_add(1, Ordering::Relaxed),
         }
-        let direct = direct_ok && state.queue.is_empty() && !self.shared.lanes.is_empty();
-        if let Some(claim) = direct.then(|| lanes::claim_open_lane(&self.shared, &job)).flatten() {
-            drop(state);
-            lanes::send_direct(&self.shared, claim, job);
-            return handle;
-        }
-        if front {
-            state.queue.push_front(job);
-        } else {
-            state.queue.push_back(job);
-        }
-        self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
-        match self.shared.config.mode {
-            Mode::Process => {
-                lanes::wake_one_parked(&self.shared);
-                drop(state);
-            }
-            Mode::Thread => {
-                drop(state);
-                self.shared.work_ready.notify_one();
-            }
-        }
-        handle
     }
 
     /// `f` over every item, results in input order: lazy (items are pulled
@@ -279,7 +236,10 @@ impl Pool {
     /// assert_eq!(stats.workers[0].tasks_done, 1);
     /// ```
     pub fn stats(&self) -> PoolStats {
-        stats::snapshot(&self.shared)
+        match &self.inner {
+            Inner::Threads(s) => stats::snapshot(s),
+            Inner::Processes(s) => stats::snapshot(s),
+        }
     }
 
     /// Finish every submitted task, then stop the workers and wait for
@@ -293,13 +253,10 @@ impl Pool {
     /// assert!(matches!(pool.submit(1u8, |x| x).join(), Err(tandem::Error::Closed)));
     /// ```
     pub fn shutdown(&self) {
-        self.shared.lock().closed = true;
-        self.shared.work_ready.notify_all();
-        self.shared.deadlines_changed.notify_all();
-        for lane in &self.shared.lanes {
-            processes::wake(&lane.wake);
+        match &self.inner {
+            Inner::Threads(s) => s.shutdown(),
+            Inner::Processes(s) => s.shutdown(),
         }
-        self.join_workers();
     }
 
     /// Stop now: queued and running tasks resolve to `Err(Cancelled)`;
@@ -318,54 +275,68 @@ impl Pool {
     /// assert!(matches!(slow.join(), Err(tandem::Error::Cancelled)));
     /// ```
     pub fn terminate(&self) {
-        let (queued, running) = {
-            let mut state = self.shared.lock();
-            state.closed = true;
-            state.terminating = true;
-            let queued: Vec<Job> = state.queue.drain(..).collect();
-            self.shared.queued.store(0, Ordering::SeqCst);
-            let mut running: Vec<Arc<dyn Resolve>> = Vec::new();
-            for slot in 0..state.running.len() {
-                if let Some(r) = state.running[slot].take() {
-                    running.push(r.completion);
-                    // A busy pool thread cannot be stopped: detach it.
-                    state.joinable.retain(|(s, _)| *s != slot);
-                }
-            }
-            for g in state.generations.iter_mut() {
-                *g += 1;
-            }
-            (queued, running)
-        };
-        for job in queued {
-            job.completion.resolve_err(Error::Cancelled);
+        match &self.inner {
+            Inner::Threads(s) => s.terminate(),
+            Inner::Processes(s) => s.terminate(),
         }
-        for completion in running {
-            completion.resolve_err(Error::Cancelled);
-        }
-        for lane in &self.shared.lanes {
-            processes::wake(&lane.wake);
-        }
-        self.shared.work_ready.notify_all();
-        self.shared.deadlines_changed.notify_all();
-        self.join_workers();
     }
+}
 
-    fn join_workers(&self) {
-        let me = std::thread::current().id();
-        loop {
-            let batch: Vec<_> = std::mem::take(&mut self.shared.lock().joinable);
-            if batch.is_empty() {
-                break;
-            }
-            for (_, handle) in batch {
-                // A task that shuts down its own pool cannot wait for itself.
-                if handle.thread().id() != me {
-                    let _ = handle.join();
-                }
-            }
-        }
+/// A handle for task `id` resolving through `completion`.
+fn handle<O>(id: u64, completion: Arc<Completion<O>>) -> TaskHandle<O> {
+    TaskHandle { completion, control: Arc::new(Control::new()), id, _result: PhantomData }
+}
+
+/// Queue `work` as task `id` on a pool of mode `B` (at the front for
+/// `front`: map items that must run again go before new work).
+pub(crate) fn enqueue<B: Backend, O>(
+    shared: &Shared<B>,
+    id: u64,
+    completion: Arc<Completion<O>>,
+    work: B::Work,
+    batch: Option<BatchJob>,
+    front: bool,
+) -> TaskHandle<O>
+where
+    Completion<O>: Resolve,
+    O: Send + 'static,
+{
+    let handle = handle(id, completion.clone());
+    let job =
+        Job { id, control: handle.control.clone(), completion, work, attempts: 0, undelivered: 0, batch };
+    shared.push(shared.lock(), job, front);
+    handle
+}
+
+/// [`enqueue`] on a process pool, which sends a small task straight to an
+/// idle worker when the queue is empty (see `lanes`). Only a handle someone
+/// holds can read its own answer, and a map batch reports item by item:
+/// batches always go through the driver.
+pub(crate) fn enqueue_process<O>(
+    shared: &Arc<Shared<processes::Processes>>,
+    id: u64,
+    completion: Arc<Completion<O>>,
+    work: ProcessWork,
+    batch: Option<BatchJob>,
+    front: bool,
+) -> TaskHandle<O>
+where
+    Completion<O>: Resolve,
+    O: Send + 'static,
+{
+    let handle = handle(id, completion.clone());
+    let direct_ok = batch.is_none();
+    let job =
+        Job { id, control: handle.control.clone(), completion, work, attempts: 0, undelivered: 0, batch };
+    let state = shared.lock();
+    let direct = direct_ok && !state.closed && state.queue.is_empty();
+    if let Some(claim) = direct.then(|| lanes::claim_open_lane(shared, &job)).flatten() {
+        drop(state);
+        lanes::send_direct(shared, claim, job);
+        return handle;
     }
+    shared.push(state, job, front);
+    handle
 }
 
 impl Drop for Pool {
@@ -376,6 +347,6 @@ impl Drop for Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pool({:?}, {} workers)", self.shared.config.mode, self.shared.config.workers)
+        write!(f, "Pool({:?}, {} workers)", self.mode(), self.workers())
     }
 }

@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use super::batch::{BatchEnd, RawBatch};
 use super::handle::Place;
+use super::job::ProcessWork;
 use super::processes::{Answer, Live, await_answer, death, retire, undelivered};
-use super::{Job, Shared, Work};
+use super::processes::{Job, Processes};
 use crate::batch::{self, Collector};
 use crate::sys::board::Board;
 use crate::wire::{self, Kind};
 use crate::{Error, task};
+
+type Shared = super::shared::Shared<Processes>;
 
 /// Run the batch `job` on the slot's live worker and resolve it.
 pub(super) fn run(shared: &Shared, slot: usize, live: &mut Option<Live>, job: Job, wake: &Arc<OwnedFd>) {
@@ -35,9 +38,7 @@ pub(super) fn run(shared: &Shared, slot: usize, live: &mut Option<Live>, job: Jo
             Err(BoardError::Gone) => return undelivered(shared, slot, live, job),
         }
     }
-    let Work::Process { header, bytes, fds } = &job.work else {
-        unreachable!("process pools queue process work")
-    };
+    let ProcessWork { header, bytes, fds } = &job.work;
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     if wire::send(worker.peer.socket.as_fd(), Kind::Batch, &[header, bytes], &borrowed).is_err() {
         return undelivered(shared, slot, live, job);
@@ -232,9 +233,6 @@ fn after_death(dead: Live, results: &mut Collector) -> Option<u32> {
 }
 
 /// A batch's argument, for `map` to cut and send again.
-fn give_back(work: Work) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
-    match work {
-        Work::Process { bytes, fds, .. } => Some((bytes, fds)),
-        Work::Thread(_) => None,
-    }
+fn give_back(work: ProcessWork) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    Some((work.bytes, work.fds))
 }

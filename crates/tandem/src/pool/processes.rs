@@ -14,20 +14,53 @@
 //! before the next task.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
-use super::handle::Place;
-use super::lanes::{InFlight, Peer, lane};
-use super::{Job, Shared, Work};
+use super::backend::Backend;
+use super::handle::{Place, Resolve};
+use super::job::ProcessWork;
+use super::lanes::{self, InFlight, Lane, Peer, lane};
+use super::shared::State;
 use crate::child::ChildProcess;
 use crate::launch::{self, Worker};
 use crate::wire::{self, Frame, Kind, RecvError};
 use crate::worker::WorkerConfig;
 use crate::{Error, UnitId};
+
+/// Process mode's own part of a pool: a lane per worker slot, each with
+/// its driver's eventfd (see `lanes`).
+pub(crate) struct Processes {
+    pub(crate) lanes: Vec<Lane>,
+}
+
+type Shared = super::shared::Shared<Processes>;
+pub(super) type Job = super::job::Job<ProcessWork>;
+
+impl Backend for Processes {
+    type Work = ProcessWork;
+    type Locked = ();
+
+    fn queued(shared: &Shared, state: MutexGuard<'_, State<Processes>>) {
+        // Under the pool's lock, so a driver cannot park unseen meanwhile.
+        lanes::wake_one_parked(shared);
+        drop(state);
+    }
+
+    fn wake_all(shared: &Shared) {
+        for lane in &shared.backend.lanes {
+            wake(&lane.wake);
+        }
+    }
+
+    fn take_running(_state: &mut State<Processes>) -> Vec<Arc<dyn Resolve>> {
+        // Each driver resolves its running task `Cancelled` when woken.
+        Vec::new()
+    }
+}
 
 /// Times a task is handed to a fresh worker after the one it was sent to
 /// died before taking it, before it fails as if that worker died under it.
@@ -159,7 +192,7 @@ fn next(shared: &Shared, slot: usize, live: &mut Option<Live>, wake: &OwnedFd) -
             lane.peer = None;
             while lane.reading {
                 lane.driver_waiting = true;
-                lane = shared.lanes[slot].reader_gone.wait(lane).unwrap_or_else(|e| e.into_inner());
+                lane = shared.backend.lanes[slot].reader_gone.wait(lane).unwrap_or_else(|e| e.into_inner());
             }
             lane.driver_waiting = false;
             lane.in_flight.take()
@@ -216,7 +249,7 @@ fn park(live: Option<&Live>, wake: &OwnedFd) -> Parked {
 }
 
 fn drive(shared: &Arc<Shared>, slot: usize) {
-    let wake = shared.lanes[slot].wake.clone();
+    let wake = shared.backend.lanes[slot].wake.clone();
     // `next` starts the worker at once, as Python's pools do, so the first
     // task does not pay for it; if that fails, the first task tries again
     // and reports it.
@@ -236,9 +269,7 @@ fn drive(shared: &Arc<Shared>, slot: usize) {
                     }
                 }
                 let worker = live.as_ref().expect("started above");
-                let Work::Process { header, bytes, fds } = &job.work else {
-                    unreachable!("process pools queue process work")
-                };
+                let ProcessWork { header, bytes, fds } = &job.work;
                 job.control.set(Place::InProcess(wake.clone()));
                 if job.control.cancelled.load(Ordering::SeqCst) {
                     job.control.set(Place::Finished);

@@ -1,31 +1,27 @@
-//! What every worker of a pool shares: the queue under one lock, the
-//! per-slot numbers, and how a worker takes its next job.
+//! What every worker of a pool shares, in any mode: the queue under one
+//! lock, the pool's life (closed, terminating), the per-slot numbers.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
+use super::backend::Backend;
 use super::builder::Config;
-use super::job::{Job, Running};
-use super::lanes;
-use crate::UnitId;
+use super::job::Job;
+use crate::{Error, UnitId};
 
 /// The queue and the pool's life, under the pool's one lock.
-pub(crate) struct State {
-    pub queue: VecDeque<Job>,
+pub(crate) struct State<B: Backend> {
+    pub queue: VecDeque<Job<B::Work>>,
     pub closed: bool,
     pub terminating: bool,
-    /// Thread mode: each slot's current generation; a thread whose
-    /// generation is stale was abandoned and exits after its task.
-    pub generations: Vec<u64>,
-    /// Thread mode: what each slot's thread is running.
-    pub running: Vec<Option<Running>>,
     /// Threads to join at shutdown (drivers, current workers, supervisor).
     pub joinable: Vec<(usize, std::thread::JoinHandle<()>)>,
+    /// What the mode keeps under the lock.
+    pub mode: B::Locked,
 }
 
-/// Per-slot numbers for [`Pool::stats`].
+/// Per-slot numbers for [`Pool::stats`](super::Pool::stats).
 #[derive(Clone, Debug)]
 pub(crate) struct SlotStats {
     pub unit: Option<UnitId>,
@@ -34,71 +30,113 @@ pub(crate) struct SlotStats {
     pub restarts: u64,
 }
 
-pub(crate) struct Shared {
+/// A pool's common part, and its mode's own (`backend`).
+pub(crate) struct Shared<B: Backend> {
     pub config: Config,
-    pub state: Mutex<State>,
-    pub work_ready: Condvar,
-    /// Wakes the time-out supervisor when deadlines change.
-    pub deadlines_changed: Condvar,
+    pub state: Mutex<State<B>>,
     pub slots: Vec<Mutex<SlotStats>>,
-    /// Process mode: each slot's lane, with its driver's eventfd (see
-    /// `processes`).
-    pub lanes: Vec<lanes::Lane>,
     /// Jobs in the queue, readable without the lock (for spinning workers).
-    pub queued: std::sync::atomic::AtomicUsize,
-    pub(crate) next_id: AtomicU64,
+    pub queued: AtomicUsize,
+    pub next_id: AtomicU64,
+    pub backend: B,
 }
 
-impl Shared {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn slot(&self, index: usize) -> std::sync::MutexGuard<'_, SlotStats> {
-        self.slots[index].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The next job for a worker, or `None` when the worker should stop: the
-    /// pool is closed and drained, it is terminating, or (thread mode) this
-    /// worker's generation was abandoned.
-    pub(crate) fn next_job(&self, slot: usize, generation: Option<u64>) -> Option<Job> {
-        let mut state = self.lock();
-        let mut spun = false;
-        loop {
-            if generation.is_some_and(|g| state.generations[slot] != g) || state.terminating {
-                return None;
-            }
-            while let Some(job) = state.queue.pop_front() {
-                self.queued.store(state.queue.len(), Ordering::SeqCst);
-                if !job.completion.is_resolved() {
-                    return Some(job);
-                }
-            }
-            if state.closed {
-                return None;
-            }
-            if !spun {
-                // Look for the next job briefly before sleeping (wire::SPIN).
-                spun = true;
-                drop(state);
-                let start = Instant::now();
-                while self.queued.load(Ordering::SeqCst) == 0 && start.elapsed() < crate::wire::SPIN {
-                    std::thread::yield_now();
-                }
-                state = self.lock();
-                continue;
-            }
-            state = self.work_ready.wait(state).unwrap_or_else(|e| e.into_inner());
+impl<B: Backend> Shared<B> {
+    pub(crate) fn new(config: Config, locked: B::Locked, backend: B) -> Shared<B> {
+        let n = config.workers;
+        Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                terminating: false,
+                joinable: Vec::new(),
+                mode: locked,
+            }),
+            slots: (0..n)
+                .map(|_| Mutex::new(SlotStats { unit: None, tid: None, tasks_done: 0, restarts: 0 }))
+                .collect(),
+            queued: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            backend,
+            config,
         }
     }
 
-    /// Put a job back at the front (a retry after its worker died).
-    pub(crate) fn requeue(&self, job: Job) {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<B>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn slot(&self, index: usize) -> MutexGuard<'_, SlotStats> {
+        self.slots[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue `job` under the held lock (at the front for `front`: retries
+    /// and map items that must run again go before new work) and wake a
+    /// worker; a closed pool resolves it `Closed` instead.
+    pub(crate) fn push(&self, mut state: MutexGuard<'_, State<B>>, job: Job<B::Work>, front: bool) {
+        if state.closed {
+            drop(state);
+            job.completion.resolve_err(Error::Closed);
+            return;
+        }
+        if front {
+            state.queue.push_front(job);
+        } else {
+            state.queue.push_back(job);
+        }
+        self.queued.store(state.queue.len(), Ordering::SeqCst);
+        B::queued(self, state);
+    }
+
+    /// Put a job back at the front (a retry after its worker died), even
+    /// while the pool closes: it was submitted before.
+    pub(crate) fn requeue(&self, job: Job<B::Work>) {
         let mut state = self.lock();
         state.queue.push_front(job);
         self.queued.store(state.queue.len(), Ordering::SeqCst);
-        lanes::wake_one_parked(self);
-        drop(state);
-        self.work_ready.notify_one();
+        B::queued(self, state);
+    }
+
+    /// Finish every submitted task, then stop the workers and wait for them.
+    pub(crate) fn shutdown(&self) {
+        self.lock().closed = true;
+        B::wake_all(self);
+        self.join_workers();
+    }
+
+    /// Stop now: queued and running tasks resolve `Cancelled`.
+    pub(crate) fn terminate(&self) {
+        let (queued, running) = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.terminating = true;
+            let queued: Vec<_> = state.queue.drain(..).collect();
+            self.queued.store(0, Ordering::SeqCst);
+            (queued, B::take_running(&mut state))
+        };
+        for job in queued {
+            job.completion.resolve_err(Error::Cancelled);
+        }
+        for completion in running {
+            completion.resolve_err(Error::Cancelled);
+        }
+        B::wake_all(self);
+        self.join_workers();
+    }
+
+    fn join_workers(&self) {
+        let me = std::thread::current().id();
+        loop {
+            let batch: Vec<_> = std::mem::take(&mut self.lock().joinable);
+            if batch.is_empty() {
+                break;
+            }
+            for (_, handle) in batch {
+                // A task that shuts down its own pool cannot wait for itself.
+                if handle.thread().id() != me {
+                    let _ = handle.join();
+                }
+            }
+        }
     }
 }

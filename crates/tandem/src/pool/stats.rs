@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::backend::Backend;
 use super::shared::Shared;
 use crate::UnitId;
 
@@ -47,7 +48,7 @@ pub struct PoolStats {
 }
 
 /// A snapshot of every slot of `shared`.
-pub(crate) fn snapshot(shared: &Shared) -> PoolStats {
+pub(crate) fn snapshot<B: Backend>(shared: &Shared<B>) -> PoolStats {
     let workers = (0..shared.config.workers)
         .map(|i| {
             let slot = shared.slot(i).clone();

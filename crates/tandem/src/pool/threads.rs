@@ -5,12 +5,105 @@
 //! moves on, a new thread takes the slot, and the old one exits when its
 //! task returns, its result discarded.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, MutexGuard};
 use std::time::Instant;
 
-use super::handle::Place;
-use super::{Running, Shared, Work};
+use super::backend::Backend;
+use super::handle::{Place, Resolve};
+use super::job::{Job, Running, ThreadWork};
+use super::shared::State;
 use crate::{Error, UnitId};
+
+/// Thread mode's own part of a pool.
+pub(crate) struct Threads {
+    /// Wakes idle pool threads when work is queued.
+    work_ready: Condvar,
+    /// Wakes the time-out supervisor when deadlines change.
+    deadlines_changed: Condvar,
+}
+
+/// What thread mode keeps under the pool's lock, per slot.
+pub(crate) struct Slots {
+    /// Each slot's current generation; a thread whose generation is stale
+    /// was abandoned and exits after its task.
+    generations: Vec<u64>,
+    /// What each slot's thread is running.
+    running: Vec<Option<Running>>,
+}
+
+type Shared = super::shared::Shared<Threads>;
+
+impl Threads {
+    pub(crate) fn new(workers: usize) -> (Threads, Slots) {
+        let threads = Threads { work_ready: Condvar::new(), deadlines_changed: Condvar::new() };
+        (threads, Slots { generations: vec![0; workers], running: (0..workers).map(|_| None).collect() })
+    }
+}
+
+impl Backend for Threads {
+    type Work = ThreadWork;
+    type Locked = Slots;
+
+    fn queued(shared: &Shared, state: MutexGuard<'_, State<Threads>>) {
+        drop(state);
+        shared.backend.work_ready.notify_one();
+    }
+
+    fn wake_all(shared: &Shared) {
+        shared.backend.work_ready.notify_all();
+        shared.backend.deadlines_changed.notify_all();
+    }
+
+    fn take_running(state: &mut State<Threads>) -> Vec<Arc<dyn Resolve>> {
+        let mut running = Vec::new();
+        for slot in 0..state.mode.running.len() {
+            if let Some(r) = state.mode.running[slot].take() {
+                running.push(r.completion);
+                // A busy pool thread cannot be stopped: detach it.
+                state.joinable.retain(|(s, _)| *s != slot);
+            }
+        }
+        for g in state.mode.generations.iter_mut() {
+            *g += 1;
+        }
+        running
+    }
+}
+
+/// The next job for the thread of `slot` at `generation`, or `None` when it
+/// should stop: the pool is closed and drained, it is terminating, or this
+/// thread was abandoned.
+fn next_job(shared: &Shared, slot: usize, generation: u64) -> Option<Job<ThreadWork>> {
+    let mut state = shared.lock();
+    let mut spun = false;
+    loop {
+        if state.mode.generations[slot] != generation || state.terminating {
+            return None;
+        }
+        while let Some(job) = state.queue.pop_front() {
+            shared.queued.store(state.queue.len(), Ordering::SeqCst);
+            if !job.completion.is_resolved() {
+                return Some(job);
+            }
+        }
+        if state.closed {
+            return None;
+        }
+        if !spun {
+            // Look for the next job briefly before sleeping (wire::SPIN).
+            spun = true;
+            drop(state);
+            let start = Instant::now();
+            while shared.queued.load(Ordering::SeqCst) == 0 && start.elapsed() < crate::wire::SPIN {
+                std::thread::yield_now();
+            }
+            state = shared.lock();
+            continue;
+        }
+        state = shared.backend.work_ready.wait(state).unwrap_or_else(|e| e.into_inner());
+    }
+}
 
 pub(crate) fn start(shared: &Arc<Shared>) -> Result<(), Error> {
     for slot in 0..shared.config.workers {
@@ -51,45 +144,45 @@ fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
         .and_then(|init| crate::task::run_here(|f: fn()| f(), init).err())
         .map(|e| format!("the pool's initializer failed in this worker: {e}"));
     let mut done_here = 0u64;
-    while let Some(job) = shared.next_job(slot, Some(generation)) {
+    while let Some(job) = next_job(shared, slot, generation) {
         if let Some(message) = init_error.take() {
             job.completion.resolve_err(Error::Panicked { message });
             continue;
         }
-        let Work::Thread(run) = job.work else { unreachable!("thread pools queue thread work") };
+        let (job, run) = job.with_work(());
         {
             let mut state = shared.lock();
-            if state.generations[slot] != generation {
+            if state.mode.generations[slot] != generation {
                 // Abandoned between taking the job and starting it: give it back.
                 drop(state);
-                shared.requeue(super::Job { work: Work::Thread(run), ..job });
+                shared.requeue(job.with_work(run).0);
                 return;
             }
             let deadline = shared.config.task_timeout.map(|t| Instant::now() + t);
             let clock = job.batch.as_ref().and_then(|b| b.clock.clone());
-            state.running[slot] = Some(Running { deadline, completion: job.completion.clone(), clock });
-            job.control.set(Place::OnThread { slot, generation });
+            state.mode.running[slot] = Some(Running { deadline, completion: job.completion.clone(), clock });
+            job.control.set(Place::OnThread { slot, generation, pool: Arc::downgrade(shared) });
         }
         if job.control.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
             job.completion.resolve_err(Error::Cancelled);
             job.control.set(Place::Finished);
             continue;
         }
-        shared.deadlines_changed.notify_all();
+        shared.backend.deadlines_changed.notify_all();
         let finish = run();
         job.control.set(Place::Finished);
         done_here += 1;
         let mut state = shared.lock();
-        if state.generations[slot] != generation {
+        if state.mode.generations[slot] != generation {
             drop(state);
             finish(); // resolves nothing: the handle already has its outcome
             return; // abandoned while running: the slot has a new thread
         }
-        state.running[slot] = None;
+        state.mode.running[slot] = None;
         shared.slot(slot).tasks_done += 1;
         finish();
         if shared.config.task_timeout.is_some() {
-            shared.deadlines_changed.notify_all();
+            shared.backend.deadlines_changed.notify_all();
         }
         if shared.config.max_tasks_per_worker.is_some_and(|n| done_here >= n) && !state.closed {
             replace(shared, &mut state, slot);
@@ -101,12 +194,12 @@ fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
 /// Give `slot` a new thread of the next generation. The old thread exits
 /// when it sees its generation is stale; it is detached, not joined, since
 /// an abandoned one may still be running a task that never returns.
-fn replace(shared: &Arc<Shared>, state: &mut super::State, slot: usize) {
+fn replace(shared: &Arc<Shared>, state: &mut State<Threads>, slot: usize) {
     state.joinable.retain(|(s, _)| *s != slot);
-    state.generations[slot] += 1;
-    state.running[slot] = None;
+    state.mode.generations[slot] += 1;
+    state.mode.running[slot] = None;
     shared.slot(slot).restarts += 1;
-    match spawn_worker(shared, slot, state.generations[slot]) {
+    match spawn_worker(shared, slot, state.mode.generations[slot]) {
         Ok(handle) => state.joinable.push((slot, handle)),
         Err(e) => eprintln!("tandem pool: could not replace a worker thread: {e}"),
     }
@@ -116,7 +209,7 @@ fn replace(shared: &Arc<Shared>, state: &mut super::State, slot: usize) {
 /// task was cancelled, and start its replacement.
 pub(crate) fn abandon(shared: &Arc<Shared>, slot: usize, generation: u64) {
     let mut state = shared.lock();
-    if state.generations[slot] != generation || state.terminating {
+    if state.mode.generations[slot] != generation || state.terminating {
         return;
     }
     replace(shared, &mut state, slot);
@@ -129,7 +222,7 @@ fn supervise(shared: &Arc<Shared>) {
     let limit = shared.config.task_timeout.expect("a supervisor only with a time limit");
     let mut state = shared.lock();
     loop {
-        if state.closed && state.running.iter().all(Option::is_none) && state.queue.is_empty() {
+        if state.closed && state.mode.running.iter().all(Option::is_none) && state.queue.is_empty() {
             return;
         }
         let now = Instant::now();
@@ -137,17 +230,17 @@ fn supervise(shared: &Arc<Shared>) {
             Some(clock) => clock.item_started().map_or(now + limit, |t| t + limit),
             None => r.deadline.unwrap_or(now + limit),
         };
-        let expired: Vec<usize> = (0..state.running.len())
-            .filter(|&i| state.running[i].as_ref().is_some_and(|r| deadline_of(r) <= now))
+        let expired: Vec<usize> = (0..state.mode.running.len())
+            .filter(|&i| state.mode.running[i].as_ref().is_some_and(|r| deadline_of(r) <= now))
             .collect();
         for slot in expired {
-            if let Some(running) = state.running[slot].take() {
+            if let Some(running) = state.mode.running[slot].take() {
                 let interrupted = match &running.clock {
                     Some(clock) => clock.interrupt(Error::TimedOut),
                     None => running.completion.resolve_err(Error::TimedOut),
                 };
                 if interrupted {
-                    let generation = state.generations[slot];
+                    let generation = state.mode.generations[slot];
                     drop(state);
                     abandon(shared, slot, generation);
                     state = shared.lock();
@@ -155,16 +248,21 @@ fn supervise(shared: &Arc<Shared>) {
             }
         }
         let now = Instant::now();
-        let next = state.running.iter().flatten().map(|r| match &r.clock {
+        let next = state.mode.running.iter().flatten().map(|r| match &r.clock {
             Some(clock) => clock.item_started().map_or(now + limit, |t| t + limit),
             None => r.deadline.unwrap_or(now + limit),
         });
         state = match next.min() {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                shared.deadlines_changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0
+                shared
+                    .backend
+                    .deadlines_changed
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
             }
-            None => shared.deadlines_changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            None => shared.backend.deadlines_changed.wait(state).unwrap_or_else(|e| e.into_inner()),
         };
     }
 }
