@@ -1,60 +1,111 @@
-//! The one backoff policy of the sharing layers: spin, then yield, then
-//! sleep.
+//! The backoff policy of every waiter in tandem: poll, then sleep.
 //!
-//! A waiter in `ipc`, `sync` or `shm` first polls its condition with a busy
-//! spin, then with `sched_yield` between polls, and only then sleeps in the
-//! kernel (a futex, or glibc's robust mutex, which is a futex underneath).
-//! Why: on this kind of machine (see NOTES.md) a sleep and wake-up across
-//! CPUs costs ~66 us, because an idle vCPU halts and the hypervisor must
-//! wake it, while an answer that comes within the spin costs ~0.2 us. The
-//! yields let a peer on the *same* CPU run and answer when there are more
-//! units than CPUs (with 2 producer + 2 consumer processes on 2 CPUs this
-//! beat a longer pure spin: ~1.8 M vs ~1.5 M items/s).
+//! A waiter first polls its condition for a short budget, and only then
+//! sleeps in the kernel (a futex, a condition variable, `poll`, or glibc's
+//! robust mutex). Why: on this kind of machine (see NOTES.md) a sleep and
+//! wake-up across CPUs costs ~66 us, because an idle vCPU halts and the
+//! hypervisor must wake it, while an answer that comes within the poll
+//! costs well under a microsecond. The waking side pays for a wake-up call
+//! only when someone really sleeps: waiters announce themselves only after
+//! the poll.
 //!
-//! The budget is short (about 10-20 us when nothing answers) so a waiter
-//! that will sleep anyway wastes little CPU. The waking side pays for a
-//! wake-up call only when someone really sleeps: waiters announce
-//! themselves only after the spin.
+//! One module, two measured budgets, because two kinds of wait want them:
+//! - [`Backoff::MEMORY`], for a word in shared memory (the queue's ring,
+//!   the locks, `sync`): 32 busy polls, then 20 polls each after a
+//!   `sched_yield`, then sleep. Contended by several units at once (2
+//!   producer + 2 consumer processes on 2 CPUs), a longer poll steals the
+//!   CPU the other units need.
+//! - [`Backoff::ANSWER`], for a peer's answer (a worker's socket, a
+//!   joiner's result, a pool thread's next job): polls each after a
+//!   `sched_yield`, no busy spin, for up to 50 us. A busy spin here let a
+//!   peer on the same CPU wait (and, in a VM, pause-loop exits descheduled
+//!   the spinner): the process round trip went from 5.6-6.8 us to 14-22 us
+//!   and the channel's from 5.4 to 19 us; the 20-yield budget of `MEMORY`
+//!   made answers that take 10-50 us sleep.
 //!
-//! Outside this policy (owned elsewhere, and shaped by time, not count):
-//! `wire`'s socket spin (`wire::SPIN`, polls with `MSG_DONTWAIT` for up to
-//! 50 us) and the pool's waiters, which reuse it. They can move here by
-//! calling [`Backoff::spin_until`].
+//! Measured with `cargo bench -p tandem --bench pool -- round_trip/tandem`
+//! and `--bench sharing -- "round_trip|queue"` (BENCHMARKS.md).
+
+use std::time::{Duration, Instant};
 
 use crate::sys::robust::Spin;
 
-/// The policy: [`Backoff::SPINS`] busy polls, then [`Backoff::YIELDS`]
-/// polls each after a `sched_yield(2)`, then the caller sleeps.
+/// A poll budget: busy polls (`spin_loop` hints), then polls each after a
+/// `sched_yield(2)` until a count or a time is spent; then the caller
+/// sleeps.
 ///
 /// ```ignore
-/// if !Backoff.spin_until(|| word.load(Ordering::Acquire) != seen) {
+/// if !Backoff::MEMORY.spin_until(|| word.load(Ordering::Acquire) != seen) {
 ///     futex::wait(word, seen, deadline)?; // announce first, then sleep
 /// }
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Backoff;
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    spins: u32,
+    yields: Yields,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Yields {
+    Count(u32),
+    For(Duration),
+}
 
 impl Backoff {
-    /// Busy polls (with `spin_loop` hints) before yielding.
-    pub const SPINS: u32 = 32;
-    /// Polls after a `sched_yield(2)` each, before sleeping.
-    pub const YIELDS: u32 = 20;
+    /// For a word in shared memory (see the module docs).
+    pub const MEMORY: Backoff = Backoff { spins: 32, yields: Yields::Count(20) };
+    /// For a peer's answer (see the module docs).
+    pub const ANSWER: Backoff = Backoff { spins: 0, yields: Yields::For(Duration::from_micros(50)) };
 
     /// Poll `ready` until it says `true` (then `true`) or the budget is
     /// spent (`false`: the caller should now sleep in the kernel).
     #[inline]
     pub fn spin_until(&self, mut ready: impl FnMut() -> bool) -> bool {
-        for i in 0..Self::SPINS + Self::YIELDS {
+        let mut spin = self.begin();
+        loop {
             if ready() {
                 return true;
             }
-            if i < Self::SPINS {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+            if !spin.pause() {
+                return ready();
             }
         }
-        ready()
+    }
+
+    /// One wait under this budget, for a waiter whose poll is not a
+    /// closure (it reads a socket, say): call [`Spinner::pause`] between polls.
+    #[inline]
+    pub fn begin(&self) -> Spinner {
+        Spinner { budget: *self, polls: 0, start: None }
+    }
+}
+
+/// One wait under a [`Backoff`].
+#[derive(Debug)]
+pub(crate) struct Spinner {
+    budget: Backoff,
+    polls: u32,
+    start: Option<Instant>,
+}
+
+impl Spinner {
+    /// Pause before the next poll; `false` once the budget is spent.
+    #[inline]
+    pub(crate) fn pause(&mut self) -> bool {
+        self.polls += 1;
+        if self.polls <= self.budget.spins {
+            std::hint::spin_loop();
+            return true;
+        }
+        let more = match self.budget.yields {
+            Yields::Count(n) => self.polls <= self.budget.spins + n,
+            // The clock is read only once yielding begins.
+            Yields::For(limit) => self.start.get_or_insert_with(Instant::now).elapsed() < limit,
+        };
+        if more {
+            std::thread::yield_now();
+        }
+        more
     }
 }
 
@@ -70,17 +121,22 @@ mod tests {
 
     #[test]
     fn stops_as_soon_as_ready_and_gives_up_after_its_budget() {
+        for budget in [Backoff::MEMORY, Backoff::ANSWER] {
+            let mut polls = 0;
+            assert!(budget.spin_until(|| {
+                polls += 1;
+                polls == 3
+            }));
+            assert_eq!(polls, 3);
+        }
         let mut polls = 0;
-        assert!(Backoff.spin_until(|| {
-            polls += 1;
-            polls == 3
-        }));
-        assert_eq!(polls, 3);
-        let mut polls = 0;
-        assert!(!Backoff.spin_until(|| {
+        assert!(!Backoff::MEMORY.spin_until(|| {
             polls += 1;
             false
         }));
-        assert_eq!(polls, Backoff::SPINS + Backoff::YIELDS + 1);
+        assert_eq!(polls, 32 + 20 + 1);
+        let start = Instant::now();
+        assert!(!Backoff::ANSWER.spin_until(|| false));
+        assert!(start.elapsed() >= Duration::from_micros(50));
     }
 }

@@ -13,6 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::backoff::Backoff;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -174,26 +176,11 @@ pub fn send(sock: BorrowedFd<'_>, kind: Kind, parts: &[&[u8]], fds: &[BorrowedFd
     Ok(())
 }
 
-/// How long a waiter polls before it sleeps. A wake-up from sleep costs
-/// tens of microseconds on a virtual machine (NOTES.md: 66 us across CPUs);
-/// an answer that comes within the spin costs well under one. Each poll
-/// yields the CPU, so the peer we wait for can run even on a busy machine.
-pub const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
-
-/// Poll `fds` without sleeping, yielding between tries, for up to [`SPIN`].
-/// True as soon as any of them is ready.
+/// Poll `fds` without sleeping, for the budget of a peer's answer
+/// ([`Backoff::ANSWER`]). True as soon as any of them is ready.
 pub fn spin_until_ready(fds: &mut [PollFd<'_>]) -> bool {
-    let start = Instant::now();
     let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-    loop {
-        if matches!(rustix::event::poll(fds, Some(&zero)), Ok(n) if n > 0) {
-            return true;
-        }
-        if start.elapsed() >= SPIN {
-            return false;
-        }
-        std::thread::yield_now();
-    }
+    Backoff::ANSWER.spin_until(|| matches!(rustix::event::poll(fds, Some(&zero)), Ok(n) if n > 0))
 }
 
 /// Wait until `sock` is readable or `deadline` passes.
@@ -222,15 +209,15 @@ pub fn recv(sock: BorrowedFd<'_>, max_payload: u64, deadline: Option<Instant>) -
     recv_frame(sock, max_payload, deadline, false).map(|frame| frame.expect("only a spin gives up"))
 }
 
-/// Read one frame if its first bytes arrive within [`SPIN`], trying without
-/// sleeping (yielding between tries); `None` if nothing came. A started
+/// Read one frame if its first bytes arrive within the backoff budget
+/// ([`crate::backoff`]), trying without sleeping; `None` if nothing came. A started
 /// frame is read to its end. Trying the read itself, rather than polling
 /// first, saves a system call per frame on the fast path.
 pub fn recv_spinning(sock: BorrowedFd<'_>, max_payload: u64) -> Result<Option<Frame>, RecvError> {
     recv_frame(sock, max_payload, None, true)
 }
 
-/// Read one frame, trying without sleeping for up to [`SPIN`] before
+/// Read one frame, trying without sleeping for the backoff budget before
 /// blocking: for a reader that often finds its next frame within
 /// microseconds, and would otherwise make its peer pay a cross-CPU wake-up.
 pub fn recv_spin_then_block(sock: BorrowedFd<'_>, max_payload: u64) -> Result<Frame, RecvError> {
@@ -247,7 +234,7 @@ fn recv_frame(
     spin: bool,
 ) -> Result<Option<Frame>, RecvError> {
     let flags = if deadline.is_some() { RecvFlags::DONTWAIT } else { RecvFlags::empty() };
-    let spin_start = Instant::now();
+    let mut spinner = Backoff::ANSWER.begin();
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     let mut fds: Vec<OwnedFd> = Vec::new();
@@ -263,10 +250,9 @@ fn recv_frame(
         let got = match rustix::net::recvmsg(sock, &mut iov, &mut control, flags | RecvFlags::CMSG_CLOEXEC) {
             Ok(got) => got,
             Err(rustix::io::Errno::AGAIN) if spinning => {
-                if spin_start.elapsed() >= SPIN {
+                if !spinner.pause() {
                     return Ok(None);
                 }
-                std::thread::yield_now();
                 continue;
             }
             Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,

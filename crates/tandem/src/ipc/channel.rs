@@ -120,7 +120,7 @@ impl<T: Serialize> Sender<T> {
             return Err(SendError::Failed(value, Error::TooLarge { size: encoded.bytes.len() as u64, max }));
         }
         let lock = RobustMutex::at(region, 0);
-        match lock.lock(&Backoff) {
+        match lock.lock(&Backoff::MEMORY) {
             Ok(Acquired::Clean) => {}
             Ok(Acquired::OwnerDied) => {
                 // A sender died holding the lock; if it was mid-frame, the
@@ -229,7 +229,7 @@ impl<T: DeserializeOwned> Receiver<T> {
         // under its lock, so the rest is read without a deadline: giving up
         // halfway would lose the stream's framing. A message often follows
         // within microseconds: try the read for a moment before sleeping, so
-        // a sender on another CPU need not wake this one (`wire::SPIN`).
+        // a sender on another CPU need not wake this one (see `backoff`).
         match wire::recv_spin_then_block(self.sock.as_fd(), self.max) {
             Ok(frame) if frame.kind == Kind::Message => {
                 codec::decode(&frame.payload, frame.fds).map_err(RecvError::Failed)

@@ -31,7 +31,7 @@
 //! be if the getter died a moment after returning.
 //!
 //! Waiting: a blocked unit unlocks, spins and yields a little (the crate's
-//! one policy, [`Backoff`]), then notes
+//! shared-memory budget, [`Backoff::MEMORY`]), then notes
 //! itself in `*_waiting`, reads the sequence word, looks once more and
 //! `futex_wait`s on that word. The other side, after its commit, bumps the
 //! word and wakes *all* sleepers if the count says anyone sleeps: waking
@@ -177,7 +177,7 @@ impl Ring {
         let has_room =
             || tail.load(Ordering::SeqCst).saturating_sub(head.load(Ordering::SeqCst)) < self.capacity;
         loop {
-            mutex.lock(&Backoff)?;
+            mutex.lock(&Backoff::MEMORY)?;
             // Only putters move `tail` (under this lock); `head` only grows.
             let t = tail.load(Ordering::SeqCst);
             if t - head.load(Ordering::SeqCst) < self.capacity {
@@ -204,7 +204,7 @@ impl Ring {
         let tail = self.region.atomic_u64(TAIL);
         let has_item = || tail.load(Ordering::SeqCst) > head.load(Ordering::SeqCst);
         loop {
-            mutex.lock(&Backoff)?;
+            mutex.lock(&Backoff::MEMORY)?;
             // Only getters move `head` (under this lock); `tail` only grows.
             let h = head.load(Ordering::SeqCst);
             if tail.load(Ordering::SeqCst) > h {
@@ -251,7 +251,7 @@ impl Ring {
         deadline: Option<Instant>,
         ready: impl Fn() -> bool,
     ) -> Result<(), RingError> {
-        if Backoff.spin_until(&ready) {
+        if Backoff::MEMORY.spin_until(&ready) {
             return Ok(());
         }
         let seq = self.word(seq_at).load(Ordering::SeqCst);

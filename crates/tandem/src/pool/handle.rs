@@ -73,11 +73,8 @@ impl<R> Completion<R> {
 
     fn wait(&self, limit: Option<Duration>) -> bool {
         // A short task often finishes within microseconds: look before
-        // sleeping on the condition variable (see `wire::SPIN`).
-        let spin_start = Instant::now();
-        while !self.resolved.load(Ordering::SeqCst) && spin_start.elapsed() < crate::wire::SPIN {
-            std::thread::yield_now();
-        }
+        // sleeping on the condition variable (see `backoff`).
+        crate::backoff::Backoff::ANSWER.spin_until(|| self.resolved.load(Ordering::SeqCst));
         let deadline = limit.map(|l| Instant::now() + l);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         while !self.resolved.load(Ordering::SeqCst) {

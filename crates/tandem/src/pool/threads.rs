@@ -13,6 +13,7 @@ use super::backend::Backend;
 use super::handle::{Place, Resolve};
 use super::job::{Job, Running, ThreadWork};
 use super::shared::State;
+use crate::backoff::Backoff;
 use crate::{Error, UnitId};
 
 /// Thread mode's own part of a pool.
@@ -91,13 +92,10 @@ fn next_job(shared: &Shared, slot: usize, generation: u64) -> Option<Job<ThreadW
             return None;
         }
         if !spun {
-            // Look for the next job briefly before sleeping (wire::SPIN).
+            // Look for the next job briefly before sleeping (`backoff`).
             spun = true;
             drop(state);
-            let start = Instant::now();
-            while shared.queued.load(Ordering::SeqCst) == 0 && start.elapsed() < crate::wire::SPIN {
-                std::thread::yield_now();
-            }
+            Backoff::ANSWER.spin_until(|| shared.queued.load(Ordering::SeqCst) != 0);
             state = shared.lock();
             continue;
         }

@@ -52,7 +52,7 @@ fn wake_all(word: &AtomicU32) {
 /// reading `waiters`, and we count ourselves before the kernel compares
 /// `word`, so no wake-up is missed. `false` once the deadline passed.
 fn wait_on(word: &AtomicU32, seq: u32, waiters: Option<&AtomicU32>, deadline: Option<Instant>) -> bool {
-    if Backoff.spin_until(|| word.load(Ordering::Acquire) != seq) {
+    if Backoff::MEMORY.spin_until(|| word.load(Ordering::Acquire) != seq) {
         return true;
     }
     if let Some(w) = waiters {

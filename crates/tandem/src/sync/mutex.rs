@@ -100,7 +100,7 @@ impl<T: Plain> Mutex<T> {
     /// assert_eq!(*m.lock().unwrap(), 2);
     /// ```
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
-        let locked = LockedValue::lock(&self.region, 0, value_at::<T>(), &Backoff)
+        let locked = LockedValue::lock(&self.region, 0, value_at::<T>(), &Backoff::MEMORY)
             .unwrap_or_else(|e| panic!("locking a tandem::sync::Mutex failed: {e}"));
         self.guard(locked)
     }

@@ -17,7 +17,7 @@ use super::shm::Region;
 
 /// How a locker spends the moments before it sleeps in the kernel: poll
 /// `ready` until it says `true` (then return `true`) or the budget is spent
-/// (`false`). The crate's one policy, `crate::backoff::Backoff`, implements
+/// (`false`). The crate's policy, `crate::backoff::Backoff::MEMORY`, implements
 /// it; it is passed in so that this layer depends on nothing above it.
 pub trait Spin {
     /// Poll `ready` within the budget; whether it said `true`.
