@@ -67,7 +67,7 @@ impl Backoff {
                 return true;
             }
             if !spin.pause() {
-                return ready();
+                return false;
             }
         }
     }
