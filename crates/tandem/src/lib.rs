@@ -17,9 +17,9 @@
 //! to `R`, both `Serialize + DeserializeOwned + Send + 'static`.
 //!
 //! Layers, bottom up: `sys` (all `unsafe`: fork, the before-main hook, code
-//! pointers), `wire` (frames with descriptors), `codec` (postcard),
-//! `launch`/`forkserver`/`child`/`reaper` (worker processes), `worker` (the
-//! loop inside one), and the public units on top.
+//! pointers), `wire` (frames with descriptors), `codec` (postcard), `child`
+//! (a child process and its reaper), `launch` (the start methods), `worker`
+//! (the loop inside a worker process), and the public units on top.
 //!
 //! # Cargo features
 //!
@@ -47,11 +47,9 @@ pub mod chaos;
 mod child;
 mod codec;
 mod error;
-mod forkserver;
 pub mod ipc;
 mod launch;
 mod pool;
-mod reaper;
 mod shared;
 pub mod shm;
 pub mod sync;
@@ -65,6 +63,12 @@ mod worker;
 pub use error::{Error, signal_name};
 pub use pool::{Map, MapUnordered, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats};
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
+
+// The before-`main` hook: `sys` holds the ELF constructor but names nothing
+// above it, so the worker's entry point is handed down here, at compile time
+// (see `sys::bootstrap::run_before_main`). A re-executed worker thus takes
+// over before `main`, and before libtest's `main` under `cargo test`.
+sys::bootstrap::run_before_main!(worker::run_if_worker);
 
 /// Make this process ready for tandem: call it first thing in `main`.
 ///
@@ -87,7 +91,6 @@ pub mod thread {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use crate::unit::thread::ThreadUnit;
     use crate::{Error, JoinHandle};
 
     /// Run `f(arg)` on a new OS thread. The argument is moved, not serialized.
@@ -101,7 +104,7 @@ pub mod thread {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        Ok(JoinHandle::from_thread(ThreadUnit::start(arg, f)?))
+        JoinHandle::thread(arg, f)
     }
 }
 
@@ -110,8 +113,7 @@ pub mod process {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use crate::unit::process::ProcessUnit;
-    use crate::worker::WorkerConfig;
+    use crate::launch::WorkerConfig;
     use crate::{Error, JoinHandle, StartMethod};
 
     /// Run `f(arg)` in a new OS process started by re-executing this binary.
@@ -195,8 +197,7 @@ pub mod process {
             A: Serialize + DeserializeOwned + Send + 'static,
             R: Serialize + DeserializeOwned + Send + 'static,
         {
-            let worker = crate::launch::start(self.method, self.config)?;
-            Ok(JoinHandle::from_process(ProcessUnit::start(worker, self.config, &arg, f)?))
+            JoinHandle::process(self.method, self.config, arg, f)
         }
     }
 }

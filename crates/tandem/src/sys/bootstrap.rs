@@ -33,16 +33,42 @@ pub const TOKEN_LEN: usize = 16;
 /// How long a starting worker waits for its parent's token.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-#[used]
-#[unsafe(link_section = ".init_array")]
-// SAFETY (of the attribute): `.init_array` entries are called by the dynamic
-// loader with the C ABI before `main`; `before_main` has that ABI and takes no
-// arguments it would misread (extra register arguments are ignored).
-static BEFORE_MAIN: extern "C" fn() = before_main;
-
-extern "C" fn before_main() {
-    crate::worker::run_if_worker();
+/// Register `$entry`, a `fn()` of the layer above, to run before `main` in
+/// every process of this executable: an ELF `.init_array` entry (an ELF
+/// constructor), which the dynamic loader calls before `main` and before
+/// libtest or the user's code runs (`ld.so(8)`).
+///
+/// This layer never calls up: it does not name the worker loop. The crate
+/// root invokes this macro with the worker's entry point, and the expansion
+/// there is a `#[used]` static, placed in `.init_array` at link time,
+/// holding a C-ABI function that calls `$entry`. So the entry is handed down
+/// as a function pointer fixed at compile time: it is in place before
+/// `main`, which a registration made at run time (from `main` or `init`)
+/// could not be. `#[used]` keeps the static although nothing refers to it.
+///
+/// The attribute is the only unsafe part, so it lives here with its
+/// soundness argument, and the expansion allows `unsafe_code` for that item
+/// alone; the entry itself is an ordinary safe Rust function.
+macro_rules! run_before_main {
+    ($entry:path) => {
+        #[used]
+        #[allow(unsafe_code)]
+        // only the attribute below, argued where the macro is defined
+        // SAFETY (of the attribute): `.init_array` entries are called by the
+        // dynamic loader with the C ABI before `main`; the function stored
+        // here has that ABI and takes no arguments it would misread (extra
+        // register arguments are ignored). It must not unwind, and an
+        // `extern "C"` function aborts instead of unwinding.
+        #[unsafe(link_section = ".init_array")]
+        static BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn before_main() {
+                $entry()
+            }
+            before_main
+        };
+    };
 }
+pub(crate) use run_before_main;
 
 /// A worker's channel to its parent, proven to come from that parent.
 pub struct ParentLink {

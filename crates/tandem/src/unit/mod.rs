@@ -9,6 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::launch::WorkerConfig;
+// Defined beside the start methods (`launch`), public here.
+pub use crate::launch::StartMethod;
 
 /// Where a unit of work runs.
 ///
@@ -24,22 +27,6 @@ pub enum Mode {
     Thread,
     /// An OS process: isolated, values serialized, a crash harms only it.
     Process,
-}
-
-/// How a process unit starts, like Python's start methods.
-///
-/// ```
-/// use tandem::StartMethod;
-/// assert_eq!(StartMethod::default(), StartMethod::Spawn);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum StartMethod {
-    /// Re-execute the running binary; nothing is inherited but what is sent.
-    #[default]
-    Spawn,
-    /// Fork from a single-threaded template process started once: much
-    /// faster starts, and still nothing inherited from the caller's threads.
-    ForkServer,
 }
 
 /// Which OS unit ran (or runs) a task.
@@ -152,16 +139,32 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     match mode {
-        Mode::Thread => crate::thread::spawn(arg, f),
-        Mode::Process => crate::process::spawn(arg, f),
+        Mode::Thread => JoinHandle::thread(arg, f),
+        Mode::Process => JoinHandle::process(StartMethod::default(), WorkerConfig::default(), arg, f),
     }
 }
 
-impl<R> JoinHandle<R> {
-    pub(crate) fn from_thread(t: thread::ThreadUnit<R>) -> Self {
-        JoinHandle { inner: Inner::Thread(t) }
+impl<R: Serialize + DeserializeOwned + Send + 'static> JoinHandle<R> {
+    /// Run `f(arg)` on a new thread (`tandem::thread::spawn`).
+    pub(crate) fn thread<A>(arg: A, f: fn(A) -> R) -> Result<Self, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Ok(JoinHandle { inner: Inner::Thread(thread::ThreadUnit::start(arg, f)?) })
     }
-    pub(crate) fn from_process(p: process::ProcessUnit<R>) -> Self {
-        JoinHandle { inner: Inner::Process(p) }
+
+    /// Start a worker by `method` with `config` and run `f(arg)` in it
+    /// (`tandem::process::Builder::spawn`).
+    pub(crate) fn process<A>(
+        method: StartMethod,
+        config: WorkerConfig,
+        arg: A,
+        f: fn(A) -> R,
+    ) -> Result<Self, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let unit = process::ProcessUnit::launch(method, config, &arg, f)?;
+        Ok(JoinHandle { inner: Inner::Process(unit) })
     }
 }
