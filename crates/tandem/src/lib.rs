@@ -87,6 +87,11 @@ pub fn init() {
 }
 
 /// Threads: the `threading.Thread` analogue.
+///
+/// ```
+/// let h = tandem::thread::spawn(3u8, |x| x * 3).unwrap();
+/// assert_eq!(h.join().unwrap(), 9);
+/// ```
 pub mod thread {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
@@ -109,6 +114,13 @@ pub mod thread {
 }
 
 /// Processes: the `multiprocessing.Process` analogue.
+///
+/// ```
+/// tandem::init();
+/// let h = tandem::process::spawn(3u8, |x| x * 3).unwrap();
+/// assert_ne!(h.id(), tandem::UnitId::Process(std::process::id()));
+/// assert_eq!(h.join().unwrap(), 9);
+/// ```
 pub mod process {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
@@ -151,11 +163,26 @@ pub mod process {
     impl Builder {
         /// Default settings: [`StartMethod::Spawn`], no memory limit, 1 GiB
         /// largest message.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let h = tandem::process::Builder::new().spawn(1u8, |x| x + 1).unwrap();
+        /// assert_eq!(h.join().unwrap(), 2);
+        /// ```
         pub fn new() -> Builder {
             Builder::default()
         }
 
         /// How the process starts.
+        ///
+        /// ```
+        /// use tandem::StartMethod;
+        /// tandem::init();
+        /// for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        ///     let h = tandem::process::Builder::new().start_method(method).spawn(1u8, |x| x + 1).unwrap();
+        ///     assert_eq!(h.join().unwrap(), 2);
+        /// }
+        /// ```
         pub fn start_method(mut self, method: StartMethod) -> Builder {
             self.method = method;
             self
@@ -163,6 +190,15 @@ pub mod process {
 
         /// Cap the process's address space at `bytes` (RLIMIT_AS). A task
         /// that allocates past it dies, and the error names the limit.
+        ///
+        /// ```
+        /// use tandem::Error;
+        /// tandem::init();
+        /// let limited = tandem::process::Builder::new().memory_limit(256 << 20);
+        /// let h = limited.spawn((), |()| vec![1u8; 1 << 30].len()).unwrap();
+        /// let Err(e @ Error::WorkerDied { .. }) = h.join() else { panic!("allocated past the limit") };
+        /// assert!(e.to_string().contains("memory limit of 268435456 bytes"));
+        /// ```
         pub fn memory_limit(mut self, bytes: u64) -> Builder {
             self.config.memory_limit = bytes;
             self
@@ -170,6 +206,13 @@ pub mod process {
 
         /// The largest argument or result accepted, in bytes (default 1 GiB).
         /// A bigger message is refused without being allocated.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let small = tandem::process::Builder::new().max_message_size(1024);
+        /// assert_eq!(small.spawn((), |()| vec![0u8; 10]).unwrap().join().unwrap().len(), 10);
+        /// assert!(small.spawn((), |()| vec![0u8; 4096]).unwrap().join().is_err());
+        /// ```
         pub fn max_message_size(mut self, bytes: u64) -> Builder {
             self.config.max_message = bytes;
             self
@@ -192,6 +235,14 @@ pub mod process {
         }
 
         /// Start the process and run `f(arg)` in it.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let builder = tandem::process::Builder::new();
+        /// let handles: Vec<_> = (0..3u64).map(|i| builder.spawn(i, |x| x * 10).unwrap()).collect();
+        /// let results: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        /// assert_eq!(results, [0, 10, 20]);
+        /// ```
         pub fn spawn<A, R>(&self, arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
         where
             A: Serialize + DeserializeOwned + Send + 'static,
