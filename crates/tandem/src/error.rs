@@ -17,11 +17,27 @@ use std::io;
 pub enum Error {
     /// The task panicked; the unit that ran it survives (a process worker
     /// catches the panic and goes on).
+    ///
+    /// ```
+    /// use tandem::{Error, Mode};
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, (), |()| -> u8 { panic!("no luck") }).unwrap();
+    /// let Err(Error::Panicked { message }) = h.join() else { panic!() };
+    /// assert!(message.contains("no luck"));
+    /// ```
     Panicked {
         /// The panic's message.
         message: String,
     },
     /// The unit running the task died: killed by a signal or exited.
+    ///
+    /// ```
+    /// use tandem::{Error, Mode};
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, (), |()| -> u8 { std::process::exit(3) }).unwrap();
+    /// let Err(Error::WorkerDied { code, signal, .. }) = h.join() else { panic!() };
+    /// assert_eq!((code, signal), (Some(3), None));
+    /// ```
     #[non_exhaustive]
     WorkerDied {
         /// The signal that killed it, if one did.
@@ -40,19 +56,74 @@ pub enum Error {
         memory_limit: Option<u64>,
     },
     /// The task ran past its time limit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tandem::{Error, Mode};
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, (), |()| std::thread::sleep(Duration::from_secs(60))).unwrap();
+    /// assert!(matches!(h.join_timeout(Duration::from_millis(10)), Err(Error::TimedOut)));
+    /// ```
     TimedOut,
     /// The task was cancelled before it finished.
+    ///
+    /// ```
+    /// use tandem::Error;
+    /// assert!(Error::Cancelled.to_string().contains("cancelled"));
+    /// ```
     Cancelled,
     /// An argument or result could not be serialized or deserialized.
+    ///
+    /// ```
+    /// use tandem::Error;
+    /// tandem::init();
+    /// #[derive(Debug, serde::Deserialize)]
+    /// struct Refuses;
+    /// impl serde::Serialize for Refuses {
+    ///     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+    ///         Err(serde::ser::Error::custom("Refuses refuses"))
+    ///     }
+    /// }
+    /// let result = tandem::process::spawn((), |()| Refuses).unwrap().join();
+    /// assert!(matches!(result, Err(Error::Codec(_))), "{result:?}");
+    /// ```
     Codec(String),
     /// The pool was shut down.
+    ///
+    /// ```
+    /// use tandem::{Error, Pool};
+    /// let pool = Pool::builder().workers(1).build().unwrap();
+    /// pool.shutdown();
+    /// assert!(matches!(pool.submit(1u8, |x| x).join(), Err(Error::Closed)));
+    /// ```
     Closed,
     /// The operation does not exist in this mode.
+    ///
+    /// ```
+    /// use tandem::Error;
+    /// let h = tandem::thread::spawn((), |()| ()).unwrap();
+    /// assert!(matches!(h.kill(), Err(Error::Unsupported(_))));
+    /// ```
     Unsupported(&'static str),
     /// An OS call failed.
+    ///
+    /// ```
+    /// use tandem::Error;
+    /// let e = Error::from(std::io::Error::from_raw_os_error(24)); // EMFILE
+    /// assert!(matches!(&e, Error::Io(io) if io.raw_os_error() == Some(24)));
+    /// assert!(std::error::Error::source(&e).is_some());
+    /// ```
     Io(io::Error),
     /// A message or queue item is bigger than the limit set for it; refused
     /// on the sending side, before anything was sent.
+    ///
+    /// ```
+    /// use tandem::Error;
+    /// use tandem::ipc::SendError;
+    /// let (tx, _rx) = tandem::ipc::channel_with_max_message::<Vec<u8>>(64).unwrap();
+    /// let Err(SendError::Failed(_, Error::TooLarge { size, max })) = tx.send(vec![0; 100]) else { panic!() };
+    /// assert!(size > max && max == 64);
+    /// ```
     TooLarge {
         /// Its size in bytes, serialized.
         size: u64,
@@ -62,6 +133,23 @@ pub enum Error {
     /// A shared object can no longer work because a unit using it died
     /// (a barrier party was killed before arriving, a channel sender was
     /// killed in the middle of a message).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tandem::Error;
+    /// use tandem::sync::{Barrier, Event};
+    /// tandem::init();
+    /// let (barrier, attached) = (Barrier::new(2).unwrap(), Event::new().unwrap());
+    /// let party = tandem::process::spawn((barrier.clone(), attached.clone()), |(_b, attached)| {
+    ///     attached.set(); // it holds the barrier now
+    ///     std::thread::sleep(Duration::from_secs(60));
+    /// });
+    /// let party = party.unwrap();
+    /// attached.wait();
+    /// party.kill().unwrap(); // it will never arrive
+    /// assert!(matches!(barrier.wait(), Err(Error::Broken(_))));
+    /// let _ = party.join();
+    /// ```
     Broken(String),
 }
 

@@ -70,8 +70,8 @@ fn done(frame: Frame) -> Option<u64> {
 /// server's Exited report: the other fixed layouts a process reads.
 pub fn fixed_layouts(payload: &[u8]) {
     let _ = crate::task::parse_task(payload);
-    let _ = crate::worker::WorkerConfig::from_bytes(payload);
-    let _ = crate::forkserver::parse_exited(payload);
+    let _ = crate::launch::WorkerConfig::from_bytes(payload);
+    let _ = crate::launch::template::parse_exited(payload);
 }
 
 /// Decode `bytes` as task arguments of several types, including shareable

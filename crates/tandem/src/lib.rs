@@ -17,9 +17,9 @@
 //! to `R`, both `Serialize + DeserializeOwned + Send + 'static`.
 //!
 //! Layers, bottom up: `sys` (all `unsafe`: fork, the before-main hook, code
-//! pointers), `wire` (frames with descriptors), `codec` (postcard),
-//! `launch`/`forkserver`/`child`/`reaper` (worker processes), `worker` (the
-//! loop inside one), and the public units on top.
+//! pointers), `wire` (frames with descriptors), `codec` (postcard), `child`
+//! (a child process and its reaper), `launch` (the start methods), `worker`
+//! (the loop inside a worker process), and the public units on top.
 //!
 //! # Cargo features
 //!
@@ -47,11 +47,9 @@ pub mod chaos;
 mod child;
 mod codec;
 mod error;
-mod forkserver;
 pub mod ipc;
 mod launch;
 mod pool;
-mod reaper;
 mod shared;
 pub mod shm;
 pub mod sync;
@@ -65,6 +63,12 @@ mod worker;
 pub use error::{Error, signal_name};
 pub use pool::{Map, MapUnordered, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats};
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
+
+// The before-`main` hook: `sys` holds the ELF constructor but names nothing
+// above it, so the worker's entry point is handed down here, at compile time
+// (see `sys::bootstrap::run_before_main`). A re-executed worker thus takes
+// over before `main`, and before libtest's `main` under `cargo test`.
+sys::bootstrap::run_before_main!(worker::run_if_worker);
 
 /// Make this process ready for tandem: call it first thing in `main`.
 ///
@@ -83,11 +87,15 @@ pub fn init() {
 }
 
 /// Threads: the `threading.Thread` analogue.
+///
+/// ```
+/// let h = tandem::thread::spawn(3u8, |x| x * 3).unwrap();
+/// assert_eq!(h.join().unwrap(), 9);
+/// ```
 pub mod thread {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use crate::unit::thread::ThreadUnit;
     use crate::{Error, JoinHandle};
 
     /// Run `f(arg)` on a new OS thread. The argument is moved, not serialized.
@@ -101,17 +109,23 @@ pub mod thread {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        Ok(JoinHandle::from_thread(ThreadUnit::start(arg, f)?))
+        JoinHandle::thread(arg, f)
     }
 }
 
 /// Processes: the `multiprocessing.Process` analogue.
+///
+/// ```
+/// tandem::init();
+/// let h = tandem::process::spawn(3u8, |x| x * 3).unwrap();
+/// assert_ne!(h.id(), tandem::UnitId::Process(std::process::id()));
+/// assert_eq!(h.join().unwrap(), 9);
+/// ```
 pub mod process {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use crate::unit::process::ProcessUnit;
-    use crate::worker::WorkerConfig;
+    use crate::launch::WorkerConfig;
     use crate::{Error, JoinHandle, StartMethod};
 
     /// Run `f(arg)` in a new OS process started by re-executing this binary.
@@ -149,11 +163,26 @@ pub mod process {
     impl Builder {
         /// Default settings: [`StartMethod::Spawn`], no memory limit, 1 GiB
         /// largest message.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let h = tandem::process::Builder::new().spawn(1u8, |x| x + 1).unwrap();
+        /// assert_eq!(h.join().unwrap(), 2);
+        /// ```
         pub fn new() -> Builder {
             Builder::default()
         }
 
         /// How the process starts.
+        ///
+        /// ```
+        /// use tandem::StartMethod;
+        /// tandem::init();
+        /// for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        ///     let h = tandem::process::Builder::new().start_method(method).spawn(1u8, |x| x + 1).unwrap();
+        ///     assert_eq!(h.join().unwrap(), 2);
+        /// }
+        /// ```
         pub fn start_method(mut self, method: StartMethod) -> Builder {
             self.method = method;
             self
@@ -161,6 +190,15 @@ pub mod process {
 
         /// Cap the process's address space at `bytes` (RLIMIT_AS). A task
         /// that allocates past it dies, and the error names the limit.
+        ///
+        /// ```
+        /// use tandem::Error;
+        /// tandem::init();
+        /// let limited = tandem::process::Builder::new().memory_limit(256 << 20);
+        /// let h = limited.spawn((), |()| vec![1u8; 1 << 30].len()).unwrap();
+        /// let Err(e @ Error::WorkerDied { .. }) = h.join() else { panic!("allocated past the limit") };
+        /// assert!(e.to_string().contains("memory limit of 268435456 bytes"));
+        /// ```
         pub fn memory_limit(mut self, bytes: u64) -> Builder {
             self.config.memory_limit = bytes;
             self
@@ -168,6 +206,13 @@ pub mod process {
 
         /// The largest argument or result accepted, in bytes (default 1 GiB).
         /// A bigger message is refused without being allocated.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let small = tandem::process::Builder::new().max_message_size(1024);
+        /// assert_eq!(small.spawn((), |()| vec![0u8; 10]).unwrap().join().unwrap().len(), 10);
+        /// assert!(small.spawn((), |()| vec![0u8; 4096]).unwrap().join().is_err());
+        /// ```
         pub fn max_message_size(mut self, bytes: u64) -> Builder {
             self.config.max_message = bytes;
             self
@@ -190,13 +235,20 @@ pub mod process {
         }
 
         /// Start the process and run `f(arg)` in it.
+        ///
+        /// ```
+        /// tandem::init();
+        /// let builder = tandem::process::Builder::new();
+        /// let handles: Vec<_> = (0..3u64).map(|i| builder.spawn(i, |x| x * 10).unwrap()).collect();
+        /// let results: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        /// assert_eq!(results, [0, 10, 20]);
+        /// ```
         pub fn spawn<A, R>(&self, arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
         where
             A: Serialize + DeserializeOwned + Send + 'static,
             R: Serialize + DeserializeOwned + Send + 'static,
         {
-            let worker = crate::launch::start(self.method, self.config)?;
-            Ok(JoinHandle::from_process(ProcessUnit::start(worker, self.config, &arg, f)?))
+            JoinHandle::process(self.method, self.config, arg, f)
         }
     }
 }

@@ -1,10 +1,20 @@
 //! The worker side: what a process started by tandem does instead of `main`.
+//!
+//! [`run_if_worker`] is the entry point: the crate root hands it down to
+//! `sys::bootstrap`'s before-`main` hook and calls it from `init()`. A worker
+//! runs tasks ([`serve`]) or, if its first message says so, becomes the
+//! fork-server template (`launch::template`), to which it hands [`serve`]
+//! for the workers the template forks.
 
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::batch;
+// Re-exported for the pool's imports; the settings are defined beside the
+// start methods that send them.
+pub(crate) use crate::launch::WorkerConfig;
+use crate::launch::template;
 use crate::sys::bootstrap::{self, Claim, ParentLink};
 use crate::sys::{code, fork, signal};
 use crate::task::{self, Invocation, Outcome, Trampoline};
@@ -16,7 +26,8 @@ const EXIT_PARENT_GONE: i32 = 70;
 const EXIT_PROTOCOL: i32 = 71;
 
 /// Become a worker if this process was started as one; otherwise return at
-/// once. Runs before `main` (see `sys::bootstrap`) and again from `init()`.
+/// once. Runs before `main` (the crate root registers it with
+/// `sys::bootstrap`'s hook) and again from `init()`.
 pub(crate) fn run_if_worker() {
     static CLAIMED: AtomicBool = AtomicBool::new(false);
     if CLAIMED.swap(true, Ordering::SeqCst) {
@@ -49,47 +60,13 @@ fn finish(code: i32) -> ! {
 
 fn first_message(link: ParentLink) -> i32 {
     match wire::recv(link.socket.as_fd(), wire::DEFAULT_MAX_MESSAGE, None) {
-        Ok(frame) if frame.kind == Kind::BecomeForkServer => crate::forkserver::template(link, frame),
+        Ok(frame) if frame.kind == Kind::BecomeForkServer => template::run(link, frame, serve),
         Ok(frame) => serve(link, Some(frame)),
         Err(RecvError::Closed) => 0,
         Err(e) => {
             eprintln!("tandem worker: bad first message from the parent: {e}");
             EXIT_PROTOCOL
         }
-    }
-}
-
-/// Worker settings sent in a Config frame.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct WorkerConfig {
-    /// Address-space limit in bytes (RLIMIT_AS); 0 for none.
-    pub memory_limit: u64,
-    /// Largest task message accepted; 0 for the default.
-    pub max_message: u64,
-    /// Set `PR_SET_NO_NEW_PRIVS`: programs the tasks `exec` gain no
-    /// privileges (setuid bits and file capabilities are ignored).
-    pub no_new_privs: bool,
-}
-
-impl WorkerConfig {
-    pub(crate) fn to_bytes(self) -> [u8; 17] {
-        let mut b = [0u8; 17];
-        b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
-        b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
-        b[16] = u8::from(self.no_new_privs);
-        b
-    }
-
-    pub(crate) fn from_bytes(b: &[u8]) -> Option<WorkerConfig> {
-        Some(WorkerConfig {
-            memory_limit: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
-            max_message: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
-            no_new_privs: *b.get(16)? != 0,
-        })
-    }
-
-    pub(crate) fn max_message(self) -> u64 {
-        if self.max_message == 0 { wire::DEFAULT_MAX_MESSAGE } else { self.max_message }
     }
 }
 

@@ -9,12 +9,10 @@ mod common;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use common::Fifo;
+use common::{Fifo, METHODS};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Resource, Rlimit};
-use tandem::{Error, Mode, Pool, StartMethod, UnitId};
-
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
+use tandem::{Error, Mode, Pool, UnitId};
 
 /// Descriptors open now (not counting the one used to list them).
 fn open_now() -> u64 {

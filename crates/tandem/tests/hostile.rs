@@ -16,9 +16,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tandem::{Error, Mode, Pool, StartMethod};
-
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
+use common::METHODS;
+use tandem::{Error, Mode, Pool};
 
 /// Descriptors of this process that are Unix sockets, as numbers.
 fn socket_fds() -> Vec<i32> {

@@ -9,11 +9,11 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::METHODS;
 use serde::{Deserialize, Serialize};
 use tandem::shm::SharedSlice;
 use tandem::{Error, Mode, Pool, StartMethod};
 
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
 const MODES: [Mode; 2] = [Mode::Thread, Mode::Process];
 
 /// With batches of 10: first of a batch (0, 40), last (9, 19, 99), middle

@@ -5,32 +5,28 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use tandem::{Error, StartMethod, UnitId};
+use tandem::{Error, UnitId};
 
 /// Runs in a grandchild: report its pid through the FIFO once its task
 /// runs (so the worker is past its start-up, where a parent found gone is
 /// noticed anyway), then sleep forever.
 fn grandchild(fifo: String) -> u8 {
     std::fs::write(&fifo, format!("{}\n", std::process::id())).unwrap();
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    common::sleep_forever(())
 }
 
 /// Runs in a middle process: start a grandchild that sleeps forever, then
 /// wait to be killed.
 fn middle((fifo, method): (String, u8)) -> u8 {
-    let method = if method == 0 { StartMethod::Spawn } else { StartMethod::ForkServer };
+    let method = common::method(method);
     let grandchild = tandem::process::Builder::new().start_method(method).spawn(fifo, grandchild).unwrap();
     let UnitId::Process(_) = grandchild.id() else { unreachable!() };
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    common::sleep_forever(())
 }
 
 #[test]
 fn killing_the_parent_with_sigkill_takes_its_children_down() {
-    for (index, method) in [StartMethod::Spawn, StartMethod::ForkServer].into_iter().enumerate() {
+    for (index, method) in common::METHODS.into_iter().enumerate() {
         let fifo = std::env::temp_dir().join(format!("tandem-parent-death-{}-{index}", std::process::id()));
         let _ = std::fs::remove_file(&fifo);
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Fifo;
-use tandem::{Error, Mode, Pool, StartMethod, UnitId};
+use tandem::{Error, Mode, Pool, UnitId};
 
 const MODES: [Mode; 2] = [Mode::Thread, Mode::Process];
 
@@ -298,7 +298,7 @@ fn process_pool(workers: usize) -> Pool {
 
 #[test]
 fn a_dead_worker_is_replaced_before_the_next_task_arrives() {
-    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+    for method in common::METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
         let died = pool.submit((), |()| -> u8 { std::process::abort() }).join();
         let Err(Error::WorkerDied { pid: dead, .. }) = died else { panic!("{method:?}: {died:?}") };
@@ -381,7 +381,7 @@ fn died_with(result: Result<u8, Error>) -> (Option<i32>, Option<i32>, String) {
 
 #[test]
 fn a_dead_worker_fails_only_its_own_task() {
-    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+    for method in common::METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(2).start_method(method).build().unwrap();
         let crash = pool.submit((), |()| -> u8 { tandem::chaos::segfault() });
         let others: Vec<_> = (0..40u8).map(|i| pool.submit(i, |x| x)).collect();
@@ -487,7 +487,7 @@ fn a_task_over_the_memory_limit_fails_naming_it_and_the_worker_is_replaced() {
 /// Runs in a middle process: a pool whose two workers are busy, their pids
 /// reported through the FIFO, then wait to be killed.
 fn middle_with_pool((fifo, method): (String, u8)) -> u8 {
-    let method = if method == 0 { StartMethod::Spawn } else { StartMethod::ForkServer };
+    let method = common::method(method);
     let pool = Pool::builder().mode(Mode::Process).workers(2).start_method(method).build().unwrap();
     let started_a = Fifo::new();
     let started_b = Fifo::new();
@@ -495,9 +495,7 @@ fn middle_with_pool((fifo, method): (String, u8)) -> u8 {
     let _b = pool.submit(started_b.path.clone(), announce_then_sleep);
     let pids = format!("{} {}", started_a.wait(), started_b.wait());
     common::signal(&fifo, &pids);
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    common::sleep_forever(())
 }
 
 #[test]

@@ -5,19 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::{METHODS, sleep_forever};
 use serde::{Deserialize, Serialize};
 use tandem::{Error, Mode, StartMethod, UnitId};
 
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
-
 fn process(method: StartMethod) -> tandem::process::Builder {
     tandem::process::Builder::new().start_method(method)
-}
-
-fn sleep_forever(_: ()) -> u8 {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }
 
 #[test]

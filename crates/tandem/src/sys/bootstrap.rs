@@ -33,16 +33,42 @@ pub const TOKEN_LEN: usize = 16;
 /// How long a starting worker waits for its parent's token.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-#[used]
-#[unsafe(link_section = ".init_array")]
-// SAFETY (of the attribute): `.init_array` entries are called by the dynamic
-// loader with the C ABI before `main`; `before_main` has that ABI and takes no
-// arguments it would misread (extra register arguments are ignored).
-static BEFORE_MAIN: extern "C" fn() = before_main;
-
-extern "C" fn before_main() {
-    crate::worker::run_if_worker();
+/// Register `$entry`, a `fn()` of the layer above, to run before `main` in
+/// every process of this executable: an ELF `.init_array` entry (an ELF
+/// constructor), which the dynamic loader calls before `main` and before
+/// libtest or the user's code runs (`ld.so(8)`).
+///
+/// This layer never calls up: it does not name the worker loop. The crate
+/// root invokes this macro with the worker's entry point, and the expansion
+/// there is a `#[used]` static, placed in `.init_array` at link time,
+/// holding a C-ABI function that calls `$entry`. So the entry is handed down
+/// as a function pointer fixed at compile time: it is in place before
+/// `main`, which a registration made at run time (from `main` or `init`)
+/// could not be. `#[used]` keeps the static although nothing refers to it.
+///
+/// The attribute is the only unsafe part, so it lives here with its
+/// soundness argument, and the expansion allows `unsafe_code` for that item
+/// alone; the entry itself is an ordinary safe Rust function.
+macro_rules! run_before_main {
+    ($entry:path) => {
+        #[used]
+        #[allow(unsafe_code)]
+        // only the attribute below, argued where the macro is defined
+        // SAFETY (of the attribute): `.init_array` entries are called by the
+        // dynamic loader with the C ABI before `main`; the function stored
+        // here has that ABI and takes no arguments it would misread (extra
+        // register arguments are ignored). It must not unwind, and an
+        // `extern "C"` function aborts instead of unwinding.
+        #[unsafe(link_section = ".init_array")]
+        static BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn before_main() {
+                $entry()
+            }
+            before_main
+        };
+    };
 }
+pub(crate) use run_before_main;
 
 /// A worker's channel to its parent, proven to come from that parent.
 pub struct ParentLink {
@@ -111,7 +137,7 @@ pub fn claim() -> Claim {
     }
 }
 
-/// Remove the marker so programs the task runs never see it.
+/// Remove the marker so programs the task runs never see it: `unsetenv(3)`.
 fn remove_marker() {
     // Changing the environment races with other threads reading it; only do
     // it while this process has one thread (true before `main`).
@@ -122,6 +148,8 @@ fn remove_marker() {
     }
 }
 
+/// Check standard input and the token that comes on it: `fstat(2)`,
+/// `getsockopt(2)` `SO_PEERCRED` (`unix(7)`), `getppid(2)`, `dup2(2)`.
 fn handshake(hex: &str) -> Result<ParentLink, Failure> {
     let expected = parse_hex(hex).ok_or("the marker is not a token")?;
     // The raw descriptor: std's `Stdin` would set up a buffered reader
@@ -164,7 +192,8 @@ fn handshake(hex: &str) -> Result<ParentLink, Failure> {
 }
 
 /// Read the token, and the lifeline that rides with it, within
-/// [`HANDSHAKE_LIMIT`].
+/// [`HANDSHAKE_LIMIT`]: `poll(2)`, then `recvmsg(2)` with `SCM_RIGHTS`
+/// (`unix(7)`).
 fn read_token(fd: BorrowedFd<'_>) -> Result<([u8; TOKEN_LEN], Option<OwnedFd>), Failure> {
     let deadline = Instant::now() + HANDSHAKE_LIMIT;
     let mut got = [0u8; TOKEN_LEN];
@@ -208,7 +237,8 @@ fn read_token(fd: BorrowedFd<'_>) -> Result<([u8; TOKEN_LEN], Option<OwnedFd>), 
 /// `lifeline` pipe is closed: the pipe signals its owner (`F_SETOWN`) on a
 /// hang-up once `O_ASYNC` is set, with the signal chosen by `F_SETSIG`.
 /// SIGKILL cannot be caught, blocked or ignored, so no task can turn this
-/// off by accident, and no thread has to watch for it.
+/// off by accident, and no thread has to watch for it. `fcntl(2)`
+/// (`F_SETOWN`, `F_SETSIG`, `F_GETFL`/`F_SETFL`).
 fn arm_lifeline(lifeline: &OwnedFd) -> io::Result<()> {
     // Linux's value on every architecture (asm-generic/fcntl.h); the libc
     // crate does not export it.
@@ -230,6 +260,7 @@ fn arm_lifeline(lifeline: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The token from its hex form in the environment; no system call.
 fn parse_hex(hex: &str) -> Option<[u8; TOKEN_LEN]> {
     if hex.len() != TOKEN_LEN * 2 {
         return None;
@@ -251,7 +282,7 @@ pub fn inherit(parent: &ParentLink, socket: OwnedFd) -> ParentLink {
 /// Close every descriptor above standard error but the lifeline: `exec`
 /// keeps descriptors the parent opened without close-on-exec, and a Spawn
 /// worker must inherit nothing but its socket (on standard input at this
-/// point) and the lifeline that came with the token.
+/// point) and the lifeline that came with the token. `close_range(2)`.
 fn close_inherited_descriptors(lifeline: BorrowedFd<'_>) {
     let keep = lifeline.as_raw_fd() as u32;
     // SAFETY: this runs during the handshake, before `main` and before any

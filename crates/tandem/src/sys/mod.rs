@@ -10,7 +10,10 @@
 //!   (`/proc/self/exe`), checked against the executable's text mapping.
 //! - [`bootstrap`]: a hook that runs before `main` so a re-executed binary
 //!   becomes a worker before any test harness or user code runs, and the
-//!   handshake proving the worker's channel came from its parent.
+//!   handshake proving the worker's channel came from its parent. The hook
+//!   is a macro, `bootstrap::run_before_main!`, which the crate root invokes
+//!   with the worker's entry point: this layer never names a module above
+//!   it, not even for that call.
 //! - [`fork`]: `fork(2)` where it is sound (a single-threaded fork-server
 //!   template), and `_exit(2)`.
 //! - [`signal`]: the few process-wide signal settings a worker needs.

@@ -9,6 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::launch::WorkerConfig;
+// Defined beside the start methods (`launch`), public here.
+pub use crate::launch::StartMethod;
 
 /// Where a unit of work runs.
 ///
@@ -24,22 +27,6 @@ pub enum Mode {
     Thread,
     /// An OS process: isolated, values serialized, a crash harms only it.
     Process,
-}
-
-/// How a process unit starts, like Python's start methods.
-///
-/// ```
-/// use tandem::StartMethod;
-/// assert_eq!(StartMethod::default(), StartMethod::Spawn);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum StartMethod {
-    /// Re-execute the running binary; nothing is inherited but what is sent.
-    #[default]
-    Spawn,
-    /// Fork from a single-threaded template process started once: much
-    /// faster starts, and still nothing inherited from the caller's threads.
-    ForkServer,
 }
 
 /// Which OS unit ran (or runs) a task.
@@ -81,6 +68,15 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     ///
     /// A panic comes back as [`Error::Panicked`]; a process that died as
     /// [`Error::WorkerDied`] with its signal or exit code.
+    ///
+    /// ```
+    /// use tandem::{Error, Mode};
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, 4u32, |x| x * x).unwrap();
+    /// assert_eq!(h.join().unwrap(), 16);
+    /// let h = tandem::spawn(Mode::Thread, (), |()| -> u8 { panic!("boom") }).unwrap();
+    /// assert!(matches!(h.join(), Err(Error::Panicked { .. })));
+    /// ```
     pub fn join(self) -> Result<R, Error> {
         match self.inner {
             Inner::Thread(t) => t.join(),
@@ -91,6 +87,16 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     /// Wait at most `limit`. On time-out a process is killed (and reaped);
     /// a thread cannot be killed, so it is left to finish detached. Either
     /// way the result is `Err(Error::TimedOut)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tandem::{Error, Mode};
+    /// tandem::init();
+    /// let slow = tandem::spawn(Mode::Process, (), |()| std::thread::sleep(Duration::from_secs(60))).unwrap();
+    /// assert!(matches!(slow.join_timeout(Duration::from_millis(50)), Err(Error::TimedOut)));
+    /// let quick = tandem::spawn(Mode::Process, 1u8, |x| x + 1).unwrap();
+    /// assert_eq!(quick.join_timeout(Duration::from_secs(30)).unwrap(), 2);
+    /// ```
     pub fn join_timeout(self, limit: Duration) -> Result<R, Error> {
         match self.inner {
             Inner::Thread(t) => t.join_timeout(limit),
@@ -100,6 +106,17 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
 
     /// Kill the unit now: SIGKILL for a process. A thread cannot be killed
     /// safely, so for one this returns `Err(Error::Unsupported)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tandem::{Error, Mode};
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, (), |()| std::thread::sleep(Duration::from_secs(60))).unwrap();
+    /// h.kill().unwrap();
+    /// assert!(matches!(h.join(), Err(Error::WorkerDied { signal: Some(9), .. })));
+    /// let t = tandem::spawn(Mode::Thread, (), |()| ()).unwrap();
+    /// assert!(matches!(t.kill(), Err(Error::Unsupported(_))));
+    /// ```
     pub fn kill(&self) -> Result<(), Error> {
         match &self.inner {
             Inner::Thread(_) => Err(Error::Unsupported("killing a thread (only a process can be killed)")),
@@ -109,6 +126,16 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
 
     /// Whether the task has finished (its result is ready or its unit died).
     /// Never blocks.
+    ///
+    /// ```
+    /// use tandem::Mode;
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, 7u8, |x| x).unwrap();
+    /// while !h.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(h.join().unwrap(), 7); // ready: does not wait
+    /// ```
     pub fn is_finished(&self) -> bool {
         match &self.inner {
             Inner::Thread(t) => t.is_finished(),
@@ -117,6 +144,14 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     }
 
     /// The thread or process running the task.
+    ///
+    /// ```
+    /// use tandem::{Mode, UnitId};
+    /// tandem::init();
+    /// let h = tandem::spawn(Mode::Process, (), |()| std::process::id()).unwrap();
+    /// let UnitId::Process(pid) = h.id() else { unreachable!() };
+    /// assert_eq!(h.join().unwrap(), pid);
+    /// ```
     pub fn id(&self) -> UnitId {
         match &self.inner {
             Inner::Thread(t) => UnitId::Thread(t.id()),
@@ -152,16 +187,32 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     match mode {
-        Mode::Thread => crate::thread::spawn(arg, f),
-        Mode::Process => crate::process::spawn(arg, f),
+        Mode::Thread => JoinHandle::thread(arg, f),
+        Mode::Process => JoinHandle::process(StartMethod::default(), WorkerConfig::default(), arg, f),
     }
 }
 
-impl<R> JoinHandle<R> {
-    pub(crate) fn from_thread(t: thread::ThreadUnit<R>) -> Self {
-        JoinHandle { inner: Inner::Thread(t) }
+impl<R: Serialize + DeserializeOwned + Send + 'static> JoinHandle<R> {
+    /// Run `f(arg)` on a new thread (`tandem::thread::spawn`).
+    pub(crate) fn thread<A>(arg: A, f: fn(A) -> R) -> Result<Self, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Ok(JoinHandle { inner: Inner::Thread(thread::ThreadUnit::start(arg, f)?) })
     }
-    pub(crate) fn from_process(p: process::ProcessUnit<R>) -> Self {
-        JoinHandle { inner: Inner::Process(p) }
+
+    /// Start a worker by `method` with `config` and run `f(arg)` in it
+    /// (`tandem::process::Builder::spawn`).
+    pub(crate) fn process<A>(
+        method: StartMethod,
+        config: WorkerConfig,
+        arg: A,
+        f: fn(A) -> R,
+    ) -> Result<Self, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let unit = process::ProcessUnit::launch(method, config, &arg, f)?;
+        Ok(JoinHandle { inner: Inner::Process(unit) })
     }
 }

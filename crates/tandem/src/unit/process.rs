@@ -11,10 +11,9 @@ use serde::de::DeserializeOwned;
 use crate::Error;
 use crate::child::{self, ChildProcess};
 use crate::codec;
-use crate::launch::Worker;
+use crate::launch::{self, StartMethod, Worker, WorkerConfig};
 use crate::task;
 use crate::wire::{self, Kind, RecvError};
-use crate::worker::WorkerConfig;
 
 /// Dropped unjoined, the unit is detached: its child goes to the reaper (see
 /// `ChildProcess`'s `Drop`) and runs its task to the end; with our end of
@@ -33,6 +32,22 @@ impl<R> ProcessUnit<R> {
 }
 
 impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
+    /// Start a worker by `method`, configured by `config`, and send it the
+    /// task.
+    pub(crate) fn launch<A>(
+        method: StartMethod,
+        config: WorkerConfig,
+        arg: &A,
+        f: fn(A) -> R,
+    ) -> Result<Self, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize,
+    {
+        let worker = launch::start(method, config)?;
+        Self::start(worker, config, arg, f)
+    }
+
     /// Send one task to a fresh worker, then close our writing side so the
     /// worker exits after answering.
     pub(crate) fn start<A>(

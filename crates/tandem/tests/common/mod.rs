@@ -1,10 +1,28 @@
-//! Helpers shared by the integration tests: what the OS says about us.
+//! Helpers shared by the integration tests: the start methods to run
+//! against, and what the OS says about us.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags};
+use tandem::StartMethod;
+
+/// Both start methods, for tests that run against each.
+pub const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
+
+/// The start method at `index` in [`METHODS`], for a task that gets it as a
+/// number (a `StartMethod` is not serializable).
+pub fn method(index: u8) -> StartMethod {
+    METHODS[usize::from(index)]
+}
+
+/// A task (or the rest of one) that sleeps until its unit is killed.
+pub fn sleep_forever(_: ()) -> u8 {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
 
 /// Open descriptors of this process.
 pub fn open_fds() -> usize {

@@ -1,8 +1,9 @@
-//! Starting a worker process, by either start method.
+//! [`StartMethod::Spawn`](super::StartMethod::Spawn): start a worker by
+//! re-executing this binary (`/proc/self/exe`).
 
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -11,35 +12,11 @@ use rustix::net::{
 };
 use rustix::pipe::{PipeFlags, pipe_with};
 
+use super::Worker;
 use crate::Error;
 use crate::child::ChildProcess;
+use crate::child::reaper::REAPER;
 use crate::sys::bootstrap;
-use crate::unit::StartMethod;
-use crate::wire::{self, Kind};
-use crate::worker::WorkerConfig;
-
-/// A started worker process and the parent's end of its socket.
-///
-/// The socket is declared first so it is dropped first: a worker dropped on
-/// an error path sees its connection close and exits, so reaping the child
-/// (which may block when no reaper thread can be started) always ends.
-pub(crate) struct Worker {
-    pub socket: OwnedFd,
-    pub child: ChildProcess,
-}
-
-/// Start a worker by `method` and send it `config`.
-pub(crate) fn start(method: StartMethod, config: WorkerConfig) -> Result<Worker, Error> {
-    let worker = match method {
-        StartMethod::Spawn => reexec()?,
-        StartMethod::ForkServer => crate::forkserver::start_worker()?,
-    };
-    if config != WorkerConfig::default() {
-        wire::send(worker.socket.as_fd(), Kind::Config, &[&config.to_bytes()], &[])
-            .map_err(|e| Error::os("configuring a new worker", e))?;
-    }
-    Ok(worker)
-}
 
 /// Start a worker by re-executing this binary (`/proc/self/exe`) with its
 /// socket on standard input, in a process group of its own.
@@ -48,7 +25,7 @@ pub(crate) fn start(method: StartMethod, config: WorkerConfig) -> Result<Worker,
 /// write end stays here, inside the [`ChildProcess`], and closes when this
 /// process dies or lets the worker go, which kills the worker (see
 /// `sys::bootstrap`).
-pub(crate) fn reexec() -> Result<Worker, Error> {
+pub(crate) fn start() -> Result<Worker, Error> {
     let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
         .map_err(|e| Error::os("creating a socket for a new worker", e))?;
     let (lifeline_theirs, lifeline) = pipe_with(PipeFlags::CLOEXEC)
@@ -67,7 +44,7 @@ pub(crate) fn reexec() -> Result<Worker, Error> {
     let child = command
         .spawn()
         .map_err(|e| Error::os("starting a worker process (re-executing /proc/self/exe)", e))?;
-    let child = ChildProcess::direct(child, lifeline)
+    let child = ChildProcess::direct(child, lifeline, &REAPER)
         .map_err(|e| Error::os("opening a pidfd for a new worker", e))?;
     send_token(ours.as_fd(), &token, lifeline_theirs)
         .map_err(|e| Error::os("sending the token to a new worker", e))?;
@@ -76,7 +53,7 @@ pub(crate) fn reexec() -> Result<Worker, Error> {
 
 /// Send the token and the worker's end of its lifeline, in one message.
 fn send_token(
-    sock: std::os::fd::BorrowedFd<'_>,
+    sock: BorrowedFd<'_>,
     token: &[u8; bootstrap::TOKEN_LEN],
     lifeline: OwnedFd,
 ) -> rustix::io::Result<()> {

@@ -1,26 +1,29 @@
-//! The ForkServer start method: a single-threaded template process, started
-//! once by re-executing this binary, forks every new worker.
+//! [`StartMethod::ForkServer`](super::StartMethod::ForkServer), the parent's
+//! side: a single-threaded template process, started once by re-executing
+//! this binary ([`super::reexec`]), forks every new worker.
 //!
 //! Workers forked from the template inherit nothing of the caller's threads,
 //! locks or open files: the template was exec'd fresh and never starts a
 //! thread. Forked workers are the template's children, so the template reaps
 //! them and reports each exit status on a second socket; a thread in the
-//! parent files those reports in a [`StatusBook`].
+//! parent files those reports in a [`StatusBook`], which is how the
+//! workers' [`ChildProcess`] handles collect them (it is their [`Reap`]).
+//! The template's side is [`super::template`].
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
-use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::Pid;
 
+use super::template::parse_exited;
+use super::{Worker, reexec};
 use crate::Error;
-use crate::child::{ChildProcess, ExitStatus};
-use crate::launch::Worker;
-use crate::sys::bootstrap::{self, ParentLink};
-use crate::sys::fork::{self, Forked};
-use crate::wire::{self, Frame, Kind, RecvError};
+use crate::child::reaper::REAPER;
+use crate::child::{ChildProcess, ExitStatus, Reap, poll_ready};
+use crate::wire::{self, Frame, Kind};
 
 /// Exit statuses of forked workers, as the template reports them.
 pub(crate) struct StatusBook {
@@ -39,7 +42,7 @@ struct BookState {
 impl StatusBook {
     /// Wait for and remove the status of `pid`. If the template died first,
     /// the worker died with it (SIGKILL through its death signal).
-    pub(crate) fn take(&self, pid: u32) -> ExitStatus {
+    fn take(&self, pid: u32) -> ExitStatus {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(status) = state.exits.remove(&pid) {
@@ -55,7 +58,7 @@ impl StatusBook {
     /// Nobody will `take` the status of `pid`: drop it now or when it comes.
     /// The template reports statuses in the order its workers exit, so a
     /// recycled pid's new status always comes after the old one.
-    pub(crate) fn forget(&self, pid: u32) {
+    fn forget(&self, pid: u32) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.exits.remove(&pid).is_none() && !state.template_gone {
             state.unwanted.insert(pid);
@@ -76,6 +79,23 @@ impl StatusBook {
     }
 }
 
+/// A forked worker is the template's child, not ours: its status comes
+/// through the book.
+impl Reap for StatusBook {
+    fn is_parent(&self) -> bool {
+        false
+    }
+
+    fn wait(&self, pid: Pid, pidfd: BorrowedFd<'_>) -> io::Result<ExitStatus> {
+        while !poll_ready(pidfd, None) {}
+        Ok(self.take(pid.as_raw_nonzero().get() as u32))
+    }
+
+    fn forget(&self, pid: Pid) {
+        StatusBook::forget(self, pid.as_raw_nonzero().get() as u32);
+    }
+}
+
 /// The parent's side of a running template.
 struct Server {
     control: Mutex<OwnedFd>,
@@ -87,7 +107,7 @@ static SERVER: Mutex<Option<Arc<Server>>> = Mutex::new(None);
 
 /// Fork a new worker from the template, starting the template on first use
 /// and again if it has died.
-pub(crate) fn start_worker() -> Result<Worker, Error> {
+pub(crate) fn start() -> Result<Worker, Error> {
     let mut last = None;
     for _ in 0..2 {
         let server = {
@@ -118,7 +138,7 @@ pub(crate) fn start_worker() -> Result<Worker, Error> {
 
 impl Server {
     fn start() -> Result<Server, Error> {
-        let template = crate::launch::reexec()?;
+        let template = reexec::start()?;
         // The template inherited the CPU affinity of whichever thread started
         // it, and would pass it to every worker it forks. Give it the
         // process's own (the main thread's) instead.
@@ -169,7 +189,8 @@ impl Server {
         let mut fds = fds.into_iter();
         match (Pid::from_raw(pid as i32), fds.next(), fds.next()) {
             (Some(pid), Some(socket), Some(pidfd)) => {
-                Ok(Worker { child: ChildProcess::forked(pid, pidfd, self.book.clone()), socket })
+                let child = ChildProcess::reported(pid, pidfd, self.book.clone(), &REAPER);
+                Ok(Worker { child, socket })
             }
             _ => {
                 let errno = payload
@@ -178,142 +199,6 @@ impl Server {
                     .unwrap_or(0);
                 Err(Error::os("the fork server could not fork", std::io::Error::from_raw_os_error(errno)))
             }
-        }
-    }
-}
-
-fn exited_payload(pid: u32, status: ExitStatus) -> [u8; 13] {
-    let mut b = [0u8; 13];
-    b[..4].copy_from_slice(&pid.to_le_bytes());
-    let (tag, value) = match (status.signal, status.code) {
-        (Some(sig), _) => (1u8, sig),
-        (None, Some(code)) => (0u8, code),
-        (None, None) => (2u8, 0),
-    };
-    b[4] = tag;
-    b[5..9].copy_from_slice(&value.to_le_bytes());
-    b
-}
-
-pub(crate) fn parse_exited(b: &[u8]) -> Option<(u32, ExitStatus)> {
-    let pid = u32::from_le_bytes(b.get(..4)?.try_into().ok()?);
-    let value = i32::from_le_bytes(b.get(5..9)?.try_into().ok()?);
-    let status = match b.get(4)? {
-        0 => ExitStatus { signal: None, code: Some(value) },
-        1 => ExitStatus { signal: Some(value), code: None },
-        _ => ExitStatus { signal: None, code: None },
-    };
-    Some((pid, status))
-}
-
-/// Inside the template: fork workers on request and report their deaths.
-/// Returns the template's exit code; a forked child instead returns the
-/// exit code of its own worker loop.
-pub(crate) fn template(link: ParentLink, first: Frame) -> i32 {
-    let Some(status_sock) = first.fds.into_iter().next() else {
-        return 71;
-    };
-    // Parse our code ranges once, here, instead of in every forked worker.
-    crate::sys::code::warm();
-    let mut children: Vec<(u32, OwnedFd)> = Vec::new();
-    loop {
-        let (control_ready, exited) = {
-            let mut fds = vec![PollFd::new(&link.socket, PollFlags::IN)];
-            fds.extend(children.iter().map(|(_, pidfd)| PollFd::new(pidfd, PollFlags::IN)));
-            match rustix::event::poll(&mut fds, None) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return 71,
-            }
-            let exited: Vec<usize> =
-                (1..fds.len()).filter(|&i| !fds[i].revents().is_empty()).map(|i| i - 1).collect();
-            (!fds[0].revents().is_empty(), exited)
-        };
-        for index in exited.into_iter().rev() {
-            let (pid, pidfd) = children.swap_remove(index);
-            let status = loop {
-                match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
-                    Ok(Some(status)) => break ExitStatus::from_wait(&status),
-                    Err(rustix::io::Errno::INTR) | Ok(None) => continue,
-                    Err(_) => break ExitStatus { signal: None, code: None },
-                }
-            };
-            let _ = wire::send(status_sock.as_fd(), Kind::Exited, &[&exited_payload(pid, status)], &[]);
-        }
-        if !control_ready {
-            continue;
-        }
-        match wire::recv(link.socket.as_fd(), 64, None) {
-            Ok(frame) if frame.kind == Kind::Fork => match fork_worker(&link) {
-                ForkResult::Parent(pid, pidfd) => children.push((pid, pidfd)),
-                ForkResult::Failed => {}
-                ForkResult::InChild(socket) => {
-                    drop(status_sock);
-                    drop(children);
-                    let child_link = bootstrap::inherit(&link, socket);
-                    drop(link);
-                    // PR_SET_PDEATHSIG (set in fork_worker) ties this worker
-                    // to the template, which dies with the parent (its
-                    // lifeline, see `sys::bootstrap`).
-                    return crate::worker::serve(child_link, None);
-                }
-            },
-            Err(RecvError::Closed) => return 0,
-            _ => return 71,
-        }
-    }
-}
-
-enum ForkResult {
-    Parent(u32, OwnedFd),
-    InChild(OwnedFd),
-    Failed,
-}
-
-fn fork_worker(link: &ParentLink) -> ForkResult {
-    let control = link.socket.as_fd();
-    let refuse = |err: std::io::Error| {
-        let mut payload = [0u8; 8];
-        payload[4..].copy_from_slice(&err.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
-        let _ = wire::send(control, Kind::Forked, &[&payload], &[]);
-        ForkResult::Failed
-    };
-    let (user_end, worker_end) =
-        match socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None) {
-            Ok(pair) => pair,
-            Err(e) => return refuse(e.into()),
-        };
-    let template_pid = rustix::process::getpid();
-    match fork::fork_single_threaded() {
-        Err(e) => refuse(e),
-        Ok(Forked::Child) => {
-            drop(user_end);
-            // Die with the template (which dies with the parent); the check
-            // closes the race where the template died before prctl.
-            let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-            if rustix::process::getppid() != Some(template_pid) {
-                fork::exit_now(70);
-            }
-            // Lead a process group of our own, like a Spawn worker, so a kill
-            // of the worker also reaches what its tasks start (see
-            // `ChildProcess::kill`).
-            let _ = rustix::process::setpgid(None, None);
-            ForkResult::InChild(worker_end)
-        }
-        Ok(Forked::Parent(pid)) => {
-            drop(worker_end);
-            let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-                Ok(fd) => fd,
-                Err(e) => return refuse(e.into()),
-            };
-            let raw = pid.as_raw_nonzero().get() as u32;
-            let sent = pidfd.try_clone().and_then(|copy| {
-                wire::send(control, Kind::Forked, &[&raw.to_le_bytes()], &[user_end.as_fd(), copy.as_fd()])
-            });
-            if sent.is_err() {
-                let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
-            }
-            ForkResult::Parent(raw, pidfd)
         }
     }
 }

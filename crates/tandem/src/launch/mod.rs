@@ -1,0 +1,110 @@
+//! Starting a worker process: the start-method seam.
+//!
+//! A start method is a way to get a new process running tandem's worker
+//! loop with a socket to us. Each one is a submodule that provides
+//!
+//! - `fn start() -> Result<Worker, Error>`: a new worker, as a [`Worker`]:
+//!   the parent's end of a Unix stream socket whose other end the worker
+//!   reads tasks from (`crate::worker::serve` runs there), and a
+//!   [`ChildProcess`] that can kill the worker, wait for it and reap it
+//!   exactly once; dropped unjoined, it goes to the reaper
+//!   ([`crate::child::reaper::REAPER`], handed in here, so the child handle
+//!   names no start method and no reaper);
+//! - a worker that inherits nothing of the caller but that socket, leads a
+//!   process group of its own, and dies with this process however it dies.
+//!
+//! The methods, like Python's:
+//!
+//! - [`reexec`] ([`StartMethod::Spawn`]): re-execute `/proc/self/exe`; the
+//!   worker takes over before `main` (`sys::bootstrap`) and is tied to us by
+//!   a lifeline pipe.
+//! - [`forkserver`] ([`StartMethod::ForkServer`]): ask a single-threaded
+//!   template, itself started once by [`reexec`], to fork one; the
+//!   template's own loop, which runs in that other process, is
+//!   [`template`].
+//!
+//! [`start`] picks the method and sends the worker its [`WorkerConfig`].
+
+pub(crate) mod forkserver;
+pub(crate) mod reexec;
+pub(crate) mod template;
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::Error;
+use crate::child::ChildProcess;
+use crate::wire::{self, Kind};
+
+/// How a process unit starts, like Python's start methods.
+///
+/// ```
+/// use tandem::StartMethod;
+/// assert_eq!(StartMethod::default(), StartMethod::Spawn);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// Re-execute the running binary; nothing is inherited but what is sent.
+    #[default]
+    Spawn,
+    /// Fork from a single-threaded template process started once: much
+    /// faster starts, and still nothing inherited from the caller's threads.
+    ForkServer,
+}
+
+/// A started worker process and the parent's end of its socket.
+///
+/// The socket is declared first so it is dropped first: a worker dropped on
+/// an error path sees its connection close and exits, so reaping the child
+/// (which may block when no reaper thread can be started) always ends.
+pub(crate) struct Worker {
+    pub socket: OwnedFd,
+    pub child: ChildProcess,
+}
+
+/// Start a worker by `method` and send it `config`.
+pub(crate) fn start(method: StartMethod, config: WorkerConfig) -> Result<Worker, Error> {
+    let worker = match method {
+        StartMethod::Spawn => reexec::start()?,
+        StartMethod::ForkServer => forkserver::start()?,
+    };
+    if config != WorkerConfig::default() {
+        wire::send(worker.socket.as_fd(), Kind::Config, &[&config.to_bytes()], &[])
+            .map_err(|e| Error::os("configuring a new worker", e))?;
+    }
+    Ok(worker)
+}
+
+/// Worker settings, sent in a Config frame right after the start (only if
+/// they differ from the defaults) and applied by the worker loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerConfig {
+    /// Address-space limit in bytes (RLIMIT_AS); 0 for none.
+    pub memory_limit: u64,
+    /// Largest task message accepted; 0 for the default.
+    pub max_message: u64,
+    /// Set `PR_SET_NO_NEW_PRIVS`: programs the tasks `exec` gain no
+    /// privileges (setuid bits and file capabilities are ignored).
+    pub no_new_privs: bool,
+}
+
+impl WorkerConfig {
+    pub(crate) fn to_bytes(self) -> [u8; 17] {
+        let mut b = [0u8; 17];
+        b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
+        b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
+        b[16] = u8::from(self.no_new_privs);
+        b
+    }
+
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<WorkerConfig> {
+        Some(WorkerConfig {
+            memory_limit: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            max_message: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+            no_new_privs: *b.get(16)? != 0,
+        })
+    }
+
+    pub(crate) fn max_message(self) -> u64 {
+        if self.max_message == 0 { wire::DEFAULT_MAX_MESSAGE } else { self.max_message }
+    }
+}
