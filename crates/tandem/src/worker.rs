@@ -11,9 +11,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::batch;
-// Re-exported for the pool's imports; the settings are defined beside the
-// start methods that send them.
-pub(crate) use crate::launch::WorkerConfig;
+use crate::launch::WorkerConfig;
 use crate::launch::template;
 use crate::sys::bootstrap::{self, Claim, ParentLink};
 use crate::sys::{code, fork, signal};

@@ -28,7 +28,7 @@ use super::shared::State;
 use crate::child::ChildProcess;
 use crate::launch::{self, Worker};
 use crate::wire::{self, Frame, Kind, RecvError};
-use crate::worker::WorkerConfig;
+use crate::launch::WorkerConfig;
 use crate::{Error, UnitId};
 
 /// Process mode's own part of a pool: a lane per worker slot, each with
