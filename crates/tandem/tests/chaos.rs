@@ -164,8 +164,9 @@ fn check_no_retries_fail_cleanly(method: StartMethod, tasks: u64) {
 }
 
 /// The log a map item writes to: `s<i>` as it starts, `e<i>` as it ends,
-/// each line one O_APPEND write (whole, whoever else writes). Opened once
-/// per worker process.
+/// each line one O_APPEND write of exactly 16 bytes. A write that a SIGKILL
+/// cuts short stops at a page boundary, and 16-byte lines never straddle
+/// one, so no line is ever torn. Opened once per worker process.
 fn log_item(path: &str, line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     static LOG: std::sync::Mutex<Option<(String, std::fs::File)>> = std::sync::Mutex::new(None);
@@ -175,7 +176,9 @@ fn log_item(path: &str, line: std::fmt::Arguments<'_>) {
         *log = Some((path.to_string(), file));
     }
     let file = &mut log.as_mut().unwrap().1;
-    file.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let line = format!("{:<15}\n", line.to_string());
+    assert_eq!(line.len(), 16);
+    file.write_all(line.as_bytes()).unwrap();
 }
 
 fn logged_mix((path, i): (String, u64)) -> u64 {
@@ -209,7 +212,7 @@ fn check_map_items_fail_alone(method: StartMethod, items: u64) {
         let (mut starts, mut ends) = (vec![0u32; items as usize], vec![0u32; items as usize]);
         for line in log.lines() {
             let (kind, i) = line.split_at(1);
-            let i: usize = i.parse().unwrap_or_else(|_| panic!("log line {line:?}"));
+            let i: usize = i.trim_end().parse().unwrap_or_else(|_| panic!("log line {line:?}"));
             if kind == "s" { starts[i] += 1 } else { ends[i] += 1 }
         }
         for (i, r) in results.into_iter().enumerate() {

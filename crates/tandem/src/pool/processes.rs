@@ -26,9 +26,9 @@ use super::job::ProcessWork;
 use super::lanes::{self, InFlight, Lane, Peer, lane};
 use super::shared::State;
 use crate::child::ChildProcess;
+use crate::launch::WorkerConfig;
 use crate::launch::{self, Worker};
 use crate::wire::{self, Frame, Kind, RecvError};
-use crate::launch::WorkerConfig;
 use crate::{Error, UnitId};
 
 /// Process mode's own part of a pool: a lane per worker slot, each with
