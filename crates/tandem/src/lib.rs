@@ -52,6 +52,7 @@ pub mod ipc;
 mod launch;
 mod pool;
 mod reaper;
+pub mod sandbox;
 mod shared;
 pub mod shm;
 pub mod sync;
@@ -144,6 +145,7 @@ pub mod process {
     pub struct Builder {
         method: StartMethod,
         config: WorkerConfig,
+        sandbox: Option<crate::sandbox::Sandbox>,
     }
 
     impl Builder {
@@ -189,6 +191,24 @@ pub mod process {
             self
         }
 
+        /// Sandbox the process (see [`crate::sandbox`]): it applies the
+        /// sandbox before its task, and `spawn` fails with what it said
+        /// ([`Error::Unsupported`] naming a layer the kernel lacks, unless
+        /// `best_effort(true)`).
+        ///
+        /// ```
+        /// use tandem::sandbox::Sandbox;
+        /// tandem::init();
+        /// let h = tandem::process::Builder::new().sandbox(Sandbox::new()).spawn((), |()| {
+        ///     std::process::Command::new("/bin/true").status().is_ok()
+        /// });
+        /// assert!(!h.unwrap().join().unwrap()); // exec is refused
+        /// ```
+        pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Builder {
+            self.sandbox = Some(sandbox);
+            self
+        }
+
         /// Start the process and run `f(arg)` in it.
         pub fn spawn<A, R>(&self, arg: A, f: fn(A) -> R) -> Result<JoinHandle<R>, Error>
         where
@@ -196,6 +216,15 @@ pub mod process {
             R: Serialize + DeserializeOwned + Send + 'static,
         {
             let worker = crate::launch::start(self.method, self.config)?;
+            if let Some(sandbox) = &self.sandbox {
+                if let Err(e) = crate::sandbox::impose(std::os::fd::AsFd::as_fd(&worker.socket), sandbox) {
+                    let crate::launch::Worker { socket, mut child } = worker;
+                    let _ = child.kill();
+                    drop(socket);
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            }
             Ok(JoinHandle::from_process(ProcessUnit::start(worker, self.config, &arg, f)?))
         }
     }

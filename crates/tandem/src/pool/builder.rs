@@ -22,6 +22,7 @@ pub(crate) struct Config {
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_message: u64,
     pub(crate) no_new_privs: bool,
+    pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl Config {
@@ -64,6 +65,7 @@ impl PoolBuilder {
                 initializer: None,
                 max_message: 0,
                 no_new_privs: false,
+                sandbox: None,
             },
         }
     }
@@ -138,6 +140,28 @@ impl PoolBuilder {
         self
     }
 
+    /// Sandbox every process worker (see [`crate::sandbox`]): each applies
+    /// it after the [`initializer`](Self::initializer), before its first
+    /// task. `build()` waits for the first worker to apply it and fails
+    /// with what it said ([`Error::Unsupported`] naming a layer the kernel
+    /// lacks, unless `best_effort(true)`); [`Pool::sandbox_report`] lists
+    /// what that worker enforced. Thread mode cannot be sandboxed: `build()`
+    /// fails with [`Error::Unsupported`].
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// use tandem::{Mode, Pool};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).workers(1).sandbox(Sandbox::new()).build().unwrap();
+    /// let tcp = pool.submit((), |()| std::net::TcpListener::bind("127.0.0.1:0").is_ok());
+    /// assert!(!tcp.join().unwrap());
+    /// assert!(Pool::builder().sandbox(Sandbox::new()).build().is_err()); // thread mode
+    /// ```
+    pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Self {
+        self.config.sandbox = Some(sandbox);
+        self
+    }
+
     /// Start the workers.
     pub fn build(self) -> Result<Pool, Error> {
         let config = self.config;
@@ -146,6 +170,11 @@ impl PoolBuilder {
                 std::io::ErrorKind::InvalidInput,
                 "a pool needs at least one worker: call workers(n) with n >= 1",
             )));
+        }
+        if config.mode == Mode::Thread && config.sandbox.is_some() {
+            return Err(Error::Unsupported(
+                "a sandbox in thread mode: a thread shares its process, so nothing can be taken away from it alone; use Mode::Process",
+            ));
         }
         let n = config.workers;
         let lanes = match config.mode {
@@ -169,12 +198,21 @@ impl PoolBuilder {
             lanes,
             queued: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            sandbox_outcome: Mutex::new(None),
+            sandbox_ready: Condvar::new(),
             config,
         });
         let pool = Pool { shared: shared.clone() };
         match shared.config.mode {
             Mode::Thread => threads::start(&shared)?,
             Mode::Process => processes::start(&shared)?,
+        }
+        if shared.config.sandbox.is_some() {
+            // Fail closed: the pool exists only if a worker could apply it.
+            if let Err(e) = shared.wait_sandbox_outcome() {
+                pool.terminate();
+                return Err(e);
+            }
         }
         Ok(pool)
     }

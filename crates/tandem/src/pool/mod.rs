@@ -237,6 +237,18 @@ impl Pool {
         stats::snapshot(&self.shared)
     }
 
+    /// What the sandbox of this pool's workers enforces (see
+    /// [`PoolBuilder::sandbox`]), as the first worker read it back from the
+    /// kernel: e.g. `["landlock abi 7", "landlock network", "landlock signal
+    /// scope", "seccomp", "no_new_privs", "capabilities none", "rlimit core
+    /// 0"]`. Empty for a pool without a sandbox.
+    pub fn sandbox_report(&self) -> Vec<String> {
+        match &*self.shared.sandbox_outcome.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(report)) => report.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Finish every submitted task, then stop the workers and wait for
     /// them. Later submits resolve to `Err(Closed)`. Idempotent.
     pub fn shutdown(&self) {

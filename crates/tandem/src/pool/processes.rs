@@ -391,6 +391,22 @@ pub(super) fn retire(live: Option<Live>, polite: bool) {
 }
 
 fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
+    let started = start_and_initialize(shared, slot);
+    let Some(sandbox) = &shared.config.sandbox else { return started };
+    // The sandbox comes after the initializer: open what the tasks need,
+    // then lock down.
+    let outcome = started.and_then(|live| match crate::sandbox::impose(live.peer.socket.as_fd(), sandbox) {
+        Ok(report) => Ok((live, report)),
+        Err(e) => {
+            retire(Some(live), false);
+            Err(e)
+        }
+    });
+    shared.note_sandbox_outcome(outcome.as_ref().map(|(_, report)| report.as_slice()));
+    outcome.map(|(live, _)| live)
+}
+
+fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     let Worker { child, socket } = launch::start(shared.config.method, worker_config(shared))?;
     {
         let mut stats = shared.slot(slot);

@@ -47,11 +47,38 @@ pub(crate) struct Shared {
     /// Jobs in the queue, readable without the lock (for spinning workers).
     pub queued: std::sync::atomic::AtomicUsize,
     pub(crate) next_id: AtomicU64,
+    /// Sandboxed pools: what the first worker to finish starting enforced,
+    /// or why it could not start.
+    pub(crate) sandbox_outcome: Mutex<Option<Result<Vec<String>, crate::Error>>>,
+    pub(crate) sandbox_ready: Condvar,
 }
 
 impl Shared {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep the first sandbox outcome of a worker start.
+    pub(crate) fn note_sandbox_outcome(&self, outcome: Result<&[String], &crate::Error>) {
+        let mut slot = self.sandbox_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(outcome.map(<[String]>::to_vec).map_err(crate::Error::duplicate));
+            self.sandbox_ready.notify_all();
+        }
+    }
+
+    /// Wait for the first sandbox outcome.
+    pub(crate) fn wait_sandbox_outcome(&self) -> Result<Vec<String>, crate::Error> {
+        let mut slot = self.sandbox_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(outcome) = &*slot {
+                return match outcome {
+                    Ok(report) => Ok(report.clone()),
+                    Err(e) => Err(e.duplicate()),
+                };
+            }
+            slot = self.sandbox_ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     pub(crate) fn slot(&self, index: usize) -> std::sync::MutexGuard<'_, SlotStats> {
