@@ -63,15 +63,15 @@ fn hostile(t: Targets) -> Vec<Attempt> {
 
 pub fn run() -> Result<(), tandem::Error> {
     let dir = std::env::temp_dir().join(format!("tandem-demo-sandbox-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("allowed")).map_err(|e| tandem::Error::Io(e))?;
+    std::fs::create_dir_all(dir.join("allowed")).map_err(tandem::Error::Io)?;
     let secret = dir.join("secret.txt");
-    std::fs::write(&secret, "not for the task").map_err(|e| tandem::Error::Io(e))?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| tandem::Error::Io(e))?;
-    listener.set_nonblocking(true).map_err(|e| tandem::Error::Io(e))?;
+    std::fs::write(&secret, "not for the task").map_err(tandem::Error::Io)?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(tandem::Error::Io)?;
+    listener.set_nonblocking(true).map_err(tandem::Error::Io)?;
     let targets = Targets {
         secret: secret.display().to_string(),
         write_to: dir.join("dropped.txt").display().to_string(),
-        port: listener.local_addr().map_err(|e| tandem::Error::Io(e))?.port(),
+        port: listener.local_addr().map_err(tandem::Error::Io)?.port(),
         demo_pid: std::process::id() as i32,
     };
     let result = (|| -> Result<(), tandem::Error> {
