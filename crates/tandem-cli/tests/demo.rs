@@ -4,7 +4,7 @@
 use std::io::BufRead;
 use std::process::{Command, Output, Stdio};
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 10] = [
     "threads-and-processes",
     "fork",
     "thread-ids",
@@ -14,6 +14,7 @@ const NAMES: [&str; 9] = [
     "queue",
     "shared-memory",
     "lock",
+    "sandbox",
 ];
 
 fn tandem(args: &[&str]) -> Output {
@@ -354,4 +355,20 @@ fn lock_makes_the_count_exact_and_the_race_is_reported_honestly() {
     } else {
         line_with(unlocked, "this time no update was lost");
     }
+}
+
+#[test]
+fn sandbox_refuses_the_hostile_task_what_it_gets_without_one() {
+    let stdout = demo("sandbox");
+    let (free, boxed) = stdout.split_once("\nwith a sandbox (").expect("both runs");
+    for what in ["  read /", "  write /", "connect to 127.0.0.1", "signal the demo process", "run /bin/sh"] {
+        let line = line_with(free, what);
+        assert!(line.contains("allowed:"), "without a sandbox: {line}\n{stdout}");
+        let line = line_with(boxed, what);
+        assert!(line.contains("refused:"), "with a sandbox: {line}\n{stdout}");
+    }
+    assert!(line_with(free, "the listener").contains("saw a connection"), "{stdout}");
+    assert!(line_with(boxed, "the listener").contains("saw nothing"), "{stdout}");
+    assert!(boxed.lines().next().unwrap_or("").contains("seccomp"), "{stdout}");
+    assert!(stdout.contains("is still here"), "{stdout}");
 }

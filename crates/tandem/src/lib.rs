@@ -50,6 +50,7 @@ mod error;
 pub mod ipc;
 mod launch;
 mod pool;
+pub mod sandbox;
 mod shared;
 pub mod shm;
 pub mod sync;
@@ -158,6 +159,7 @@ pub mod process {
     pub struct Builder {
         method: StartMethod,
         config: WorkerConfig,
+        sandbox: Option<crate::sandbox::Sandbox>,
     }
 
     impl Builder {
@@ -234,6 +236,24 @@ pub mod process {
             self
         }
 
+        /// Sandbox the process (see [`crate::sandbox`]): it applies the
+        /// sandbox before its task, and `spawn` fails with what it said
+        /// ([`Error::Unsupported`] naming a layer the kernel lacks, unless
+        /// `best_effort(true)`).
+        ///
+        /// ```
+        /// use tandem::sandbox::Sandbox;
+        /// tandem::init();
+        /// let h = tandem::process::Builder::new().sandbox(Sandbox::new()).spawn((), |()| {
+        ///     std::process::Command::new("/bin/true").status().is_ok()
+        /// });
+        /// assert!(!h.unwrap().join().unwrap()); // exec is refused
+        /// ```
+        pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Builder {
+            self.sandbox = Some(sandbox);
+            self
+        }
+
         /// Start the process and run `f(arg)` in it.
         ///
         /// ```
@@ -248,7 +268,7 @@ pub mod process {
             A: Serialize + DeserializeOwned + Send + 'static,
             R: Serialize + DeserializeOwned + Send + 'static,
         {
-            JoinHandle::process(self.method, self.config, arg, f)
+            JoinHandle::process(self.method, self.config, self.sandbox.as_ref(), arg, f)
         }
     }
 }

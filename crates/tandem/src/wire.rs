@@ -58,6 +58,9 @@ pub enum Kind {
     Batch = 10,
     /// Worker to parent: results of some items of the running batch.
     Partial = 11,
+    /// Parent to worker: apply this sandbox; worker to parent: what it
+    /// enforced, or why it could not.
+    Sandbox = 12,
 }
 
 impl Kind {
@@ -74,6 +77,7 @@ impl Kind {
             9 => Kind::Board,
             10 => Kind::Batch,
             11 => Kind::Partial,
+            12 => Kind::Sandbox,
             _ => return None,
         })
     }

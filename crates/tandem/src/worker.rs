@@ -134,6 +134,13 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     }
                 }
             }
+            Kind::Sandbox => {
+                // After the initializer, before the first task.
+                let reply = crate::sandbox::reply_to(&frame.payload);
+                if wire::send(sock, Kind::Sandbox, &[&reply], &[]).is_err() {
+                    return EXIT_PARENT_GONE;
+                }
+            }
             Kind::Board => match board_sink(&link, frame) {
                 Ok(new) => sink = Some(new),
                 Err(e) => {

@@ -26,6 +26,7 @@ mod lock;
 mod memory;
 mod pipe;
 mod queue;
+mod sandbox;
 mod shared_memory;
 mod thread_ids;
 mod threads_and_processes;
@@ -91,6 +92,11 @@ pub const DEMOS: &[Demo] = &[
         name: "lock",
         about: "processes lose updates to a shared counter without a lock, none with one (multiprocessing.Lock)",
         run: lock::run,
+    },
+    Demo {
+        name: "sandbox",
+        about: "the same hostile task without and with a sandbox: files, network, signals, programs",
+        run: sandbox::run,
     },
 ];
 

@@ -23,6 +23,7 @@ pub(crate) struct Config {
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_message: u64,
     pub(crate) no_new_privs: bool,
+    pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl Config {
@@ -65,6 +66,7 @@ impl PoolBuilder {
                 initializer: None,
                 max_message: 0,
                 no_new_privs: false,
+                sandbox: None,
             },
         }
     }
@@ -218,6 +220,28 @@ impl PoolBuilder {
         self
     }
 
+    /// Sandbox every process worker (see [`crate::sandbox`]): each applies
+    /// it after the [`initializer`](Self::initializer), before its first
+    /// task. `build()` waits for the first worker to apply it and fails
+    /// with what it said ([`Error::Unsupported`] naming a layer the kernel
+    /// lacks, unless `best_effort(true)`); [`Pool::sandbox_report`] lists
+    /// what that worker enforced. Thread mode cannot be sandboxed: `build()`
+    /// fails with [`Error::Unsupported`].
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// use tandem::{Mode, Pool};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).workers(1).sandbox(Sandbox::new()).build().unwrap();
+    /// let tcp = pool.submit((), |()| std::net::TcpListener::bind("127.0.0.1:0").is_ok());
+    /// assert!(!tcp.join().unwrap());
+    /// assert!(Pool::builder().sandbox(Sandbox::new()).build().is_err()); // thread mode
+    /// ```
+    pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Self {
+        self.config.sandbox = Some(sandbox);
+        self
+    }
+
     /// Start the workers.
     ///
     /// ```
@@ -232,6 +256,11 @@ impl PoolBuilder {
                 "a pool needs at least one worker: call workers(n) with n >= 1",
             )));
         }
+        if config.mode == Mode::Thread && config.sandbox.is_some() {
+            return Err(Error::Unsupported(
+                "a sandbox in thread mode: a thread shares its process, so nothing can be taken away from it alone; use Mode::Process",
+            ));
+        }
         let n = config.workers;
         let inner = match config.mode {
             Mode::Thread => {
@@ -242,12 +271,21 @@ impl PoolBuilder {
             }
             Mode::Process => {
                 let lanes = lanes::new_lanes(n)?;
-                let shared = Arc::new(Shared::new(config, (), Processes { lanes }));
+                let shared = Arc::new(Shared::new(config, (), Processes::new(lanes)));
                 processes::start(&shared)?;
                 Inner::Processes(shared)
             }
         };
         let pool = Pool { inner };
+        if let Inner::Processes(shared) = &pool.inner {
+            if shared.config.sandbox.is_some() {
+                // Fail closed: the pool exists only if a worker could apply it.
+                if let Err(e) = shared.backend.wait_sandbox_outcome() {
+                    pool.terminate();
+                    return Err(e);
+                }
+            }
+        }
         Ok(pool)
     }
 }

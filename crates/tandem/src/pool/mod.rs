@@ -242,6 +242,18 @@ impl Pool {
         }
     }
 
+    /// What the sandbox of this pool's workers enforces (see
+    /// [`PoolBuilder::sandbox`]), as the first worker read it back from the
+    /// kernel: e.g. `["landlock abi 7", "landlock network", "landlock signal
+    /// scope", "seccomp", "no_new_privs", "capabilities none", "rlimit core
+    /// 0"]`. Empty for a pool without a sandbox.
+    pub fn sandbox_report(&self) -> Vec<String> {
+        match &self.inner {
+            Inner::Threads(_) => Vec::new(),
+            Inner::Processes(s) => s.backend.sandbox_report(),
+        }
+    }
+
     /// Finish every submitted task, then stop the workers and wait for
     /// them. Later submits resolve to `Err(Closed)`. Idempotent.
     ///

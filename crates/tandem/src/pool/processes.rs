@@ -35,6 +35,47 @@ use crate::{Error, UnitId};
 /// its driver's eventfd (see `lanes`).
 pub(crate) struct Processes {
     pub(crate) lanes: Vec<Lane>,
+    /// Sandboxed pools: what the first worker to finish starting enforced,
+    /// or why it could not start.
+    sandbox_outcome: std::sync::Mutex<Option<Result<Vec<String>, Error>>>,
+    sandbox_ready: std::sync::Condvar,
+}
+
+impl Processes {
+    pub(crate) fn new(lanes: Vec<Lane>) -> Processes {
+        Processes { lanes, sandbox_outcome: Default::default(), sandbox_ready: Default::default() }
+    }
+
+    /// Keep the first sandbox outcome of a worker start.
+    fn note_sandbox_outcome(&self, outcome: Result<&[String], &Error>) {
+        let mut slot = self.sandbox_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(outcome.map(<[String]>::to_vec).map_err(Error::duplicate));
+            self.sandbox_ready.notify_all();
+        }
+    }
+
+    /// Wait for the first sandbox outcome.
+    pub(crate) fn wait_sandbox_outcome(&self) -> Result<Vec<String>, Error> {
+        let mut slot = self.sandbox_outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(outcome) = &*slot {
+                return match outcome {
+                    Ok(report) => Ok(report.clone()),
+                    Err(e) => Err(e.duplicate()),
+                };
+            }
+            slot = self.sandbox_ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// What the first worker enforced; empty without a sandbox.
+    pub(crate) fn sandbox_report(&self) -> Vec<String> {
+        match &*self.sandbox_outcome.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(report)) => report.clone(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 type Shared = super::shared::Shared<Processes>;
@@ -422,6 +463,22 @@ pub(super) fn retire(live: Option<Live>, polite: bool) {
 }
 
 fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
+    let started = start_and_initialize(shared, slot);
+    let Some(sandbox) = &shared.config.sandbox else { return started };
+    // The sandbox comes after the initializer: open what the tasks need,
+    // then lock down.
+    let outcome = started.and_then(|live| match crate::sandbox::impose(live.peer.socket.as_fd(), sandbox) {
+        Ok(report) => Ok((live, report)),
+        Err(e) => {
+            retire(Some(live), false);
+            Err(e)
+        }
+    });
+    shared.backend.note_sandbox_outcome(outcome.as_ref().map(|(_, report)| report.as_slice()));
+    outcome.map(|(live, _)| live)
+}
+
+fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     let Worker { child, socket } = launch::start(shared.config.method, worker_config(shared))?;
     {
         let mut stats = shared.slot(slot);

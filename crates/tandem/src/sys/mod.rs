@@ -22,6 +22,8 @@
 //! - [`plain`]: the `Plain` trait (which types may live in shared memory;
 //!   public as `tandem::shm::Plain`), defined here so nothing in this layer
 //!   imports from above it.
+//! - [`sandbox`]: the Landlock ABI probe and the seccomp filter of a
+//!   sandboxed worker (`crate::sandbox`).
 //! - [`shm`], [`robust`], [`futex`]: anonymous shared memory (sealed memfd)
 //!   with a small safe API (atomics, `Plain` values, byte copies), glibc's
 //!   robust process-shared mutex in it, and futex waits and wakes on its
@@ -39,5 +41,6 @@ pub mod fork;
 pub mod futex;
 pub mod plain;
 pub mod robust;
+pub mod sandbox;
 pub mod shm;
 pub mod signal;

@@ -22,3 +22,12 @@ pub fn default_fatal_signals() {
         }
     }
 }
+
+/// Ignore SIGXFSZ, so a write past RLIMIT_FSIZE fails with `EFBIG` instead
+/// of killing the worker (a sandbox's `max_file_size`). `signal(2)`.
+pub fn ignore_sigxfsz() {
+    // SAFETY: as above; SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}

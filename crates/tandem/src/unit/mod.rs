@@ -188,7 +188,7 @@ where
 {
     match mode {
         Mode::Thread => JoinHandle::thread(arg, f),
-        Mode::Process => JoinHandle::process(StartMethod::default(), WorkerConfig::default(), arg, f),
+        Mode::Process => JoinHandle::process(StartMethod::default(), WorkerConfig::default(), None, arg, f),
     }
 }
 
@@ -206,13 +206,14 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> JoinHandle<R> {
     pub(crate) fn process<A>(
         method: StartMethod,
         config: WorkerConfig,
+        sandbox: Option<&crate::sandbox::Sandbox>,
         arg: A,
         f: fn(A) -> R,
     ) -> Result<Self, Error>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let unit = process::ProcessUnit::launch(method, config, &arg, f)?;
+        let unit = process::ProcessUnit::launch(method, config, sandbox, &arg, f)?;
         Ok(JoinHandle { inner: Inner::Process(unit) })
     }
 }

@@ -32,11 +32,13 @@ impl<R> ProcessUnit<R> {
 }
 
 impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
-    /// Start a worker by `method`, configured by `config`, and send it the
-    /// task.
+    /// Start a worker by `method`, configured by `config`, sandbox it if
+    /// asked (it must apply the sandbox before it gets the task; if it
+    /// cannot, it is ended and that is the error), and send it the task.
     pub(crate) fn launch<A>(
         method: StartMethod,
         config: WorkerConfig,
+        sandbox: Option<&crate::sandbox::Sandbox>,
         arg: &A,
         f: fn(A) -> R,
     ) -> Result<Self, Error>
@@ -45,6 +47,15 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         R: Serialize,
     {
         let worker = launch::start(method, config)?;
+        if let Some(sandbox) = sandbox {
+            if let Err(e) = crate::sandbox::impose(worker.socket.as_fd(), sandbox) {
+                let Worker { socket, mut child } = worker;
+                let _ = child.kill();
+                drop(socket);
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
         Self::start(worker, config, arg, f)
     }
 
