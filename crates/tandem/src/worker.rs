@@ -184,8 +184,9 @@ fn board_sink(link: &ParentLink, mut frame: Frame) -> std::io::Result<batch::Sin
 }
 
 fn run_batch(link: &ParentLink, frame: Frame, sink: Option<&batch::Sink>) -> (u64, Outcome) {
-    let Some((id, call, func)) = task::parse_task(&frame.payload) else {
-        return (0, Outcome::Codec("a batch message too short to read".into()));
+    let (id, call, inv) = match invocation(link, frame) {
+        Ok(parts) => parts,
+        Err(refused) => return refused,
     };
     let Some(sink) = sink else {
         return (id, Outcome::Codec("a map batch came before its board".into()));
@@ -193,22 +194,24 @@ fn run_batch(link: &ParentLink, frame: Frame, sink: Option<&batch::Sink>) -> (u6
     let Some(entry) = code::resolve::<task::BatchEntry>(&link.trusted, call) else {
         return (id, Outcome::Codec("the batch's entry point is not in this executable".into()));
     };
-    let inv = Invocation {
-        func,
-        payload: frame.payload,
-        arg_at: task::TASK_HEADER_LEN,
-        fds: frame.fds,
-        trusted: link.trusted,
-    };
     (id, entry(task::BatchCall { inv, id, sink: sink.clone() }))
 }
 
 fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
-    let Some((id, call, func)) = task::parse_task(&frame.payload) else {
-        return (0, Outcome::Codec("a task message too short to read".into()));
+    let (id, call, inv) = match invocation(link, frame) {
+        Ok(parts) => parts,
+        Err(refused) => return refused,
     };
     let Some(trampoline) = code::resolve::<Trampoline>(&link.trusted, call) else {
         return (id, Outcome::Codec("the task's entry point is not in this executable".into()));
+    };
+    (id, trampoline(inv))
+}
+
+/// A Task or Batch frame as its id, entry offset and invocation.
+fn invocation(link: &ParentLink, frame: Frame) -> Result<(u64, i64, Invocation), (u64, Outcome)> {
+    let Some((id, call, func)) = task::parse_task(&frame.payload) else {
+        return Err((0, Outcome::Codec("a task message too short to read".into())));
     };
     let inv = Invocation {
         func,
@@ -217,5 +220,5 @@ fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
         fds: frame.fds,
         trusted: link.trusted,
     };
-    (id, trampoline(inv))
+    Ok((id, call, inv))
 }

@@ -313,11 +313,26 @@ where
     Completion<O>: Resolve,
     O: Send + 'static,
 {
+    let (handle, job) = new_job(id, completion, work, batch);
+    shared.push(shared.lock(), job, front);
+    handle
+}
+
+/// Task `id`'s handle and the job that resolves it.
+fn new_job<O, W>(
+    id: u64,
+    completion: Arc<Completion<O>>,
+    work: W,
+    batch: Option<BatchJob>,
+) -> (TaskHandle<O>, Job<W>)
+where
+    Completion<O>: Resolve,
+    O: Send + 'static,
+{
     let handle = handle(id, completion.clone());
     let job =
         Job { id, control: handle.control.clone(), completion, work, attempts: 0, undelivered: 0, batch };
-    shared.push(shared.lock(), job, front);
-    handle
+    (handle, job)
 }
 
 /// [`enqueue`] on a process pool, which sends a small task straight to an
@@ -336,10 +351,8 @@ where
     Completion<O>: Resolve,
     O: Send + 'static,
 {
-    let handle = handle(id, completion.clone());
     let direct_ok = batch.is_none();
-    let job =
-        Job { id, control: handle.control.clone(), completion, work, attempts: 0, undelivered: 0, batch };
+    let (handle, job) = new_job(id, completion, work, batch);
     let state = shared.lock();
     let direct = direct_ok && !state.closed && state.queue.is_empty();
     if let Some(claim) = direct.then(|| lanes::claim_open_lane(shared, &job)).flatten() {
