@@ -8,6 +8,12 @@
 
 /// Crash this process with a real memory fault (SIGSEGV): a null pointer
 /// write. Every thread of the process dies with it.
+///
+/// ```
+/// tandem::init();
+/// let h = tandem::process::spawn((), |()| -> u8 { tandem::chaos::segfault() }).unwrap();
+/// assert!(matches!(h.join(), Err(tandem::Error::WorkerDied { signal: Some(11), .. })));
+/// ```
 pub fn segfault() -> ! {
     crate::sys::crash::segfault()
 }

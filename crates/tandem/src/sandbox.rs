@@ -84,6 +84,14 @@ pub struct Sandbox {
 impl Sandbox {
     /// Deny by default: no files, no IP sockets, no programs, no new
     /// privileges; descriptor and file-size limits as inherited.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).sandbox(Sandbox::new()).build().unwrap();
+    /// let read = pool.submit((), |()| std::fs::read("/etc/hostname").is_ok());
+    /// assert!(!read.join().unwrap());
+    /// ```
     pub fn new() -> Sandbox {
         Sandbox::default()
     }
@@ -91,6 +99,16 @@ impl Sandbox {
     /// Allow reading `path`: a file, or a directory and everything beneath
     /// it. The path must exist when the worker applies the sandbox (a
     /// relative path is taken from the worker's current directory).
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let sandbox = Sandbox::new().allow_read("/etc/hostname");
+    /// let h = tandem::process::Builder::new().sandbox(sandbox).spawn((), |()| {
+    ///     (std::fs::read("/etc/hostname").is_ok(), std::fs::read("/etc/passwd").is_ok())
+    /// });
+    /// assert_eq!(h.unwrap().join().unwrap(), (true, false));
+    /// ```
     pub fn allow_read(mut self, path: impl AsRef<Path>) -> Sandbox {
         self.read.push(path.as_ref().as_os_str().as_bytes().to_vec());
         self
@@ -98,6 +116,19 @@ impl Sandbox {
 
     /// Allow reading and writing `path` and beneath it: creating, removing,
     /// renaming and truncating files and directories there.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let dir = std::env::temp_dir().join(format!("tandem-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let file = dir.join("out").to_string_lossy().into_owned();
+    /// let h = tandem::process::Builder::new()
+    ///     .sandbox(Sandbox::new().allow_write(&dir))
+    ///     .spawn(file, |f| std::fs::write(f, b"ok").is_ok());
+    /// assert!(h.unwrap().join().unwrap());
+    /// std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
     pub fn allow_write(mut self, path: impl AsRef<Path>) -> Sandbox {
         self.write.push(path.as_ref().as_os_str().as_bytes().to_vec());
         self
@@ -105,6 +136,16 @@ impl Sandbox {
 
     /// Allow `execve` of programs beneath the allowed paths, and new
     /// processes (`fork`). Default false: both are refused with `EPERM`.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let sandbox = Sandbox::new().allow_read("/").allow_exec(true);
+    /// let h = tandem::process::Builder::new().sandbox(sandbox).spawn((), |()| {
+    ///     std::process::Command::new("/bin/true").status().map(|s| s.success()).unwrap_or(false)
+    /// });
+    /// assert!(h.unwrap().join().unwrap());
+    /// ```
     pub fn allow_exec(mut self, on: bool) -> Sandbox {
         self.exec = on;
         self
@@ -112,6 +153,16 @@ impl Sandbox {
 
     /// Allow IP (and every other non-Unix) socket. Default false: `socket`
     /// of any family but `AF_UNIX` fails with `EPERM`.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let bind = |()| std::net::UdpSocket::bind("127.0.0.1:0").is_ok();
+    /// let open = tandem::process::Builder::new().sandbox(Sandbox::new().allow_network(true)).spawn((), bind);
+    /// assert!(open.unwrap().join().unwrap());
+    /// let closed = tandem::process::Builder::new().sandbox(Sandbox::new()).spawn((), bind);
+    /// assert!(!closed.unwrap().join().unwrap());
+    /// ```
     pub fn allow_network(mut self, on: bool) -> Sandbox {
         self.network = on;
         self
@@ -119,6 +170,19 @@ impl Sandbox {
 
     /// Cap open descriptors (`RLIMIT_NOFILE`, soft and hard). Descriptors
     /// received over a channel count too.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let h = tandem::process::Builder::new().sandbox(Sandbox::new().max_open_files(32)).spawn((), |()| {
+    ///     let mut pipes = Vec::new();
+    ///     while let Ok(p) = rustix::pipe::pipe() {
+    ///         pipes.push(p);
+    ///     }
+    ///     pipes.len()
+    /// });
+    /// assert!(h.unwrap().join().unwrap() < 16);
+    /// ```
     pub fn max_open_files(mut self, n: u64) -> Sandbox {
         self.max_open_files = Some(n);
         self
@@ -126,6 +190,18 @@ impl Sandbox {
 
     /// Cap the size of any file the worker writes (`RLIMIT_FSIZE`, soft and
     /// hard): a write past it fails with `EFBIG`.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let dir = std::env::temp_dir().join(format!("tandem-doc-fsize-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let file = dir.join("big").to_string_lossy().into_owned();
+    /// let sandbox = Sandbox::new().allow_write(&dir).max_file_size(1024);
+    /// let h = tandem::process::Builder::new().sandbox(sandbox).spawn(file, |f| std::fs::write(f, vec![0u8; 4096]).is_ok());
+    /// assert!(!h.unwrap().join().unwrap());
+    /// std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
     pub fn max_file_size(mut self, bytes: u64) -> Sandbox {
         self.max_file_size = Some(bytes);
         self
@@ -133,6 +209,19 @@ impl Sandbox {
 
     /// With `true`, a layer the kernel lacks is skipped (and left out of
     /// the report) instead of failing with [`Error::Unsupported`].
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// // Here every layer exists, so both settings give the same sandbox.
+    /// let pool = tandem::Pool::builder()
+    ///     .mode(tandem::Mode::Process)
+    ///     .workers(1)
+    ///     .sandbox(Sandbox::new().best_effort(true))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(pool.sandbox_report().iter().any(|l| l == "seccomp"));
+    /// ```
     pub fn best_effort(mut self, on: bool) -> Sandbox {
         self.best_effort = on;
         self

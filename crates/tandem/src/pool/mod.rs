@@ -247,6 +247,15 @@ impl Pool {
     /// kernel: e.g. `["landlock abi 7", "landlock network", "landlock signal
     /// scope", "seccomp", "no_new_privs", "capabilities none", "rlimit core
     /// 0"]`. Empty for a pool without a sandbox.
+    ///
+    /// ```
+    /// use tandem::sandbox::Sandbox;
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).sandbox(Sandbox::new()).build().unwrap();
+    /// let report = pool.sandbox_report();
+    /// assert!(report.iter().any(|l| l == "no_new_privs"), "{report:?}");
+    /// assert!(tandem::Pool::builder().workers(1).build().unwrap().sandbox_report().is_empty());
+    /// ```
     pub fn sandbox_report(&self) -> Vec<String> {
         match &self.inner {
             Inner::Threads(_) => Vec::new(),
