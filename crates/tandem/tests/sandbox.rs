@@ -503,3 +503,35 @@ fn a_path_that_does_not_exist_fails_the_build() {
     let unit = tandem::process::Builder::new().sandbox(missing).spawn((), |()| ());
     assert!(unit.is_err());
 }
+
+/// Leaves a second thread running in the worker.
+fn start_a_thread() {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::park();
+        }
+    });
+}
+
+#[test]
+fn a_worker_that_cannot_be_sandboxed_fails_the_build_closed() {
+    // A second thread would escape Landlock and the dropped capabilities,
+    // so the worker refuses, and the pool is never handed out.
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let pool = Pool::builder()
+            .mode(Mode::Process)
+            .workers(1)
+            .start_method(method)
+            .initializer(start_a_thread)
+            .sandbox(Sandbox::new())
+            .build();
+        match pool {
+            Err(e @ Error::Unsupported(_)) => assert!(e.to_string().contains("more than one thread"), "{e}"),
+            other => panic!("{method:?}: expected Unsupported, got {other:?}"),
+        }
+        // The same initializer without a sandbox is fine.
+        let plain =
+            Pool::builder().mode(Mode::Process).workers(1).start_method(method).initializer(start_a_thread);
+        assert_eq!(plain.build().unwrap().submit(2u8, |x| x + 1).join().unwrap(), 3);
+    }
+}
