@@ -121,13 +121,15 @@ mod tests {
 
     #[test]
     fn stops_as_soon_as_ready_and_gives_up_after_its_budget() {
-        for budget in [Backoff::MEMORY, Backoff::ANSWER] {
+        // MEMORY counts its polls; ANSWER is timed, so only a condition
+        // already true is sure to be seen within it on a busy machine.
+        for (budget, at) in [(Backoff::MEMORY, 3), (Backoff::ANSWER, 1)] {
             let mut polls = 0;
             assert!(budget.spin_until(|| {
                 polls += 1;
-                polls == 3
+                polls == at
             }));
-            assert_eq!(polls, 3);
+            assert_eq!(polls, at);
         }
         let mut polls = 0;
         assert!(!Backoff::MEMORY.spin_until(|| {
