@@ -13,6 +13,17 @@ use tandem::{Error, Mode, Pool};
 
 const MODES: [Mode; 2] = [Mode::Thread, Mode::Process];
 
+/// Tests that count this process's threads run alone; the rest together.
+static THREADS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn together() -> std::sync::RwLockReadGuard<'static, ()> {
+    THREADS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    THREADS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pool(mode: Mode, workers: usize) -> Pool {
     Pool::builder().mode(mode).workers(workers).build().unwrap()
 }
@@ -45,6 +56,7 @@ fn open(fifo: &Fifo, value: u64) {
 
 #[test]
 fn results_and_every_error_through_await_in_both_modes() {
+    let _serial = together();
     tandem::init();
     on_every_executor(|| async {
         for mode in MODES {
@@ -90,6 +102,7 @@ fn results_and_every_error_through_await_in_both_modes() {
 
 #[test]
 fn ten_thousand_awaits_cost_no_threads() {
+    let _serial = alone();
     tandem::init();
     current_thread().block_on(async {
         let pool = pool(Mode::Process, 2);
@@ -126,6 +139,7 @@ fn announce_then_sleep(path: String) -> u8 {
 
 #[test]
 fn a_dropped_cancel_on_drop_future_kills_its_worker() {
+    let _serial = together();
     tandem::init();
     let pool = pool(Mode::Process, 1);
     let fifo = Fifo::new();
@@ -148,6 +162,7 @@ fn gate_then_tell((gate_path, done): (String, String)) -> u8 {
 
 #[test]
 fn a_plain_dropped_future_lets_its_task_finish() {
+    let _serial = together();
     tandem::init();
     for mode in MODES {
         let pool = pool(mode, 1);
@@ -163,6 +178,7 @@ fn a_plain_dropped_future_lets_its_task_finish() {
 
 #[test]
 fn a_handle_polled_from_two_tasks_wakes_the_latest() {
+    let _serial = together();
     tandem::init();
     // Poll once on one executor, then finish on another: the second waker
     // replaces the first.
@@ -177,4 +193,69 @@ fn a_handle_polled_from_two_tasks_wakes_the_latest() {
     let opener = std::thread::spawn(move || open(&g, 9));
     assert_eq!(rt.block_on(handle).unwrap(), 9);
     opener.join().unwrap();
+}
+
+#[test]
+fn units_through_await_on_every_executor() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor(|| async {
+        assert_eq!(tandem::process::spawn(21u64, |x| x * 2).unwrap().await.unwrap(), 42);
+        assert_eq!(tandem::thread::spawn(5u64, |x| x + 1).unwrap().await.unwrap(), 6);
+        let panicked = tandem::process::spawn((), |()| -> u8 { panic!("bad input") }).unwrap().await;
+        assert!(matches!(panicked, Err(Error::Panicked { .. })), "{panicked:?}");
+        let panicked = tandem::thread::spawn((), |()| -> u8 { panic!("bad input") }).unwrap().await;
+        assert!(matches!(panicked, Err(Error::Panicked { .. })), "{panicked:?}");
+        let died = tandem::process::spawn((), |()| -> u8 { std::process::abort() }).unwrap().await;
+        assert!(matches!(died, Err(Error::WorkerDied { signal: Some(6), .. })), "{died:?}");
+        let killed = tandem::process::spawn((), common::sleep_forever).unwrap();
+        killed.kill().unwrap();
+        assert!(matches!(killed.await, Err(Error::WorkerDied { signal: Some(9), .. })));
+    });
+}
+
+#[test]
+fn awaited_process_units_share_one_watcher_thread() {
+    let _serial = alone();
+    tandem::init();
+    current_thread().block_on(async {
+        // Start the watcher once, then count.
+        tandem::process::spawn(0u8, |x| x).unwrap().await.unwrap();
+        let before = common::threads();
+        let gates: Vec<Fifo> = (0..20).map(|_| Fifo::new()).collect();
+        let units: Vec<_> =
+            gates.iter().map(|g| tandem::process::spawn(g.path.clone(), gate).unwrap()).collect();
+        let mut all = Box::pin(futures::future::join_all(units));
+        std::future::poll_fn(|cx| {
+            assert!(all.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(common::threads(), before, "awaiting 20 process units started threads");
+        for (i, g) in gates.iter().enumerate() {
+            open(g, i as u64);
+        }
+        let sum: u64 = all.await.into_iter().map(Result::unwrap).sum();
+        assert_eq!(sum, (0..20).sum::<u64>());
+    });
+}
+
+#[test]
+fn a_dropped_kill_on_drop_unit_is_killed_and_a_plain_one_finishes() {
+    let _serial = together();
+    tandem::init();
+    let fifo = Fifo::new();
+    let unit = tandem::process::spawn(fifo.path.clone(), announce_then_sleep).unwrap().kill_on_drop();
+    let pid: u32 = fifo.wait().parse().unwrap();
+    let out =
+        current_thread().block_on(async { tokio::time::timeout(Duration::from_millis(20), unit).await });
+    assert!(out.is_err());
+    assert!(common::wait_gone(pid, Duration::from_secs(10)), "unit {pid} outlived its dropped handle");
+
+    let (gate, done) = (Fifo::new(), Fifo::new());
+    let unit = tandem::process::spawn((gate.path.clone(), done.path.clone()), gate_then_tell).unwrap();
+    let out = current_thread().block_on(async { tokio::time::timeout(Duration::from_millis(5), unit).await });
+    assert!(out.is_err());
+    open(&gate, 0);
+    assert_eq!(done.wait(), "finished");
 }
