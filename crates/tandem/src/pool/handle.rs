@@ -2,9 +2,11 @@
 
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -41,12 +43,15 @@ pub(crate) struct Completion<R> {
 struct Slot<R> {
     value: Option<Result<R, Error>>,
     sleepers: u32,
+    /// The latest poll's waker, if the handle is awaited: woken once, by
+    /// `resolve`.
+    waker: Option<Waker>,
 }
 
 impl<R> Completion<R> {
     pub(crate) fn new(notify: Option<(Sender<u64>, u64)>) -> Completion<R> {
         Completion {
-            slot: Mutex::new(Slot { value: None, sleepers: 0 }),
+            slot: Mutex::new(Slot { value: None, sleepers: 0, waker: None }),
             resolved: AtomicBool::new(false),
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
@@ -61,9 +66,13 @@ impl<R> Completion<R> {
         }
         slot.value = Some(value);
         let sleepers = slot.sleepers > 0;
+        let waker = slot.waker.take();
         drop(slot);
         if sleepers {
             self.ready.notify_all();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
         }
         if let Some((tx, key)) = &self.notify {
             let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(*key);
@@ -97,6 +106,22 @@ impl<R> Completion<R> {
 
     pub(crate) fn resolved(&self) -> bool {
         self.resolved.load(Ordering::SeqCst)
+    }
+
+    /// The outcome if there is one; otherwise remember `waker` (replacing
+    /// an earlier poll's) for `resolve` to wake. Never blocks.
+    pub(crate) fn poll_take(&self, waker: &Waker) -> Poll<Result<R, Error>> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if self.resolved.load(Ordering::SeqCst) {
+            slot.waker = None;
+            let value = slot.value.take().expect("a handle polled again after it returned its outcome");
+            return Poll::Ready(value);
+        }
+        match &slot.waker {
+            Some(old) if old.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
+        }
+        Poll::Pending
     }
 
     fn take(&self) -> Result<R, Error> {
@@ -182,11 +207,26 @@ pub struct TaskHandle<R> {
     pub(crate) completion: Arc<Completion<R>>,
     pub(crate) control: Arc<Control>,
     pub(crate) id: u64,
+    /// Set by [`cancel_on_drop`](Self::cancel_on_drop).
+    pub(crate) cancel_on_drop: bool,
+    /// A poll handed a direct task to its driver (done once).
+    pub(crate) handed_over: bool,
     pub(crate) _result: PhantomData<fn() -> R>,
 }
 
 impl<R> TaskHandle<R> {
-    /// Wait for the task's outcome.
+    /// Wait for the task's outcome, blocking this thread.
+    ///
+    /// Inside async code this blocks the executor's thread: `.await` the
+    /// handle instead (it is a [`Future`] with the same output), which
+    /// never blocks and costs no thread while it waits.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// assert_eq!(pool.submit(20u32, |x| x + 1).await.unwrap(), 21);
+    /// # });
+    /// ```
     ///
     /// ```
     /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
@@ -315,8 +355,77 @@ impl<R> TaskHandle<R> {
     }
 }
 
+impl<R> TaskHandle<R> {
+    /// Make dropping this handle [`cancel`](Self::cancel) its task: for an
+    /// awaited handle whose future is dropped before it finished (a lost
+    /// `select!` branch, a `tokio::time::timeout` that expired). A running
+    /// process task's worker is killed (the pool replaces it); a queued task
+    /// never runs. Without it a dropped handle lets its task finish.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+    /// let slow = pool.submit(60u64, |s| {
+    ///     std::thread::sleep(Duration::from_secs(s));
+    ///     s
+    /// });
+    /// drop(slow.cancel_on_drop()); // its worker is killed now, not in a minute
+    /// assert_eq!(pool.submit(2u8, |x| x * 2).join().unwrap(), 4);
+    /// ```
+    pub fn cancel_on_drop(mut self) -> TaskHandle<R> {
+        self.cancel_on_drop = true;
+        self
+    }
+}
+
+/// Awaiting a handle never blocks the executor: the pool's side (a driver
+/// thread per process worker, the worker thread in thread mode) resolves
+/// the task and wakes the latest waker. A task its submitter sent straight
+/// to an idle worker (the direct path) is handed to its driver on the
+/// first poll that does not find the answer already there.
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+/// assert_eq!(pool.submit(21u64, |x| x * 2).await.unwrap(), 42);
+/// let crashed = pool.submit((), |()| -> u8 { std::process::abort() }).await;
+/// assert!(matches!(crashed, Err(tandem::Error::WorkerDied { .. })));
+/// # });
+/// ```
+impl<R> Future for TaskHandle<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = this.completion.poll_take(cx.waker()) {
+            return Poll::Ready(out);
+        }
+        if !this.handed_over {
+            // Take a direct answer that is already there (no blocking wait).
+            this.read_direct(Patience::None);
+            if let Poll::Ready(out) = this.completion.poll_take(cx.waker()) {
+                return Poll::Ready(out);
+            }
+            // A poll must not wait on the socket: the parked driver takes
+            // the task over when woken (as for a dropped handle), and its
+            // `resolve` wakes the waker stored above.
+            this.handed_over = true;
+            if let Place::Direct { wake, .. } = &*this.control.place.lock().unwrap_or_else(|e| e.into_inner())
+            {
+                super::processes::wake(wake);
+            }
+        }
+        Poll::Pending
+    }
+}
+
 impl<R> Drop for TaskHandle<R> {
     fn drop(&mut self) {
+        if self.cancel_on_drop {
+            self.cancel();
+        }
         // Nobody will read a direct task's answer here: the driver must.
         if !self.completion.resolved.load(Ordering::SeqCst) {
             if let Place::Direct { wake, .. } = &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())

@@ -305,7 +305,14 @@ impl Pool {
 
 /// A handle for task `id` resolving through `completion`.
 fn handle<O>(id: u64, completion: Arc<Completion<O>>) -> TaskHandle<O> {
-    TaskHandle { completion, control: Arc::new(Control::new()), id, _result: PhantomData }
+    TaskHandle {
+        completion,
+        control: Arc::new(Control::new()),
+        id,
+        cancel_on_drop: false,
+        handed_over: false,
+        _result: PhantomData,
+    }
 }
 
 /// Queue `work` as task `id` on a pool of mode `B` (at the front for

@@ -2,7 +2,11 @@
 
 pub(crate) mod process;
 pub(crate) mod thread;
+pub(crate) mod watch;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -61,10 +65,25 @@ pub struct JoinHandle<R> {
 enum Inner<R> {
     Thread(thread::ThreadUnit<R>),
     Process(process::ProcessUnit<R>),
+    /// A process unit that was polled: the watcher thread finishes it.
+    Watched(process::WatchedHandle<R>),
+    /// Only while a poll moves a process unit to the watcher.
+    Moving,
 }
 
 impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
-    /// Wait for the task and return its result.
+    /// Wait for the task and return its result, blocking this thread.
+    ///
+    /// Inside async code this blocks the executor's thread: `.await` the
+    /// handle instead (it is a [`Future`] with the same output).
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// tandem::init();
+    /// let h = tandem::process::spawn(21u64, |x| x * 2).unwrap();
+    /// assert_eq!(h.await.unwrap(), 42);
+    /// # });
+    /// ```
     ///
     /// A panic comes back as [`Error::Panicked`]; a process that died as
     /// [`Error::WorkerDied`] with its signal or exit code.
@@ -81,6 +100,8 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         match self.inner {
             Inner::Thread(t) => t.join(),
             Inner::Process(p) => p.join(None),
+            Inner::Watched(w) => w.watched.outcome.wait(),
+            Inner::Moving => unreachable!("a poll never leaves a handle moving"),
         }
     }
 
@@ -101,6 +122,15 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         match self.inner {
             Inner::Thread(t) => t.join_timeout(limit),
             Inner::Process(p) => p.join(Some(limit)),
+            Inner::Watched(w) => match w.watched.outcome.wait_until(std::time::Instant::now() + limit) {
+                Some(result) => result,
+                None => {
+                    let _ = w.kill();
+                    let _ = w.watched.outcome.wait();
+                    Err(Error::TimedOut)
+                }
+            },
+            Inner::Moving => unreachable!("a poll never leaves a handle moving"),
         }
     }
 
@@ -121,6 +151,8 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         match &self.inner {
             Inner::Thread(_) => Err(Error::Unsupported("killing a thread (only a process can be killed)")),
             Inner::Process(p) => p.kill(),
+            Inner::Watched(w) => w.kill(),
+            Inner::Moving => Ok(()),
         }
     }
 
@@ -140,6 +172,8 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         match &self.inner {
             Inner::Thread(t) => t.is_finished(),
             Inner::Process(p) => p.is_finished(),
+            Inner::Watched(w) => w.watched.outcome.is_filled(),
+            Inner::Moving => false,
         }
     }
 
@@ -156,6 +190,67 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         match &self.inner {
             Inner::Thread(t) => UnitId::Thread(t.id()),
             Inner::Process(p) => UnitId::Process(p.pid()),
+            Inner::Watched(w) => UnitId::Process(w.pid()),
+            Inner::Moving => UnitId::Process(0),
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
+    /// Make dropping this handle [`kill`](Self::kill) its process: for an
+    /// awaited handle whose future is dropped unfinished (a lost `select!`
+    /// branch, a `tokio::time::timeout` that expired). Without it a dropped
+    /// handle detaches its unit, which runs to the end. A thread cannot be
+    /// killed, so for a thread unit this changes nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// tandem::init();
+    /// let h = tandem::process::spawn((), |()| std::thread::sleep(Duration::from_secs(60))).unwrap();
+    /// let pid = h.id();
+    /// drop(h.kill_on_drop()); // SIGKILLed now; the reaper collects it
+    /// # let _ = pid;
+    /// ```
+    pub fn kill_on_drop(mut self) -> JoinHandle<R> {
+        match &mut self.inner {
+            Inner::Process(p) => p.kill_on_drop = true,
+            Inner::Watched(w) => w.set_kill_on_drop(),
+            Inner::Thread(_) | Inner::Moving => {}
+        }
+        self
+    }
+}
+
+/// Awaiting a unit never blocks the executor and starts no thread per
+/// waiter: a thread unit's thread fills its result and wakes the waker; an
+/// awaited process unit is watched, with every other awaited one, by one
+/// background thread in `epoll` on its socket and pidfd, which reads the
+/// answer (or judges the death), reaps the process and wakes the waker.
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// tandem::init();
+/// let h = tandem::process::spawn((), |()| -> u8 { std::process::abort() }).unwrap();
+/// assert!(matches!(h.await, Err(tandem::Error::WorkerDied { signal: Some(6), .. })));
+/// let t = tandem::thread::spawn(4u8, |x| x * x).unwrap();
+/// assert_eq!(t.await.unwrap(), 16);
+/// # });
+/// ```
+impl<R: DeserializeOwned + Send + 'static> Future for JoinHandle<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if matches!(this.inner, Inner::Process(_)) {
+            let Inner::Process(unit) = std::mem::replace(&mut this.inner, Inner::Moving) else {
+                unreachable!("checked above")
+            };
+            this.inner = Inner::Watched(unit.watch());
+        }
+        match &this.inner {
+            Inner::Thread(t) => t.poll(cx),
+            Inner::Watched(w) => w.watched.outcome.poll(cx),
+            Inner::Process(_) | Inner::Moving => unreachable!("moved to the watcher above"),
         }
     }
 }
@@ -165,6 +260,8 @@ impl<R> std::fmt::Debug for JoinHandle<R> {
         match &self.inner {
             Inner::Thread(t) => write!(f, "JoinHandle(thread {:?})", t.id()),
             Inner::Process(p) => write!(f, "JoinHandle(process {})", p.pid()),
+            Inner::Watched(w) => write!(f, "JoinHandle(process {})", w.pid()),
+            Inner::Moving => write!(f, "JoinHandle(moving)"),
         }
     }
 }

@@ -2,12 +2,14 @@
 
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::watch::{Finish, Outcome, WATCHER};
 use crate::Error;
 use crate::child::{self, ChildProcess};
 use crate::codec;
@@ -22,12 +24,31 @@ pub(crate) struct ProcessUnit<R> {
     child: Option<ChildProcess>,
     socket: Option<OwnedFd>,
     config: WorkerConfig,
+    /// Set by `JoinHandle::kill_on_drop`: a drop kills the process.
+    pub(crate) kill_on_drop: bool,
     _result: PhantomData<fn() -> R>,
+}
+
+impl<R> Drop for ProcessUnit<R> {
+    fn drop(&mut self) {
+        if self.kill_on_drop {
+            if let Some(child) = &self.child {
+                let _ = child.kill();
+            }
+        }
+    }
 }
 
 impl<R> ProcessUnit<R> {
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, ChildProcess::pid)
+    }
+
+    pub(crate) fn kill(&self) -> Result<(), Error> {
+        match &self.child {
+            Some(child) => child.kill().map_err(|e| Error::os("killing the worker", e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -72,7 +93,13 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         R: Serialize,
     {
         let Worker { child, socket } = worker;
-        let unit = ProcessUnit { child: Some(child), socket: Some(socket), config, _result: PhantomData };
+        let unit = ProcessUnit {
+            child: Some(child),
+            socket: Some(socket),
+            config,
+            kill_on_drop: false,
+            _result: PhantomData,
+        };
         let encoded = codec::encode(arg)?;
         let header = task::task_header(0, f);
         let sock = unit.socket.as_ref().expect("just set");
@@ -82,13 +109,6 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             wire::send(sock.as_fd(), Kind::Task, &[&header, &encoded.bytes], &codec::borrowed(&encoded.fds));
         wire::shutdown_write(sock);
         Ok(unit)
-    }
-
-    pub(crate) fn kill(&self) -> Result<(), Error> {
-        match &self.child {
-            Some(child) => child.kill().map_err(|e| Error::os("killing the worker", e)),
-            None => Ok(()),
-        }
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -147,6 +167,77 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(Error::os("reading the worker's answer", e))
+            }
+        }
+    }
+}
+
+/// An awaited process unit: the watcher thread finishes it (see `watch`).
+pub(crate) struct Watched<R> {
+    unit: Mutex<Option<ProcessUnit<R>>>,
+    pub(crate) outcome: Outcome<R>,
+    pid: u32,
+}
+
+impl<R: DeserializeOwned + Send + 'static> Finish for Watched<R> {
+    fn finish(&self) {
+        let unit = self.unit.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(unit) = unit {
+            self.outcome.fill(unit.join(None));
+        }
+    }
+}
+
+/// A `JoinHandle`'s hold on its awaited process unit.
+pub(crate) struct WatchedHandle<R> {
+    pub(crate) watched: Arc<Watched<R>>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> ProcessUnit<R> {
+    /// Hand this unit to the watcher thread, which finishes it when its
+    /// socket or pidfd is ready; the result comes through the outcome.
+    pub(crate) fn watch(self) -> WatchedHandle<R> {
+        let pid = self.pid();
+        let watched = Arc::new(Watched { unit: Mutex::new(Some(self)), outcome: Outcome::new(), pid });
+        {
+            let unit = watched.unit.lock().unwrap_or_else(|e| e.into_inner());
+            let unit = unit.as_ref().expect("just stored");
+            let (Some(child), Some(socket)) = (&unit.child, &unit.socket) else {
+                unreachable!("a unit not joined yet holds its child and socket")
+            };
+            let fds = [socket.as_fd(), child.pidfd().as_fd()];
+            WATCHER.watch(watched.clone(), &fds);
+        }
+        WatchedHandle { watched }
+    }
+}
+
+impl<R> WatchedHandle<R> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.watched.pid
+    }
+
+    pub(crate) fn kill(&self) -> Result<(), Error> {
+        match &*self.watched.unit.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(unit) => unit.kill(),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn set_kill_on_drop(&self) {
+        if let Some(unit) = &mut *self.watched.unit.lock().unwrap_or_else(|e| e.into_inner()) {
+            unit.kill_on_drop = true;
+        }
+    }
+}
+
+impl<R> Drop for WatchedHandle<R> {
+    fn drop(&mut self) {
+        // The watcher still holds the unit: kill it if asked, and the
+        // watcher finishes (reaps) it when it dies.
+        if let Some(unit) = &*self.watched.unit.lock().unwrap_or_else(|e| e.into_inner()) {
+            if unit.kill_on_drop {
+                let _ = unit.kill();
             }
         }
     }

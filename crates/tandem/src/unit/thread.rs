@@ -1,18 +1,16 @@
 //! A task on its own OS thread.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use super::watch::Outcome;
 use crate::Error;
 
-struct Slot<R> {
-    value: Mutex<Option<Result<R, Error>>>,
-    ready: Condvar,
-}
-
 pub(crate) struct ThreadUnit<R> {
-    slot: Arc<Slot<R>>,
+    /// Filled by the thread: read by `join` or by a poll (its waker woken).
+    slot: Arc<Outcome<R>>,
     handle: std::thread::JoinHandle<()>,
 }
 
@@ -24,43 +22,40 @@ impl<R> ThreadUnit<R> {
 
 impl<R: Send + 'static> ThreadUnit<R> {
     pub(crate) fn start<A: Send + 'static>(arg: A, f: fn(A) -> R) -> Result<Self, Error> {
-        let slot = Arc::new(Slot { value: Mutex::new(None), ready: Condvar::new() });
+        let slot = Arc::new(Outcome::new());
         let theirs = slot.clone();
         let handle = std::thread::Builder::new()
             .spawn(move || {
                 let result = crate::task::run_here(f, arg);
-                *theirs.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                theirs.ready.notify_all();
+                theirs.fill(result);
             })
             .map_err(|e| Error::os("starting a thread", e))?;
         Ok(ThreadUnit { slot, handle })
     }
 
     pub(crate) fn is_finished(&self) -> bool {
-        self.slot.value.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.slot.is_filled()
+    }
+
+    pub(crate) fn poll(&self, cx: &Context<'_>) -> Poll<Result<R, Error>> {
+        self.slot.poll(cx)
     }
 
     pub(crate) fn join(self) -> Result<R, Error> {
-        // The thread catches panics itself, so join only fails if it could
-        // not store its result, which cannot happen.
+        // The thread catches panics itself and always fills its slot.
         let ThreadUnit { slot, handle } = self;
         let _ = handle.join();
-        let value = slot.value.lock().unwrap_or_else(|e| e.into_inner()).take();
-        value.unwrap_or(Err(Error::Panicked { message: "the thread ended without a result".into() }))
+        slot.wait()
     }
 
     pub(crate) fn join_timeout(self, limit: Duration) -> Result<R, Error> {
-        let deadline = Instant::now() + limit;
-        let mut value = self.slot.value.lock().unwrap_or_else(|e| e.into_inner());
-        while value.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                // A thread cannot be stopped: leave it detached.
-                return Err(Error::TimedOut);
+        match self.slot.wait_until(Instant::now() + limit) {
+            // A thread cannot be stopped: leave it detached.
+            None => Err(Error::TimedOut),
+            Some(result) => {
+                let _ = self.handle.join();
+                result
             }
-            value = self.slot.ready.wait_timeout(value, left).unwrap_or_else(|e| e.into_inner()).0;
         }
-        drop(value);
-        self.join()
     }
 }
