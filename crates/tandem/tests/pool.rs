@@ -537,3 +537,29 @@ fn map_over_ten_million_items_keeps_memory_flat() {
         assert!(grown < 64 * 1024, "{mode:?}: peak memory grew by {grown} KiB over the map");
     }
 }
+
+#[test]
+fn a_thread_pool_with_a_time_limit_shuts_down_after_a_time_out_and_a_cancel() {
+    // The time-out supervisor exits once the pool is closed and idle; a
+    // worker thread that takes (or skips) the last job must tell it, or the
+    // pool's drop waits for it forever. Rounds, since it needs the job to
+    // be still queued when the supervisor looks.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rounds = std::thread::spawn(move || {
+        for _ in 0..20 {
+            let pool = Pool::builder().workers(1).task_timeout(Duration::from_millis(50)).build().unwrap();
+            let slow = pool.submit(2u64, |s| {
+                std::thread::sleep(Duration::from_secs(s));
+                s
+            });
+            assert!(matches!(slow.join(), Err(Error::TimedOut)));
+            let h = pool.submit(1u64, |s| s);
+            h.cancel();
+            let _ = h.join();
+            drop(pool);
+        }
+        tx.send(()).unwrap();
+    });
+    assert!(rx.recv_timeout(Duration::from_secs(60)).is_ok(), "a pool's drop hung");
+    rounds.join().unwrap();
+}

@@ -135,6 +135,14 @@ fn spawn_worker(
 }
 
 fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
+    run_jobs(shared, slot, generation);
+    // The supervisor exits once the pool is closed and idle: a thread that
+    // ends may be what it waits for (the last queued job taken, or skipped
+    // as cancelled), so tell it.
+    shared.backend.deadlines_changed.notify_all();
+}
+
+fn run_jobs(shared: &Arc<Shared>, slot: usize, generation: u64) {
     shared.slot(slot).tid = Some(rustix::thread::gettid().as_raw_nonzero().get());
     let mut init_error = shared
         .config
@@ -162,6 +170,13 @@ fn work(shared: &Arc<Shared>, slot: usize, generation: u64) {
             job.control.set(Place::OnThread { slot, generation, pool: Arc::downgrade(shared) });
         }
         if job.control.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            // Cancelled while it was being taken: it never runs, and leaves
+            // no running entry behind for the supervisor.
+            let mut state = shared.lock();
+            if state.mode.generations[slot] == generation {
+                state.mode.running[slot] = None;
+            }
+            drop(state);
             job.completion.resolve_err(Error::Cancelled);
             job.control.set(Place::Finished);
             continue;
@@ -231,6 +246,7 @@ fn supervise(shared: &Arc<Shared>) {
         let expired: Vec<usize> = (0..state.mode.running.len())
             .filter(|&i| state.mode.running[i].as_ref().is_some_and(|r| deadline_of(r) <= now))
             .collect();
+        let abandoned = !expired.is_empty();
         for slot in expired {
             if let Some(running) = state.mode.running[slot].take() {
                 let interrupted = match &running.clock {
@@ -244,6 +260,10 @@ fn supervise(shared: &Arc<Shared>) {
                     state = shared.lock();
                 }
             }
+        }
+        if abandoned {
+            // The lock was let go meanwhile: look at the pool afresh.
+            continue;
         }
         let now = Instant::now();
         let next = state.mode.running.iter().flatten().map(|r| match &r.clock {
