@@ -259,3 +259,60 @@ fn a_dropped_kill_on_drop_unit_is_killed_and_a_plain_one_finishes() {
     open(&gate, 0);
     assert_eq!(done.wait(), "finished");
 }
+
+fn odd_panics(x: u64) -> u64 {
+    assert!(x % 97 != 13, "item {x} refused");
+    x * x
+}
+
+fn describe(r: Result<u64, Error>) -> String {
+    match r {
+        Ok(v) => v.to_string(),
+        Err(e) => format!("{}", matches!(e, Error::Panicked { .. })),
+    }
+}
+
+#[test]
+fn streams_equal_the_iterators_in_both_modes() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor(|| async {
+        use futures::StreamExt;
+        for mode in MODES {
+            let pool = pool(mode, 2);
+            let want: Vec<String> = pool.map(0..3000u64, odd_panics).map(describe).collect();
+            let got: Vec<String> =
+                pool.map(0..3000u64, odd_panics).into_stream().map(describe).collect().await;
+            assert_eq!(got, want, "{mode:?}");
+            let mut want: Vec<(usize, String)> =
+                pool.map_unordered(0..3000u64, odd_panics).map(|(i, r)| (i, describe(r))).collect();
+            let mut got: Vec<(usize, String)> = pool
+                .map_unordered(0..3000u64, odd_panics)
+                .into_stream()
+                .map(|(i, r)| (i, describe(r)))
+                .collect()
+                .await;
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{mode:?}");
+            // Lazy: taking three consumes a bounded prefix of the input.
+            let taken = std::sync::atomic::AtomicUsize::new(0);
+            let input = (0..u64::MAX).inspect(|_| {
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            let first: Vec<u64> = pool
+                .map(input, |x| x + 1)
+                .batch_size(4)
+                .into_stream()
+                .take(3)
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            assert_eq!(first, vec![1, 2, 3]);
+            assert!(
+                taken.load(std::sync::atomic::Ordering::SeqCst) <= 4 * 4 + 1,
+                "the stream read ahead unbounded"
+            );
+        }
+    });
+}
