@@ -58,6 +58,7 @@ pub mod sync;
 mod sys;
 mod task;
 mod unit;
+mod watch;
 mod wire;
 mod worker;
 

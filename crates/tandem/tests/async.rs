@@ -40,6 +40,19 @@ fn on_every_executor<F: Future<Output = ()> + Send + 'static>(make: impl Fn() ->
     futures::executor::block_on(make());
 }
 
+/// As [`on_every_executor`], for a future that is not `Send` (it borrows a
+/// `Receiver`): on the multi-thread runtime it is polled by `block_on`.
+fn on_every_executor_local<F: Future<Output = ()>>(make: impl Fn() -> F) {
+    current_thread().block_on(make());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(make());
+    futures::executor::block_on(make());
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -315,4 +328,46 @@ fn streams_equal_the_iterators_in_both_modes() {
             );
         }
     });
+}
+
+/// Wait at the gate, send what it passed on, then die without a word more.
+fn send_then_abort((gate_path, tx): (String, tandem::ipc::Sender<u64>)) -> u8 {
+    tx.send(gate(gate_path)).unwrap();
+    std::process::abort()
+}
+
+#[test]
+fn recv_async_from_process_units_and_a_sender_that_dies() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor_local(|| async {
+        let (tx, rx) = tandem::ipc::channel::<u64>().unwrap();
+        let g = Fifo::new();
+        let unit = tandem::process::spawn((g.path.clone(), tx), send_then_abort).unwrap();
+        // Our copy of the sender went with the unit: the unit's is the last.
+        let mut first = Box::pin(rx.recv_async());
+        std::future::poll_fn(|cx| {
+            assert!(first.as_mut().poll(cx).is_pending(), "nothing was sent yet");
+            Poll::Ready(())
+        })
+        .await;
+        // Open the gate from a thread: the FIFO blocks until the unit reads.
+        let opener = std::thread::spawn(move || open(&g, 17));
+        assert_eq!(first.await.unwrap(), 17);
+        // The sender died (SIGABRT): the next receive ends, it does not hang.
+        assert!(matches!(rx.recv_async().await, Err(tandem::ipc::RecvError::Disconnected)));
+        assert!(matches!(unit.await, Err(Error::WorkerDied { signal: Some(6), .. })));
+        opener.join().unwrap();
+    });
+}
+
+#[test]
+fn a_dropped_recv_async_leaves_the_channel_usable() {
+    let _serial = together();
+    let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+    let out = current_thread()
+        .block_on(async { tokio::time::timeout(Duration::from_millis(5), rx.recv_async()).await });
+    assert!(out.is_err());
+    tx.send(3).unwrap();
+    assert_eq!(futures::executor::block_on(rx.recv_async()).unwrap(), 3);
 }

@@ -25,7 +25,7 @@ mod err;
 mod queue;
 mod ring;
 
-pub use channel::{Receiver, Sender, channel, channel_with_max_message};
+pub use channel::{Receiver, RecvFuture, Sender, channel, channel_with_max_message};
 pub use err::{RecvError, RecvTimeoutError, SendError, TryRecvError};
 pub use queue::Queue;
 
