@@ -30,7 +30,9 @@ async fn serve(pool: &Pool, request: String) -> String {
     match tokio::time::timeout(Duration::from_millis(300), handle).await {
         Ok(Ok(Ok(n))) => format!("{request:>8} -> {n}"),
         Ok(Ok(Err(bad))) => format!("{request:>8} -> refused: {bad}"),
-        Ok(Err(Error::WorkerDied { signal, .. })) => format!("{request:>8} -> parser crashed (signal {signal:?})"),
+        Ok(Err(Error::WorkerDied { signal, .. })) => {
+            format!("{request:>8} -> parser crashed (signal {signal:?})")
+        }
         Ok(Err(e)) => format!("{request:>8} -> failed: {e}"),
         Err(_) => format!("{request:>8} -> timed out: its worker was killed"),
     }
@@ -40,7 +42,8 @@ fn main() {
     tandem::init();
     let pool = Pool::builder().mode(Mode::Process).workers(4).build().expect("starting the pool");
     let requests = ["12", "crash", "7", "loop", "x1", "40", "loop", "crash", "99", "5"];
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let started = Instant::now();
     runtime.block_on(async {
         // Two rounds of requests at once: the bad ones never hold up the rest.
