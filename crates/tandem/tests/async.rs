@@ -371,3 +371,47 @@ fn a_dropped_recv_async_leaves_the_channel_usable() {
     tx.send(3).unwrap();
     assert_eq!(futures::executor::block_on(rx.recv_async()).unwrap(), 3);
 }
+
+/// Wait at the gate, put what it passed on, then die.
+fn put_then_abort((gate_path, q): (String, tandem::ipc::Queue<u64>)) -> u8 {
+    q.put(gate(gate_path)).unwrap();
+    std::process::abort()
+}
+
+#[test]
+fn get_async_from_process_units_including_one_that_dies() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor_local(|| async {
+        let q = tandem::ipc::Queue::<u64>::bounded(4).unwrap();
+        let g = Fifo::new();
+        let unit = tandem::process::spawn((g.path.clone(), q.clone()), put_then_abort).unwrap();
+        let mut first = Box::pin(q.get_async());
+        std::future::poll_fn(|cx| {
+            assert!(first.as_mut().poll(cx).is_pending(), "nothing was put yet");
+            Poll::Ready(())
+        })
+        .await;
+        let opener = std::thread::spawn(move || open(&g, 23));
+        assert_eq!(first.await.unwrap(), 23);
+        // The putter died after its put: the queue is intact and usable.
+        assert!(matches!(unit.await, Err(Error::WorkerDied { signal: Some(6), .. })));
+        q.put(5).unwrap();
+        assert_eq!(q.get_async().await.unwrap(), 5);
+        // Many getters of one queue wait at once; each gets one item.
+        let getters: Vec<_> = (0..50).map(|_| q.get_async()).collect();
+        let mut all = Box::pin(futures::future::join_all(getters));
+        std::future::poll_fn(|cx| {
+            assert!(all.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let feeder =
+            tandem::process::spawn(q.clone(), |q| (0..50u64).for_each(|i| q.put(i).unwrap())).unwrap();
+        let mut got: Vec<u64> = all.await.into_iter().map(Result::unwrap).collect();
+        got.sort();
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
+        feeder.await.unwrap();
+        opener.join().unwrap();
+    });
+}
