@@ -58,11 +58,14 @@ pub mod sync;
 mod sys;
 mod task;
 mod unit;
+mod watch;
 mod wire;
 mod worker;
 
 pub use error::{Error, signal_name};
-pub use pool::{Map, MapUnordered, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats};
+pub use pool::{
+    Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats,
+};
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
 
 // The before-`main` hook: `sys` holds the ELF constructor but names nothing

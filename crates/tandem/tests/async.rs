@@ -40,6 +40,19 @@ fn on_every_executor<F: Future<Output = ()> + Send + 'static>(make: impl Fn() ->
     futures::executor::block_on(make());
 }
 
+/// As [`on_every_executor`], for a future that is not `Send` (it borrows a
+/// `Receiver`): on the multi-thread runtime it is polled by `block_on`.
+fn on_every_executor_local<F: Future<Output = ()>>(make: impl Fn() -> F) {
+    current_thread().block_on(make());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(make());
+    futures::executor::block_on(make());
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -258,4 +271,147 @@ fn a_dropped_kill_on_drop_unit_is_killed_and_a_plain_one_finishes() {
     assert!(out.is_err());
     open(&gate, 0);
     assert_eq!(done.wait(), "finished");
+}
+
+fn odd_panics(x: u64) -> u64 {
+    assert!(x % 97 != 13, "item {x} refused");
+    x * x
+}
+
+fn describe(r: Result<u64, Error>) -> String {
+    match r {
+        Ok(v) => v.to_string(),
+        Err(e) => format!("{}", matches!(e, Error::Panicked { .. })),
+    }
+}
+
+#[test]
+fn streams_equal_the_iterators_in_both_modes() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor(|| async {
+        use futures::StreamExt;
+        for mode in MODES {
+            let pool = pool(mode, 2);
+            let want: Vec<String> = pool.map(0..3000u64, odd_panics).map(describe).collect();
+            let got: Vec<String> =
+                pool.map(0..3000u64, odd_panics).into_stream().map(describe).collect().await;
+            assert_eq!(got, want, "{mode:?}");
+            let mut want: Vec<(usize, String)> =
+                pool.map_unordered(0..3000u64, odd_panics).map(|(i, r)| (i, describe(r))).collect();
+            let mut got: Vec<(usize, String)> = pool
+                .map_unordered(0..3000u64, odd_panics)
+                .into_stream()
+                .map(|(i, r)| (i, describe(r)))
+                .collect()
+                .await;
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{mode:?}");
+            // Lazy: taking three consumes a bounded prefix of the input.
+            let taken = std::sync::atomic::AtomicUsize::new(0);
+            let input = (0..u64::MAX).inspect(|_| {
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            let first: Vec<u64> = pool
+                .map(input, |x| x + 1)
+                .batch_size(4)
+                .into_stream()
+                .take(3)
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            assert_eq!(first, vec![1, 2, 3]);
+            assert!(
+                taken.load(std::sync::atomic::Ordering::SeqCst) <= 4 * 4 + 1,
+                "the stream read ahead unbounded"
+            );
+        }
+    });
+}
+
+/// Wait at the gate, send what it passed on, then die without a word more.
+fn send_then_abort((gate_path, tx): (String, tandem::ipc::Sender<u64>)) -> u8 {
+    tx.send(gate(gate_path)).unwrap();
+    std::process::abort()
+}
+
+#[test]
+fn recv_async_from_process_units_and_a_sender_that_dies() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor_local(|| async {
+        let (tx, rx) = tandem::ipc::channel::<u64>().unwrap();
+        let g = Fifo::new();
+        let unit = tandem::process::spawn((g.path.clone(), tx), send_then_abort).unwrap();
+        // Our copy of the sender went with the unit: the unit's is the last.
+        let mut first = Box::pin(rx.recv_async());
+        std::future::poll_fn(|cx| {
+            assert!(first.as_mut().poll(cx).is_pending(), "nothing was sent yet");
+            Poll::Ready(())
+        })
+        .await;
+        // Open the gate from a thread: the FIFO blocks until the unit reads.
+        let opener = std::thread::spawn(move || open(&g, 17));
+        assert_eq!(first.await.unwrap(), 17);
+        // The sender died (SIGABRT): the next receive ends, it does not hang.
+        assert!(matches!(rx.recv_async().await, Err(tandem::ipc::RecvError::Disconnected)));
+        assert!(matches!(unit.await, Err(Error::WorkerDied { signal: Some(6), .. })));
+        opener.join().unwrap();
+    });
+}
+
+#[test]
+fn a_dropped_recv_async_leaves_the_channel_usable() {
+    let _serial = together();
+    let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+    let out = current_thread()
+        .block_on(async { tokio::time::timeout(Duration::from_millis(5), rx.recv_async()).await });
+    assert!(out.is_err());
+    tx.send(3).unwrap();
+    assert_eq!(futures::executor::block_on(rx.recv_async()).unwrap(), 3);
+}
+
+/// Wait at the gate, put what it passed on, then die.
+fn put_then_abort((gate_path, q): (String, tandem::ipc::Queue<u64>)) -> u8 {
+    q.put(gate(gate_path)).unwrap();
+    std::process::abort()
+}
+
+#[test]
+fn get_async_from_process_units_including_one_that_dies() {
+    let _serial = together();
+    tandem::init();
+    on_every_executor_local(|| async {
+        let q = tandem::ipc::Queue::<u64>::bounded(4).unwrap();
+        let g = Fifo::new();
+        let unit = tandem::process::spawn((g.path.clone(), q.clone()), put_then_abort).unwrap();
+        let mut first = Box::pin(q.get_async());
+        std::future::poll_fn(|cx| {
+            assert!(first.as_mut().poll(cx).is_pending(), "nothing was put yet");
+            Poll::Ready(())
+        })
+        .await;
+        let opener = std::thread::spawn(move || open(&g, 23));
+        assert_eq!(first.await.unwrap(), 23);
+        // The putter died after its put: the queue is intact and usable.
+        assert!(matches!(unit.await, Err(Error::WorkerDied { signal: Some(6), .. })));
+        q.put(5).unwrap();
+        assert_eq!(q.get_async().await.unwrap(), 5);
+        // Many getters of one queue wait at once; each gets one item.
+        let getters: Vec<_> = (0..50).map(|_| q.get_async()).collect();
+        let mut all = Box::pin(futures::future::join_all(getters));
+        std::future::poll_fn(|cx| {
+            assert!(all.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let feeder =
+            tandem::process::spawn(q.clone(), |q| (0..50u64).for_each(|i| q.put(i).unwrap())).unwrap();
+        let mut got: Vec<u64> = all.await.into_iter().map(Result::unwrap).collect();
+        got.sort();
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
+        feeder.await.unwrap();
+        opener.join().unwrap();
+    });
 }

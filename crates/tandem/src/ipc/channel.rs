@@ -7,10 +7,13 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -26,6 +29,7 @@ use crate::codec::{self, RecvFd, SendFd};
 use crate::shared;
 use crate::sys::robust::{Acquired, MUTEX_BYTES, RobustMutex};
 use crate::sys::shm::Region;
+use crate::watch::{Readiness, WATCHER};
 use crate::wire::{self, Kind};
 
 /// Make a channel with the default message limit ([`DEFAULT_MAX_MESSAGE`]).
@@ -308,6 +312,26 @@ impl<T: DeserializeOwned> Receiver<T> {
         std::iter::from_fn(move || self.recv().ok())
     }
 
+    /// Wait for the next message without blocking the executor: a future
+    /// with [`recv`](Self::recv)'s output. While it waits, one shared
+    /// background thread watches the socket (no thread per receiver); a
+    /// sender that dies or drops its end ends the wait with
+    /// `Err(RecvError::Disconnected)` once every sender is gone.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// tandem::init();
+    /// let (tx, rx) = tandem::ipc::channel::<u32>().unwrap();
+    /// let h = tandem::process::spawn(tx, |tx| tx.send(7).unwrap()).unwrap();
+    /// assert_eq!(rx.recv_async().await.unwrap(), 7);
+    /// h.await.unwrap();
+    /// assert!(matches!(rx.recv_async().await, Err(tandem::ipc::RecvError::Disconnected)));
+    /// # });
+    /// ```
+    pub fn recv_async(&self) -> RecvFuture<'_, T> {
+        RecvFuture { rx: self, watch: None }
+    }
+
     fn readable(&self, wait: Option<Duration>) -> Result<bool, Error> {
         let timeout = wait.map(|d| Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 });
         let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
@@ -315,6 +339,57 @@ impl<T: DeserializeOwned> Receiver<T> {
             Ok(n) => Ok(n > 0),
             Err(rustix::io::Errno::INTR) => Ok(false),
             Err(e) => Err(Error::os("waiting on a channel", e)),
+        }
+    }
+}
+
+/// The future of [`Receiver::recv_async`].
+#[must_use = "a future does nothing unless awaited"]
+pub struct RecvFuture<'a, T> {
+    rx: &'a Receiver<T>,
+    /// The watcher's registration while it waits: key and readiness.
+    watch: Option<(u64, Arc<Readiness>)>,
+}
+
+impl<T: DeserializeOwned> Future for RecvFuture<'_, T> {
+    type Output = Result<T, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if let Some((_, ready)) = &this.watch {
+                if !ready.fired() {
+                    ready.update(cx.waker());
+                    // Fired between the look and the update: look again.
+                    if !ready.fired() {
+                        return Poll::Pending;
+                    }
+                }
+                this.watch = None;
+            }
+            match this.rx.try_recv() {
+                Ok(value) => return Poll::Ready(Ok(value)),
+                Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError::Disconnected)),
+                Err(TryRecvError::Failed(e)) => return Poll::Ready(Err(RecvError::Failed(e))),
+                Err(TryRecvError::Empty) => {}
+            }
+            // Level-triggered: a message that came after the look above
+            // fires the registration at once.
+            let ready = Arc::new(Readiness::new(cx.waker()));
+            match WATCHER.watch_ready(ready.clone(), this.rx.sock.as_fd()) {
+                Ok(key) => this.watch = Some((key, ready)),
+                Err(e) => return Poll::Ready(Err(RecvError::Failed(e))),
+            }
+        }
+    }
+}
+
+impl<T> Drop for RecvFuture<'_, T> {
+    fn drop(&mut self) {
+        if let Some((key, ready)) = &self.watch {
+            if !ready.fired() {
+                WATCHER.unwatch(*key);
+            }
         }
     }
 }

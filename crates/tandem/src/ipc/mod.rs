@@ -23,11 +23,13 @@
 mod channel;
 mod err;
 mod queue;
+mod queue_async;
 mod ring;
 
-pub use channel::{Receiver, Sender, channel, channel_with_max_message};
+pub use channel::{Receiver, RecvFuture, Sender, channel, channel_with_max_message};
 pub use err::{RecvError, RecvTimeoutError, SendError, TryRecvError};
 pub use queue::Queue;
+pub use queue_async::GetFuture;
 
 use crate::wire;
 

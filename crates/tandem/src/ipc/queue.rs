@@ -43,7 +43,9 @@ use crate::shared;
 /// h.join().unwrap();
 /// ```
 pub struct Queue<T> {
-    ring: Arc<Ring>,
+    pub(super) ring: Arc<Ring>,
+    /// This process's pending `get_async`s and their watcher.
+    pub(super) getters: Arc<super::queue_async::Getters>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -81,7 +83,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let max_item = u32::try_from(max_item).map_err(|_| bad("the item size must fit in 32 bits"))?;
         let ring =
             Ring::create(capacity, max_item).map_err(|e| Error::os("making a queue (memfd + mmap)", e))?;
-        Ok(Queue { ring: Arc::new(ring), _t: PhantomData })
+        Ok(Queue { ring: Arc::new(ring), getters: Arc::default(), _t: PhantomData })
     }
 
     fn encode(&self, item: &T) -> Result<Vec<u8>, Error> {
@@ -212,7 +214,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue { ring: self.ring.clone(), _t: PhantomData }
+        Queue { ring: self.ring.clone(), getters: self.getters.clone(), _t: PhantomData }
     }
 }
 
@@ -240,6 +242,6 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         let (region, ()) = shared::deserialize(deserializer, "queue", |_, _| Ok(()))?;
         let ring =
             Ring::open(region).map_err(|e| D::Error::custom(format!("mapping a shared queue: {e}")))?;
-        Ok(Queue { ring: Arc::new(ring), _t: PhantomData })
+        Ok(Queue { ring: Arc::new(ring), getters: Arc::default(), _t: PhantomData })
     }
 }

@@ -234,6 +234,19 @@ impl Ring {
         }
     }
 
+    /// Wait until an item may be there or `deadline` passes (false): for
+    /// the async getters' watcher, which takes nothing itself.
+    pub fn wait_for_item(&self, deadline: Instant) -> Result<bool, RingError> {
+        let head = self.region.atomic_u64(HEAD);
+        let tail = self.region.atomic_u64(TAIL);
+        let has_item = || tail.load(Ordering::SeqCst) > head.load(Ordering::SeqCst);
+        match self.wait(GETTERS, NOT_EMPTY, Some(deadline), has_item) {
+            Ok(()) => Ok(true),
+            Err(RingError::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Wait until `ready` may hold (the caller looks again under its lock)
     /// or the deadline passes.
     ///

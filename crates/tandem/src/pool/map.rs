@@ -27,6 +27,9 @@ use super::handle::Completion;
 use super::{BatchJob, Pool, ProcessWork, TaskHandle, ThreadWork};
 use crate::{Error, batch, task};
 
+mod stream;
+pub use stream::{MapStream, MapUnorderedStream};
+
 /// A batch in flight: where its items are in the input.
 struct Segment<A, R> {
     /// Input index of its first item.
@@ -130,7 +133,17 @@ where
     /// (also in order).
     fn settle(&mut self, segment: Segment<A, R>) -> (Vec<Run<R>>, Vec<Segment<A, R>>) {
         let Segment { start, len, attempts, offsets, handle, .. } = segment;
-        let outcome = match handle.join() {
+        self.settle_with((start, len, attempts, offsets), handle.join())
+    }
+
+    /// Settle a segment (start, len, attempts, offsets) whose handle gave
+    /// `outcome`, joined or awaited.
+    fn settle_with(
+        &mut self,
+        (start, len, attempts, offsets): (usize, usize, u32, Vec<u32>),
+        outcome: Result<BatchOutcome<A, R>, Error>,
+    ) -> (Vec<Run<R>>, Vec<Segment<A, R>>) {
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => return (vec![Run::same(start, len, e)], Vec::new()),
         };

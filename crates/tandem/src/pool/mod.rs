@@ -38,7 +38,7 @@ pub use builder::PoolBuilder;
 pub use handle::TaskHandle;
 use handle::{Completion, Control, Resolve};
 pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
-pub use map::{Map, MapUnordered};
+pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream};
 use shared::Shared;
 pub use stats::{PoolStats, WorkerStats};
 

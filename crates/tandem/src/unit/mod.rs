@@ -2,7 +2,6 @@
 
 pub(crate) mod process;
 pub(crate) mod thread;
-pub(crate) mod watch;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,12 +9,12 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::watch::{Finish, Outcome, WATCHER};
 use crate::Error;
 use crate::child::{self, ChildProcess};
 use crate::codec;
 use crate::launch::{self, StartMethod, Worker, WorkerConfig};
 use crate::task;
+use crate::watch::{Finish, Outcome, WATCHER};
 use crate::wire::{self, Kind, RecvError};
 
 /// Dropped unjoined, the unit is detached: its child goes to the reaper (see

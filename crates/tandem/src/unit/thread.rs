@@ -5,8 +5,8 @@ use std::task::{Context, Poll};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use super::watch::Outcome;
 use crate::Error;
+use crate::watch::Outcome;
 
 pub(crate) struct ThreadUnit<R> {
     /// Filled by the thread: read by `join` or by a poll (its waker woken).

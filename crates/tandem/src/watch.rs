@@ -1,4 +1,4 @@
-//! Awaiting one-off units without a thread per waiter.
+//! Awaiting without a thread per waiter: one-off units, channel receives.
 //!
 //! [`Outcome`] is a unit's result slot: filled once, read by a blocking
 //! `wait` or by a poll that leaves its waker. A thread unit's thread fills
@@ -7,6 +7,9 @@
 //! pidfd of every awaited process unit; when either is ready it finishes
 //! the unit there (reads its answer, bounded as `wire::recv` reads, or
 //! judges its death, and reaps it), fills the outcome and wakes the waker.
+//! A channel's `recv_async` registers a copy of its socket the same way
+//! ([`Watcher::watch_ready`]) and is woken when a message (or the end)
+//! arrives; it reads on its own poll.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -118,7 +121,46 @@ struct Running {
 #[derive(Default)]
 struct Units {
     next_key: u64,
-    by_key: HashMap<u64, Arc<dyn Finish>>,
+    by_key: HashMap<u64, Entry>,
+}
+
+/// A registration: what to finish, and descriptors the watcher owns (a
+/// copy of a channel's socket), taken out of the epoll set when it fires or
+/// is withdrawn: closing a copy alone would not, while the original is open.
+struct Entry {
+    unit: Arc<dyn Finish>,
+    owned: Option<std::os::fd::OwnedFd>,
+}
+
+/// Wakes the latest waker of a `recv_async` when its socket is readable.
+pub(crate) struct Readiness {
+    fired: std::sync::atomic::AtomicBool,
+    waker: Mutex<Waker>,
+}
+
+impl Readiness {
+    pub(crate) fn new(waker: &Waker) -> Readiness {
+        Readiness { fired: std::sync::atomic::AtomicBool::new(false), waker: Mutex::new(waker.clone()) }
+    }
+
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keep the latest poll's waker.
+    pub(crate) fn update(&self, waker: &Waker) {
+        let mut mine = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        if !mine.will_wake(waker) {
+            *mine = waker.clone();
+        }
+    }
+}
+
+impl Finish for Readiness {
+    fn finish(&self) {
+        self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.waker.lock().unwrap_or_else(|e| e.into_inner()).wake_by_ref();
+    }
 }
 
 impl Watcher {
@@ -153,7 +195,37 @@ impl Watcher {
             drop(units);
             return finish_on_a_thread(unit);
         }
-        units.by_key.insert(key, unit);
+        units.by_key.insert(key, Entry { unit, owned: None });
+    }
+
+    /// Wake `ready` once `fd` is readable. The watcher keeps a copy of the
+    /// descriptor until then; `None` if it could not (the error says why).
+    pub(crate) fn watch_ready(
+        &self,
+        ready: Arc<Readiness>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<u64, Error> {
+        let running = self
+            .running()
+            .ok_or(Error::Unsupported("waiting without blocking: no watcher thread could start"))?;
+        let copy = fd.try_clone_to_owned().map_err(|e| Error::os("copying a socket for the watcher", e))?;
+        let mut units = running.units.lock().unwrap_or_else(|e| e.into_inner());
+        let key = units.next_key;
+        units.next_key += 1;
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+        epoll::add(&running.epoll, &copy, epoll::EventData::new_u64(key), flags)
+            .map_err(|e| Error::os("registering a socket with the watcher", e))?;
+        units.by_key.insert(key, Entry { unit: ready, owned: Some(copy) });
+        Ok(key)
+    }
+
+    /// Withdraw a registration that has not fired (a dropped future).
+    pub(crate) fn unwatch(&self, key: u64) {
+        let Some(running) = self.running.get() else { return };
+        let entry = running.units.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&key);
+        if let Some(Entry { owned: Some(fd), .. }) = entry {
+            let _ = epoll::delete(&running.epoll, &fd);
+        }
     }
 }
 
@@ -188,8 +260,11 @@ fn run(running: &Running) {
             let key = event.data.u64();
             // The first of a unit's descriptors to fire finishes it; the
             // other finds nothing (and its descriptor closes with the unit).
-            let unit = running.units.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&key);
-            if let Some(unit) = unit {
+            let entry = running.units.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&key);
+            if let Some(Entry { unit, owned }) = entry {
+                if let Some(fd) = owned {
+                    let _ = epoll::delete(&running.epoll, &fd);
+                }
                 unit.finish();
             }
         }
