@@ -9,7 +9,11 @@
 //! judges its death, and reaps it), fills the outcome and wakes the waker.
 //! A channel's `recv_async` registers a copy of its socket the same way
 //! ([`Watcher::watch_ready`]) and is woken when a message (or the end)
-//! arrives; it reads on its own poll.
+//! arrives; it reads on its own poll. The reaper (`child::reaper`) hands
+//! it the pidfds of children whose handles were dropped unjoined.
+//!
+//! This module depends on nothing in the crate but `Error`, so the process
+//! layers (`child`) and the public ones above them can all use it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -180,7 +184,22 @@ impl Watcher {
     /// descriptors open until `finish` runs. If no watcher can run (out of
     /// descriptors or threads), the unit is finished on a thread of its own.
     pub(crate) fn watch(&self, unit: Arc<dyn Finish>, fds: &[std::os::fd::BorrowedFd<'_>]) {
-        let Some(running) = self.running() else { return finish_on_a_thread(unit) };
+        if let Err(unit) = self.try_watch(unit, fds) {
+            finish_on_a_thread(unit);
+        }
+    }
+
+    /// Register `unit` under `fds`; the unit back if none could be (no
+    /// watcher thread, or no descriptor accepted), for the caller to
+    /// finish another way.
+    pub(crate) fn try_watch(
+        &self,
+        unit: Arc<dyn Finish>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), Arc<dyn Finish>> {
+        let Some(running) = self.running() else { return Err(unit) };
+        // Registered under the lock, so the watcher, which takes the lock to
+        // find the unit of an event, sees it in the map.
         let mut units = running.units.lock().unwrap_or_else(|e| e.into_inner());
         let key = units.next_key;
         units.next_key += 1;
@@ -192,10 +211,10 @@ impl Watcher {
             }
         }
         if added == 0 {
-            drop(units);
-            return finish_on_a_thread(unit);
+            return Err(unit);
         }
         units.by_key.insert(key, Entry { unit, owned: None });
+        Ok(())
     }
 
     /// Wake `ready` once `fd` is readable. The watcher keeps a copy of the

@@ -286,7 +286,7 @@ fn dropping_an_unjoined_handle_leaves_no_zombie() {
         }
     }
     for pid in pids {
-        // Exited (pidfd readable) and then reaped by the reaper thread.
+        // Exited (pidfd readable) and then reaped by the watcher thread.
         assert!(common::wait_gone(pid, Duration::from_secs(10)));
         assert!(
             common::eventually(Duration::from_secs(10), || !common::exists(pid)),

@@ -5,7 +5,7 @@
 //! exit status is a [`Reap`] the start method hands in (our own child is
 //! waited with `waitid(P_PIDFD)`, [`OwnChild`]; a fork-server worker's
 //! status comes from the template's reports); where a child dropped unjoined
-//! goes is an [`Orphanage`] (the reaper thread, [`reaper::REAPER`]). The two
+//! goes is an [`Orphanage`] (the reaper, [`reaper::REAPER`], which hands it to the crate's watcher thread). The two
 //! seams play the parts of tokio's `Wait` and `OrphanQueue`.
 
 pub(crate) mod reaper;

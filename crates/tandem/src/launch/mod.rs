@@ -55,7 +55,7 @@ pub enum StartMethod {
 ///
 /// The socket is declared first so it is dropped first: a worker dropped on
 /// an error path sees its connection close and exits, so reaping the child
-/// (which may block when no reaper thread can be started) always ends.
+/// (which may block when no watcher thread can be started) always ends.
 pub(crate) struct Worker {
     pub socket: OwnedFd,
     pub child: ChildProcess,
