@@ -40,6 +40,7 @@
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+mod answer;
 mod backoff;
 mod batch;
 #[cfg(feature = "chaos")]

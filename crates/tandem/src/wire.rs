@@ -180,13 +180,6 @@ pub fn send(sock: BorrowedFd<'_>, kind: Kind, parts: &[&[u8]], fds: &[BorrowedFd
     Ok(())
 }
 
-/// Poll `fds` without sleeping, for the budget of a peer's answer
-/// ([`Backoff::ANSWER`]). True as soon as any of them is ready.
-pub fn spin_until_ready(fds: &mut [PollFd<'_>]) -> bool {
-    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-    Backoff::ANSWER.spin_until(|| matches!(rustix::event::poll(fds, Some(&zero)), Ok(n) if n > 0))
-}
-
 /// Wait until `sock` is readable or `deadline` passes.
 fn wait_readable(sock: BorrowedFd<'_>, deadline: Instant) -> Result<(), RecvError> {
     loop {
@@ -237,94 +230,183 @@ fn recv_frame(
     deadline: Option<Instant>,
     spin: bool,
 ) -> Result<Option<Frame>, RecvError> {
-    let flags = if deadline.is_some() { RecvFlags::DONTWAIT } else { RecvFlags::empty() };
+    let mut reader = FrameReader::new();
     let mut spinner = Backoff::ANSWER.begin();
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
-    while filled < HEADER_LEN {
+    loop {
         if let Some(d) = deadline {
             wait_readable(sock, d)?;
         }
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(&mut header[filled..])];
-        let spinning = spin && filled == 0;
-        let flags = if spinning { RecvFlags::DONTWAIT } else { flags };
-        let got = match rustix::net::recvmsg(sock, &mut iov, &mut control, flags | RecvFlags::CMSG_CLOEXEC) {
-            Ok(got) => got,
-            Err(rustix::io::Errno::AGAIN) if spinning => {
-                if !spinner.pause() {
+        let spinning = spin && reader.is_empty();
+        let wait = if deadline.is_some() || spinning { Wait::No } else { Wait::Yes };
+        match reader.step(sock, max_payload, wait)? {
+            Step::Frame(frame) => return Ok(Some(frame)),
+            Step::More => {}
+            Step::WouldBlock => {
+                if spinning && !spinner.pause() {
                     return Ok(None);
                 }
-                continue;
             }
-            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
-            // A peer that died with our data unread resets the connection.
-            Err(rustix::io::Errno::CONNRESET) if filled == 0 => return Err(RecvError::Closed),
-            Err(rustix::io::Errno::CONNRESET) => {
-                return Err(RecvError::Truncated("the connection was reset inside a frame header".into()));
+        }
+    }
+}
+
+/// Whether a read may sleep until bytes arrive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// What one read brought.
+enum Step {
+    /// A whole frame.
+    Frame(Frame),
+    /// Some bytes of one; read again.
+    More,
+    /// Nothing had arrived (only without waiting).
+    WouldBlock,
+}
+
+/// A frame arriving piece by piece: the one reading engine behind every
+/// receive, blocking ([`recv`]) or not ([`FrameReader::read_ready`], for an
+/// event loop that must never wait on one peer while others have answered).
+///
+#[derive(Default)]
+pub struct FrameReader {
+    header: [u8; HEADER_LEN],
+    filled: usize,
+    fds: Vec<OwnedFd>,
+    /// Once the header is whole and checked: the kind and payload length.
+    announced: Option<(Kind, usize)>,
+    payload: Vec<u8>,
+}
+
+impl FrameReader {
+    /// A reader at a frame boundary.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// True at a frame boundary (no byte of the next frame read yet).
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Read whatever has arrived, never waiting: `Some` once a whole frame
+    /// is in, `None` while more must come. After an error the stream is
+    /// unusable (its framing is lost) and the reader must be dropped.
+    pub fn read_ready(&mut self, sock: BorrowedFd<'_>, max_payload: u64) -> Result<Option<Frame>, RecvError> {
+        loop {
+            match self.step(sock, max_payload, Wait::No)? {
+                Step::Frame(frame) => return Ok(Some(frame)),
+                Step::More => {}
+                Step::WouldBlock => return Ok(None),
             }
-            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+
+    /// One read: of the header's missing bytes (descriptors ride on its
+    /// first byte), or of the payload, a step at a time.
+    fn step(&mut self, sock: BorrowedFd<'_>, max_payload: u64, wait: Wait) -> Result<Step, RecvError> {
+        let flags = if wait == Wait::No { RecvFlags::DONTWAIT } else { RecvFlags::empty() };
+        let Some((kind, len)) = self.announced else {
+            let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [IoSliceMut::new(&mut self.header[self.filled..])];
+            let got =
+                match rustix::net::recvmsg(sock, &mut iov, &mut control, flags | RecvFlags::CMSG_CLOEXEC) {
+                    Ok(got) => got,
+                    Err(rustix::io::Errno::AGAIN) => return Ok(Step::WouldBlock),
+                    Err(rustix::io::Errno::INTR) => return Ok(Step::More),
+                    // A peer that died with our data unread resets the connection.
+                    Err(rustix::io::Errno::CONNRESET) if self.filled == 0 => return Err(RecvError::Closed),
+                    Err(rustix::io::Errno::CONNRESET) => {
+                        return Err(RecvError::Truncated(
+                            "the connection was reset inside a frame header".into(),
+                        ));
+                    }
+                    Err(e) => return Err(RecvError::Io(e.into())),
+                };
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    self.fds.extend(received);
+                }
+            }
+            if got.flags.contains(ReturnFlags::CTRUNC) {
+                return Err(RecvError::Malformed("more descriptors than a frame may carry".into()));
+            }
+            if got.bytes == 0 {
+                return Err(if self.filled == 0 {
+                    RecvError::Closed
+                } else {
+                    RecvError::Truncated("the connection closed inside a frame header".into())
+                });
+            }
+            self.filled += got.bytes;
+            if self.filled < HEADER_LEN {
+                return Ok(Step::More);
+            }
+            let (kind, len) = self.check_header(max_payload)?;
+            self.announced = Some((kind, len));
+            self.payload = Vec::with_capacity(len.min(READ_STEP));
+            return Ok(if len == 0 { Step::Frame(self.take(kind)) } else { Step::More });
         };
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = message {
-                fds.extend(received);
-            }
-        }
-        if got.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(RecvError::Malformed("more descriptors than a frame may carry".into()));
-        }
-        if got.bytes == 0 {
-            return Err(if filled == 0 {
-                RecvError::Closed
-            } else {
-                RecvError::Truncated("the connection closed inside a frame header".into())
-            });
-        }
-        filled += got.bytes;
-    }
-    if header[..2] != MAGIC {
-        return Err(RecvError::Malformed("bad magic: the peer is not speaking tandem's protocol".into()));
-    }
-    let kind = Kind::from_byte(header[2])
-        .ok_or_else(|| RecvError::Malformed(format!("unknown frame kind {}", header[2])))?;
-    if fds.len() != header[3] as usize {
-        return Err(RecvError::Malformed(format!(
-            "the frame announced {} descriptors but carried {}",
-            header[3],
-            fds.len()
-        )));
-    }
-    let len = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
-    if len > max_payload {
-        return Err(RecvError::Malformed(format!(
-            "a message of {len} bytes is over the limit of {max_payload} bytes (raise the maximum message size if it is real)"
-        )));
-    }
-    let len = len as usize;
-    let mut payload: Vec<u8> = Vec::with_capacity(len.min(READ_STEP));
-    while payload.len() < len {
-        if let Some(d) = deadline {
-            wait_readable(sock, d)?;
-        }
-        let start = payload.len();
+        let start = self.payload.len();
         let want = (len - start).min(READ_STEP);
         // Zeroing a step before reading into it costs far less than the
         // copy out of the socket, and keeps this layer free of `unsafe`.
-        payload.resize(start + want, 0);
-        match rustix::net::recv(sock, &mut payload[start..], flags) {
-            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => {
-                return Err(RecvError::Truncated(format!(
-                    "the connection closed after {start} of {len} payload bytes"
-                )));
+        self.payload.resize(start + want, 0);
+        match rustix::net::recv(sock, &mut self.payload[start..], flags) {
+            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => Err(RecvError::Truncated(format!(
+                "the connection closed after {start} of {len} payload bytes"
+            ))),
+            Ok((n, _)) => {
+                self.payload.truncate(start + n);
+                Ok(if start + n == len { Step::Frame(self.take(kind)) } else { Step::More })
             }
-            Ok((n, _)) => payload.truncate(start + n),
-            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => payload.truncate(start),
-            Err(e) => return Err(RecvError::Io(e.into())),
+            Err(rustix::io::Errno::INTR) => {
+                self.payload.truncate(start);
+                Ok(Step::More)
+            }
+            Err(rustix::io::Errno::AGAIN) => {
+                self.payload.truncate(start);
+                Ok(Step::WouldBlock)
+            }
+            Err(e) => Err(RecvError::Io(e.into())),
         }
     }
-    Ok(Some(Frame { kind, payload, fds }))
+
+    /// The whole header, checked before a byte of payload is taken: the
+    /// length is refused over the maximum before anything is allocated.
+    fn check_header(&self, max_payload: u64) -> Result<(Kind, usize), RecvError> {
+        let header = &self.header;
+        if header[..2] != MAGIC {
+            return Err(RecvError::Malformed("bad magic: the peer is not speaking tandem's protocol".into()));
+        }
+        let kind = Kind::from_byte(header[2])
+            .ok_or_else(|| RecvError::Malformed(format!("unknown frame kind {}", header[2])))?;
+        if self.fds.len() != header[3] as usize {
+            return Err(RecvError::Malformed(format!(
+                "the frame announced {} descriptors but carried {}",
+                header[3],
+                self.fds.len()
+            )));
+        }
+        let len = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
+        if len > max_payload {
+            return Err(RecvError::Malformed(format!(
+                "a message of {len} bytes is over the limit of {max_payload} bytes (raise the maximum message size if it is real)"
+            )));
+        }
+        Ok((kind, len as usize))
+    }
+
+    /// The finished frame; the reader is back at a frame boundary.
+    fn take(&mut self, kind: Kind) -> Frame {
+        self.filled = 0;
+        self.announced = None;
+        Frame { kind, payload: std::mem::take(&mut self.payload), fds: std::mem::take(&mut self.fds) }
+    }
 }
 
 /// Close both directions of `sock` for writing: the peer reads end of file.
@@ -390,6 +472,40 @@ mod tests {
         assert!(matches!(recv(b.as_fd(), 1 << 20, Some(deadline)), Err(RecvError::TimedOut)));
         drop(a);
         assert!(matches!(recv(b.as_fd(), 1 << 20, None), Err(RecvError::Closed)));
+    }
+
+    #[test]
+    fn a_frame_read_without_waiting_arrives_piece_by_piece() {
+        let (a, b) = pair();
+        let (x, _y) = pair();
+        let mut reader = FrameReader::new();
+        assert!(reader.read_ready(b.as_fd(), 1024).unwrap().is_none(), "nothing sent yet");
+        let mut bytes = Vec::new();
+        let (c, d) = pair();
+        send(c.as_fd(), Kind::Message, &[b"hello"], &[]).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = rustix::net::recv(&d, &mut buf, RecvFlags::empty()).unwrap();
+        bytes.extend_from_slice(&buf[..n]);
+        // The header's first byte with a descriptor, then the rest a byte at a time.
+        let fd = [x.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fd));
+        let mut first = bytes.clone();
+        first[3] = 1;
+        rustix::net::sendmsg(&a, &[IoSlice::new(&first[..1])], &mut control, SendFlags::NOSIGNAL).unwrap();
+        for i in 1..first.len() {
+            assert!(reader.read_ready(b.as_fd(), 1024).unwrap().is_none(), "only {i} bytes so far");
+            rustix::net::send(&a, &first[i..=i], SendFlags::NOSIGNAL).unwrap();
+        }
+        let frame = reader.read_ready(b.as_fd(), 1024).unwrap().expect("whole now");
+        assert_eq!(
+            (frame.kind, frame.payload.as_slice(), frame.fds.len()),
+            (Kind::Message, &b"hello"[..], 1)
+        );
+        assert!(reader.is_empty());
+        drop(a);
+        assert!(matches!(reader.read_ready(b.as_fd(), 1024), Err(RecvError::Closed)));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::backend::Inner;
 use super::processes::Processes;
 use super::shared::Shared;
 use super::threads::Threads;
-use super::{Pool, lanes, processes, threads};
+use super::{Pool, processes, threads};
 use crate::{Error, Mode, StartMethod};
 
 /// Settings shared by every worker of a pool.
@@ -270,8 +270,7 @@ impl PoolBuilder {
                 Inner::Threads(shared)
             }
             Mode::Process => {
-                let lanes = lanes::new_lanes(n)?;
-                let shared = Arc::new(Shared::new(config, (), Processes::new(lanes)));
+                let shared = Arc::new(Shared::new(config, (), Processes::new(n)?));
                 processes::start(&shared)?;
                 Inner::Processes(shared)
             }

@@ -1,7 +1,6 @@
 //! A task's completion, its cancel control, and the public `TaskHandle`.
 
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -12,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::batch::RawBatch;
-use super::lanes::Patience;
 use super::processes::Processes;
+use super::processes::lanes::Patience;
 use super::shared::Shared;
 use super::threads::Threads;
 use crate::Error;
@@ -156,13 +155,16 @@ impl<R: DeserializeOwned + Send + 'static> Resolve for Completion<R> {
 /// Where a task is, for `cancel`.
 pub(crate) enum Place {
     Queued,
-    /// Running in a process worker: the eventfd that wakes its driver.
-    InProcess(Arc<OwnedFd>),
+    /// Running in the process worker of slot `slot`, which the pool's loop
+    /// drives.
+    InProcess {
+        slot: usize,
+        pool: Weak<Shared<Processes>>,
+    },
     /// Sent by its submitter straight to the idle worker of lane `slot`; its
     /// handle may read the answer itself (see `lanes::claim_open_lane`).
     Direct {
         slot: usize,
-        wake: Arc<OwnedFd>,
         pool: Weak<Shared<Processes>>,
     },
     /// Running on a pool thread: the worker's slot and generation.
@@ -281,7 +283,7 @@ impl<R> TaskHandle<R> {
             _ => return,
         };
         if let Some(pool) = pool.upgrade() {
-            super::lanes::join_direct(&pool, slot, self.id, patience);
+            super::processes::lanes::join_direct(&pool, slot, self.id, patience);
         }
     }
 
@@ -325,7 +327,9 @@ impl<R> TaskHandle<R> {
             return false;
         }
         match &*place {
-            Place::InProcess(wake) | Place::Direct { wake, .. } => super::processes::wake(wake),
+            Place::InProcess { slot, pool } | Place::Direct { slot, pool } => {
+                super::processes::attend(pool, *slot)
+            }
             Place::OnThread { slot, generation, pool } => {
                 if let Some(pool) = pool.upgrade() {
                     super::threads::abandon(&pool, *slot, *generation);
@@ -349,7 +353,9 @@ impl<R> TaskHandle<R> {
                 self.control.cancelled.store(true, Ordering::SeqCst);
                 self.completion.resolve(Err(Error::Cancelled));
             }
-            Place::InProcess(wake) | Place::Direct { wake, .. } => super::processes::wake(wake),
+            Place::InProcess { slot, pool } | Place::Direct { slot, pool } => {
+                super::processes::attend(pool, *slot)
+            }
             Place::OnThread { .. } | Place::Finished => {}
         }
     }
@@ -412,9 +418,10 @@ impl<R> Future for TaskHandle<R> {
             // the task over when woken (as for a dropped handle), and its
             // `resolve` wakes the waker stored above.
             this.handed_over = true;
-            if let Place::Direct { wake, .. } = &*this.control.place.lock().unwrap_or_else(|e| e.into_inner())
+            if let Place::Direct { slot, pool } =
+                &*this.control.place.lock().unwrap_or_else(|e| e.into_inner())
             {
-                super::processes::wake(wake);
+                super::processes::attend(pool, *slot);
             }
         }
         Poll::Pending
@@ -428,9 +435,10 @@ impl<R> Drop for TaskHandle<R> {
         }
         // Nobody will read a direct task's answer here: the driver must.
         if !self.completion.resolved.load(Ordering::SeqCst) {
-            if let Place::Direct { wake, .. } = &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())
+            if let Place::Direct { slot, pool } =
+                &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())
             {
-                super::processes::wake(wake);
+                super::processes::attend(pool, *slot);
             }
         }
     }

@@ -5,9 +5,9 @@
 //! queued, in each mode's shape), [`shared`] (the queue under one lock, the
 //! pool's life and per-slot numbers, written once for any mode), [`handle`] (a task's
 //! completion, cancel control and public handle), [`threads`] (thread
-//! workers and the time-out supervisor), [`processes`] (one driver thread per
-//! process worker) with [`lanes`] (its direct path) and [`process_batch`] (a
-//! map batch in a process), [`batch`] (what a map batch resolves to, and
+//! workers and the time-out supervisor), [`processes`] (one event loop
+//! thread for every process worker, with its direct path and its map
+//! batches), [`batch`] (what a map batch resolves to, and
 //! how one runs on a thread), [`map`] (ordered and unordered maps), and
 //! [`stats`]. Every mode pulls jobs from one queue under one lock; a job
 //! resolves its handle exactly once.
@@ -18,9 +18,7 @@ mod builder;
 mod feed;
 mod handle;
 mod job;
-mod lanes;
 mod map;
-mod process_batch;
 mod processes;
 mod shared;
 mod stats;
@@ -371,9 +369,9 @@ where
     let (handle, job) = new_job(id, completion, work, batch);
     let state = shared.lock();
     let direct = direct_ok && !state.closed && state.queue.is_empty();
-    if let Some(claim) = direct.then(|| lanes::claim_open_lane(shared, &job)).flatten() {
+    if let Some(claim) = direct.then(|| processes::lanes::claim_open_lane(shared, &job)).flatten() {
         drop(state);
-        lanes::send_direct(shared, claim, job);
+        processes::lanes::send_direct(shared, claim, job);
         return handle;
     }
     shared.push(state, job, front);

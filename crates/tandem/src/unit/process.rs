@@ -10,12 +10,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::child::{self, ChildProcess};
+use crate::answer::{self, Answer, Asked};
+use crate::child::ChildProcess;
 use crate::codec;
 use crate::launch::{self, StartMethod, Worker, WorkerConfig};
 use crate::task;
 use crate::watch::{Finish, Outcome, WATCHER};
-use crate::wire::{self, Kind, RecvError};
+use crate::wire::{self, Kind};
 
 /// Dropped unjoined, the unit is detached: its child goes to the reaper (see
 /// `ChildProcess`'s `Drop`) and runs its task to the end; with our end of
@@ -127,52 +128,29 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         // process group (which, for a fork-server worker, is only sent while
         // the worker is still running).
         let socket = Some(socket);
-        let died = |child: &mut ChildProcess| {
-            let status =
-                child.wait_or_kill(child::EXIT_GRACE).map_err(|e| Error::os("waiting for the worker", e))?;
-            let mut err = Error::died(child.pid(), status.signal, status.code);
-            if let Error::WorkerDied { memory_limit, .. } = &mut err {
-                if self.config.memory_limit > 0 {
-                    *memory_limit = Some(self.config.memory_limit);
-                }
-            }
-            Err(err)
-        };
-        match received {
-            Ok(frame) if frame.kind == Kind::Done => {
-                let result = task::decode_done(frame);
+        let asked = Asked { task: None, memory_limit: self.config.memory_limit };
+        match Answer::from_read(received) {
+            Answer::Done(frame) => {
+                let result = answer::result(frame, asked);
                 // The worker exits after answering: it saw our end of file.
                 drop(socket);
                 child.release().map_err(|e| Error::os("waiting for the worker", e))?;
                 result
             }
-            Ok(_) => {
+            Answer::Died => Err(answer::died(&mut child, asked)),
+            other => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(Error::Codec("the worker answered with a message that is not a result".into()))
-            }
-            Err(RecvError::Closed) => died(&mut child),
-            Err(RecvError::TimedOut) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(Error::TimedOut)
-            }
-            Err(RecvError::Truncated(_)) => died(&mut child),
-            Err(RecvError::Malformed(why)) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(Error::Codec(format!("the worker's answer could not be read: {why}")))
-            }
-            Err(RecvError::Io(e)) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(Error::os("reading the worker's answer", e))
+                Err(match other {
+                    Answer::TimedOut => Error::TimedOut,
+                    Answer::Garbage(why) => answer::garbage(&why, asked),
+                    _ => answer::garbage("a message that is not a result", asked),
+                })
             }
         }
     }
 }
 
-/// An awaited process unit: the watcher thread finishes it (see `watch`).
 pub(crate) struct Watched<R> {
     unit: Mutex<Option<ProcessUnit<R>>>,
     pub(crate) outcome: Outcome<R>,

@@ -1,0 +1,834 @@
+//! The loop that drives every worker process of a pool.
+//!
+//! One thread waits in one `epoll` on the bell (submits, cancels, the
+//! pool's end, started workers) and on each worker's socket and pidfd, and
+//! moves each slot through its states: no worker, idle (parked on its lane,
+//! see `lanes`), running a task, running a map batch (`batch`), or dying
+//! (its connection ended or it was killed: the loop waits for its exit to
+//! judge how it died). Nothing here blocks on one worker: answers are read
+//! a piece at a time as they arrive (`wire::FrameReader`), deaths are seen
+//! on pidfds, and deadlines are the `epoll_wait` time-out.
+//!
+//! Whatever happens, a task resolves once, and a dead, killed or retired
+//! worker is replaced before its slot takes the next task.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rustix::buffer::spare_capacity;
+use rustix::event::Timespec;
+use rustix::event::epoll::{self, EventData, EventFlags};
+
+use super::batch::{self, Run};
+use super::lanes::{self, Closed, InFlight};
+use super::{Job, Live, Shared, UNDELIVERED_TRIES, starter};
+use crate::Error;
+use crate::answer::{self, Answer, Asked};
+use crate::child::ChildProcess;
+use crate::pool::handle::Place;
+use crate::pool::job::ProcessWork;
+use crate::wire::{self, FrameReader, Kind};
+
+/// The bell's key in the epoll set; a worker's keys carry its slot and
+/// generation (so a late event of a replaced worker is not taken for its
+/// successor's), a retiring child's its number.
+const BELL: u64 = u64::MAX;
+const SOCKET: u64 = 0;
+const PIDFD: u64 = 1;
+const RETIRING: u64 = 2;
+
+fn key(generation: u32, slot: usize, what: u64) -> u64 {
+    (u64::from(generation) << 32) | ((slot as u64) << 2) | what
+}
+
+/// One slot of the pool.
+struct Slot {
+    live: Option<Live>,
+    /// Bumped with each new worker.
+    generation: u32,
+    /// Its answer, as far as it has come.
+    reader: FrameReader,
+    work: Work,
+    /// A starter is starting a worker for it.
+    starting: bool,
+}
+
+pub(super) enum Work {
+    /// No task. With a worker, it is parked on its lane (or about to be).
+    Idle,
+    /// A task the worker runs.
+    Task { job: Job, deadline: Option<Instant> },
+    /// A map batch the worker runs.
+    Batch(Box<Run>),
+    /// The worker's connection ended, or it was killed: waiting for its
+    /// exit (seen on its pidfd) to say how it ended.
+    Dying(Dying),
+}
+
+/// What waits for a dying worker's exit.
+pub(super) enum Dying {
+    /// A task whose worker died under it.
+    Task(Job),
+    /// A batch whose worker died or was killed, and the items' fate.
+    Batch(Box<Run>, batch::Cause),
+}
+
+/// Run the pool's loop until the pool ends.
+pub(super) fn run(shared: &Arc<Shared>) {
+    let epoll = match epoll::create(epoll::CreateFlags::CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => return fail_everything(shared, Error::os("creating a process pool's epoll set", e)),
+    };
+    if let Err(e) = epoll::add(&epoll, &shared.backend.bell.fd, EventData::new_u64(BELL), EventFlags::IN) {
+        return fail_everything(shared, Error::os("watching a process pool's eventfd", e));
+    }
+    let n = shared.config.workers;
+    let mut lp = Loop {
+        shared,
+        epoll,
+        slots: (0..n)
+            .map(|_| Slot {
+                live: None,
+                generation: 0,
+                reader: FrameReader::new(),
+                work: Work::Idle,
+                starting: false,
+            })
+            .collect(),
+        idle: Vec::with_capacity(n),
+        retiring: HashMap::new(),
+        next_retiring: 0,
+        max: shared.config.max_message_or_default(),
+    };
+    // Start every worker now, as Python's pools do, so the first tasks do
+    // not pay for it; a start that fails is tried again by the next task,
+    // which reports why.
+    for slot in 0..n {
+        lp.start(slot);
+    }
+    lp.run();
+}
+
+/// No loop: every task fails with why.
+fn fail_everything(shared: &Shared, err: Error) {
+    let mut state = shared.lock();
+    state.closed = true;
+    let queued: Vec<_> = state.queue.drain(..).collect();
+    drop(state);
+    for job in queued {
+        job.completion.resolve_err(err.duplicate());
+    }
+}
+
+pub(super) struct Loop<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    epoll: OwnedFd,
+    slots: Vec<Slot>,
+    /// Slots believed idle with a worker, most recent last.
+    idle: Vec<usize>,
+    /// Retired workers not yet exited: reaped when their pidfd fires.
+    retiring: HashMap<u64, ChildProcess>,
+    next_retiring: u64,
+    pub(super) max: u64,
+}
+
+impl Loop<'_> {
+    fn run(&mut self) {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+        loop {
+            self.take_started();
+            self.attend_flagged();
+            let (closed, terminating) = {
+                let state = self.shared.lock();
+                (state.closed, state.terminating)
+            };
+            if terminating {
+                return self.end(true);
+            }
+            self.dispatch();
+            if closed && self.all_done() {
+                return self.end(false);
+            }
+            let timeout = self.timeout();
+            let bell = &self.shared.backend.bell;
+            bell.asleep.store(true, Ordering::SeqCst);
+            if self.work_waiting() {
+                bell.asleep.store(false, Ordering::SeqCst);
+                continue;
+            }
+            events.clear();
+            let waited = epoll::wait(&self.epoll, spare_capacity(&mut events), timeout.as_ref());
+            bell.asleep.store(false, Ordering::SeqCst);
+            if waited.is_err() {
+                // EINTR: look again.
+                continue;
+            }
+            for event in events.drain(..) {
+                self.on_event(event.data.u64());
+            }
+            self.expire();
+        }
+    }
+
+    /// Something to do without waiting: a started worker, a slot to look
+    /// at, or a queued job and a worker free for it.
+    fn work_waiting(&self) -> bool {
+        let bell = &self.shared.backend.bell;
+        bell.any.load(Ordering::SeqCst)
+            || starter::pending_done(self.shared)
+            || (self.shared.queued.load(Ordering::SeqCst) > 0 && !self.idle.is_empty())
+    }
+
+    /// The `epoll_wait` time-out: until the nearest deadline (none: wait
+    /// for an event).
+    fn timeout(&self) -> Option<Timespec> {
+        let next = self.slots.iter().filter_map(|s| self.deadline_of(s)).min()?;
+        let left = next.saturating_duration_since(Instant::now());
+        Some(Timespec::try_from(left).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 }))
+    }
+
+    fn deadline_of(&self, slot: &Slot) -> Option<Instant> {
+        match &slot.work {
+            Work::Task { deadline, .. } => *deadline,
+            Work::Batch(run) => run.deadline(slot.live.as_ref(), self.shared.config.task_timeout),
+            Work::Dying(_) | Work::Idle => None,
+        }
+    }
+
+    fn on_event(&mut self, key: u64) {
+        if key == BELL {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&self.shared.backend.bell.fd, &mut buf);
+            return;
+        }
+        let what = key & 3;
+        if what == RETIRING {
+            if let Some(mut child) = self.retiring.remove(&(key >> 2)) {
+                let _ = epoll::delete(&self.epoll, child.pidfd());
+                let _ = child.wait();
+            }
+            return;
+        }
+        let slot = ((key & 0xffff_ffff) >> 2) as usize;
+        let generation = (key >> 32) as u32;
+        if slot >= self.slots.len()
+            || self.slots[slot].generation != generation
+            || self.slots[slot].live.is_none()
+        {
+            return;
+        }
+        match what {
+            SOCKET => self.readable(slot),
+            _ => self.exited(slot),
+        }
+    }
+
+    // ----- starting and retiring workers -----
+
+    fn start(&mut self, slot: usize) {
+        if !self.slots[slot].starting && self.slots[slot].live.is_none() {
+            self.slots[slot].starting = true;
+            starter::request(self.shared, slot);
+        }
+    }
+
+    fn take_started(&mut self) {
+        for (slot, started) in starter::take_done(self.shared) {
+            self.slots[slot].starting = false;
+            match started {
+                Ok(live) => self.install(slot, live),
+                // A task that was waiting for a worker reports why none came.
+                Err(e) => {
+                    if let Some(job) = self.pop_job() {
+                        job.control.set(Place::Finished);
+                        job.completion.resolve_err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn install(&mut self, slot: usize, live: Live) {
+        let s = &mut self.slots[slot];
+        s.generation = s.generation.wrapping_add(1);
+        s.reader = FrameReader::new();
+        s.work = Work::Idle;
+        let generation = s.generation;
+        // The socket is armed only while the loop reads it (one shot at a
+        // time), so the lane's joiner can read it while the slot is parked.
+        let watched = epoll::add(
+            &self.epoll,
+            &*live.peer.socket,
+            EventData::new_u64(key(generation, slot, SOCKET)),
+            EventFlags::ONESHOT,
+        )
+        .and_then(|()| {
+            epoll::add(
+                &self.epoll,
+                live.child.pidfd(),
+                EventData::new_u64(key(generation, slot, PIDFD)),
+                EventFlags::IN,
+            )
+        });
+        s.live = Some(live);
+        if watched.is_err() {
+            // Cannot watch it: it cannot serve (the next task starts another).
+            self.retire(slot, false);
+            return;
+        }
+        self.become_idle(slot);
+    }
+
+    /// Stop the slot's worker, politely (close its socket; it exits after
+    /// its loop) or by SIGKILL, and reap it once it exits.
+    pub(super) fn retire(&mut self, slot: usize, polite: bool) {
+        let s = &mut self.slots[slot];
+        s.work = Work::Idle;
+        s.reader = FrameReader::new();
+        let Some(Live { child, peer, .. }) = s.live.take() else { return };
+        let _ = epoll::delete(&self.epoll, &*peer.socket);
+        let _ = epoll::delete(&self.epoll, child.pidfd());
+        if !polite {
+            let _ = child.kill();
+        }
+        drop(peer);
+        self.reap_later(child);
+    }
+
+    fn reap_later(&mut self, child: ChildProcess) {
+        let number = self.next_retiring;
+        self.next_retiring += 1;
+        let data = EventData::new_u64((number << 2) | RETIRING);
+        if epoll::add(&self.epoll, child.pidfd(), data, EventFlags::IN).is_ok() {
+            self.retiring.insert(number, child);
+        } else {
+            // Unwatchable: the crate's reaper takes it.
+            drop(child);
+        }
+    }
+
+    /// Retire and replace the slot's worker (a death, a kill, a recycle).
+    pub(super) fn replace(&mut self, slot: usize, polite: bool) {
+        self.retire(slot, polite);
+        self.shared.slot(slot).restarts += 1;
+        if !self.shared.lock().terminating {
+            self.start(slot);
+        }
+    }
+
+    // ----- idle workers and the queue -----
+
+    fn become_idle(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        s.work = Work::Idle;
+        let Some(live) = &s.live else { return };
+        lanes::park(self.shared, slot, live.peer.clone());
+        self.idle.push(slot);
+    }
+
+    fn pop_job(&self) -> Option<Job> {
+        let mut state = self.shared.lock();
+        while let Some(job) = state.queue.pop_front() {
+            self.shared.queued.store(state.queue.len(), Ordering::SeqCst);
+            if !job.completion.is_resolved() {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// Hand queued jobs to idle workers; start workers for the rest.
+    fn dispatch(&mut self) {
+        while self.shared.queued.load(Ordering::SeqCst) > 0 {
+            let Some(slot) = self.take_idle() else {
+                self.start_for_queue();
+                return;
+            };
+            match self.pop_job() {
+                Some(job) => self.send(slot, job),
+                None => {
+                    self.become_idle(slot);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An idle slot taken back from its lane, its worker free.
+    fn take_idle(&mut self) -> Option<usize> {
+        while let Some(slot) = self.idle.pop() {
+            if !matches!(self.slots[slot].work, Work::Idle) || self.slots[slot].live.is_none() {
+                continue;
+            }
+            match lanes::close(self.shared, slot, false) {
+                Closed::Idle => return Some(slot),
+                Closed::Taken(flight) => self.adopt(slot, flight),
+                // Its joiner rings when done; the slot comes back then.
+                Closed::Busy => {}
+            }
+        }
+        None
+    }
+
+    /// Start workers for slots without one while jobs wait for them.
+    fn start_for_queue(&mut self) {
+        let starting = self.slots.iter().filter(|s| s.starting).count();
+        let mut want = self.shared.queued.load(Ordering::SeqCst).saturating_sub(starting);
+        for slot in 0..self.slots.len() {
+            if want == 0 {
+                break;
+            }
+            if self.slots[slot].live.is_none() && !self.slots[slot].starting {
+                self.start(slot);
+                want -= 1;
+            }
+        }
+    }
+
+    /// Send `job` to the slot's idle worker.
+    fn send(&mut self, slot: usize, job: Job) {
+        job.control.set(Place::InProcess { slot, pool: Arc::downgrade(self.shared) });
+        if job.control.cancelled.load(Ordering::SeqCst) {
+            job.control.set(Place::Finished);
+            self.become_idle(slot);
+            return;
+        }
+        if job.batch.is_some() {
+            return batch::start(self, slot, job);
+        }
+        let live = self.slots[slot].live.as_ref().expect("an idle slot has a worker");
+        let ProcessWork { header, bytes, fds } = &job.work;
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let at = Instant::now();
+        if wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
+            return self.undelivered(slot, job);
+        }
+        let deadline = self.shared.config.task_timeout.map(|t| at + t);
+        self.slots[slot].work = Work::Task { job, deadline };
+        self.arm(slot);
+    }
+
+    /// Read the slot's socket when the next bytes arrive.
+    pub(super) fn arm(&mut self, slot: usize) {
+        let s = &self.slots[slot];
+        if let Some(live) = &s.live {
+            let data = EventData::new_u64(key(s.generation, slot, SOCKET));
+            let _ =
+                epoll::modify(&self.epoll, &*live.peer.socket, data, EventFlags::IN | EventFlags::ONESHOT);
+        }
+    }
+
+    /// A job whose send failed: its worker died before it had the whole
+    /// task, so the task never ran and (up to a few times) it does not
+    /// count as a try.
+    pub(super) fn undelivered(&mut self, slot: usize, mut job: Job) {
+        self.replace(slot, false);
+        if job.undelivered < UNDELIVERED_TRIES {
+            job.undelivered += 1;
+            job.control.set(Place::Queued);
+            self.shared.requeue(job);
+        } else {
+            let pid = match self.shared.slot(slot).unit {
+                Some(crate::UnitId::Process(pid)) => pid,
+                _ => 0,
+            };
+            let err = answer::died_with(
+                pid,
+                crate::child::ExitStatus { signal: None, code: None },
+                self.asked(&job),
+            );
+            job.control.set(Place::Finished);
+            job.completion.resolve_err(err);
+        }
+    }
+
+    pub(super) fn asked(&self, job: &Job) -> Asked {
+        Asked { task: Some(job.id), memory_limit: self.shared.config.memory_limit }
+    }
+
+    /// A task a submitter sent on the slot's lane: the loop reads its
+    /// answer from now on (a verdict the joiner read is judged now).
+    fn adopt(&mut self, slot: usize, flight: Box<InFlight>) {
+        let InFlight { job, sent_at, verdict } = *flight;
+        job.control.set(Place::InProcess { slot, pool: Arc::downgrade(self.shared) });
+        let deadline = self.shared.config.task_timeout.map(|t| sent_at + t);
+        self.slots[slot].work = Work::Task { job, deadline };
+        match verdict {
+            Some(answer) => self.answered(slot, answer),
+            None => {
+                self.arm(slot);
+                // A task cancelled or dropped while in flight is judged now.
+                self.look_at(slot);
+            }
+        }
+    }
+
+    // ----- attention: cancels, stops, dropped or awaited direct tasks -----
+
+    fn attend_flagged(&mut self) {
+        let bell = &self.shared.backend.bell;
+        if !bell.any.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            if bell.attention[slot].swap(false, Ordering::SeqCst) {
+                self.look_at(slot);
+            }
+        }
+    }
+
+    fn look_at(&mut self, slot: usize) {
+        match &self.slots[slot].work {
+            Work::Idle if self.slots[slot].live.is_some() => match lanes::close(self.shared, slot, false) {
+                Closed::Idle if self.worker_exited(slot) => self.exited(slot),
+                Closed::Idle => self.become_idle(slot),
+                Closed::Taken(flight) => self.adopt(slot, flight),
+                Closed::Busy => {
+                    // A joiner reads; a cancelled task's worker is killed so
+                    // that the read ends (the joiner then rings again).
+                    if lanes::in_flight_cancelled(self.shared, slot) {
+                        if let Some(live) = &self.slots[slot].live {
+                            let _ = live.child.kill();
+                        }
+                    }
+                }
+            },
+            Work::Idle => {
+                // No worker (a direct send found it gone): start one.
+                self.start(slot);
+            }
+            Work::Task { job, .. } => {
+                if job.control.cancelled.load(Ordering::SeqCst) {
+                    let Work::Task { job, .. } = std::mem::replace(&mut self.slots[slot].work, Work::Idle)
+                    else {
+                        unreachable!()
+                    };
+                    job.control.set(Place::Finished);
+                    job.completion.resolve_err(Error::Cancelled);
+                    self.replace(slot, false);
+                }
+            }
+            Work::Batch(_) => batch::look_at(self, slot),
+            Work::Dying(_) => {}
+        }
+    }
+
+    // ----- answers -----
+
+    /// The slot's socket has bytes (or its peer is gone).
+    fn readable(&mut self, slot: usize) {
+        loop {
+            let s = &mut self.slots[slot];
+            let Some(live) = &s.live else { return };
+            if matches!(s.work, Work::Idle | Work::Dying(_)) {
+                // Parked (the joiner's to read) or dying: not the loop's.
+                return;
+            }
+            match s.reader.read_ready(live.peer.socket.as_fd(), self.max) {
+                Ok(None) => return self.arm(slot),
+                Ok(Some(frame)) => {
+                    let answer = Answer::from_read(Ok(frame));
+                    let more = matches!(answer, Answer::Partial(_));
+                    self.answered(slot, answer);
+                    if !more {
+                        return;
+                    }
+                }
+                Err(e) => return self.answered(slot, Answer::from_read(Err(e))),
+            }
+        }
+    }
+
+    /// Judge an answer to the slot's running work.
+    fn answered(&mut self, slot: usize, answer: Answer) {
+        if matches!(self.slots[slot].work, Work::Batch(_)) {
+            return batch::answered(self, slot, answer);
+        }
+        let Work::Task { job, .. } = std::mem::replace(&mut self.slots[slot].work, Work::Idle) else {
+            return;
+        };
+        job.control.set(Place::Finished);
+        match answer {
+            Answer::Done(frame) if crate::task::done_id(&frame) == Some(job.id) => {
+                self.shared.slot(slot).tasks_done += 1;
+                job.completion.resolve_frame(frame);
+                let live = self.slots[slot].live.as_mut().expect("alive");
+                live.tasks += 1;
+                if self.shared.config.max_tasks_per_worker.is_some_and(|n| live.tasks >= n) {
+                    self.replace(slot, true);
+                } else {
+                    self.become_idle(slot);
+                }
+            }
+            Answer::Done(_) | Answer::Partial(_) => {
+                job.completion.resolve_err(answer::wrong_task(job.id));
+                self.replace(slot, false);
+            }
+            Answer::Garbage(why) => {
+                job.completion.resolve_err(answer::garbage(&why, self.asked(&job)));
+                self.replace(slot, false);
+            }
+            Answer::TimedOut => {
+                job.completion.resolve_err(Error::TimedOut);
+                self.replace(slot, false);
+            }
+            Answer::Died => {
+                // Its exit (on the pidfd) says how it died. A worker that
+                // closed its connection but lives on is killed.
+                job.control.set(Place::InProcess { slot, pool: Arc::downgrade(self.shared) });
+                self.dying(slot, Dying::Task(job));
+            }
+        }
+    }
+
+    /// Wait for the slot's worker to exit (killing it: one that closed its
+    /// connection but runs on no longer speaks the protocol; one that died
+    /// keeps the status it died with).
+    pub(super) fn dying(&mut self, slot: usize, dying: Dying) {
+        self.slots[slot].work = Work::Dying(dying);
+        let Some(live) = &self.slots[slot].live else { return };
+        let _ = live.child.kill();
+        // Its pidfd fires when it is gone; it may be gone already (and its
+        // pidfd no longer watched, see `exited`).
+        if self.worker_exited(slot) {
+            self.exited(slot);
+        }
+    }
+
+    fn worker_exited(&self, slot: usize) -> bool {
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        self.slots[slot]
+            .live
+            .as_ref()
+            .is_some_and(|l| crate::child::poll_ready(l.child.pidfd().as_fd(), Some(zero)))
+    }
+
+    /// The slot's worker exited.
+    fn exited(&mut self, slot: usize) {
+        match self.set_work(slot, Work::Idle) {
+            Work::Idle => match lanes::close(self.shared, slot, false) {
+                // It died idle: replace it before a task meets it.
+                Closed::Idle => self.replace(slot, false),
+                // A task was sent on its lane: judge it.
+                Closed::Taken(flight) => {
+                    self.adopt(slot, flight);
+                    if !matches!(self.slots[slot].work, Work::Idle) {
+                        self.exited(slot);
+                    }
+                }
+                // Its joiner sees the death too, and rings when it is done
+                // reading; stop watching the pidfd (it would fire on and on).
+                Closed::Busy => {
+                    if let Some(live) = &self.slots[slot].live {
+                        let _ = epoll::delete(&self.epoll, live.child.pidfd());
+                    }
+                }
+            },
+            Work::Task { job, .. } => {
+                // Its answer may have come whole before the death.
+                match self.final_answer(slot) {
+                    Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(job.id) => {
+                        self.shared.slot(slot).tasks_done += 1;
+                        job.control.set(Place::Finished);
+                        job.completion.resolve_frame(frame);
+                        self.replace(slot, false);
+                    }
+                    _ => self.died_under(slot, Dying::Task(job)),
+                }
+            }
+            Work::Batch(run) => self.died_under(slot, Dying::Batch(run, batch::Cause::Died)),
+            Work::Dying(dying) => self.died_under(slot, dying),
+        }
+    }
+
+    /// What is left in a dead worker's socket, read on from where the loop
+    /// stopped.
+    fn final_answer(&mut self, slot: usize) -> Option<Answer> {
+        let s = &mut self.slots[slot];
+        let live = s.live.as_ref()?;
+        match s.reader.read_ready(live.peer.socket.as_fd(), self.max) {
+            Ok(Some(frame)) => Some(Answer::from_read(Ok(frame))),
+            Ok(None) => None,
+            Err(e) => Some(Answer::from_read(Err(e))),
+        }
+    }
+
+    /// Settle the work of a slot whose worker has exited; the slot ends
+    /// without a worker, a replacement on its way.
+    fn died_under(&mut self, slot: usize, dying: Dying) {
+        self.slots[slot].work = Work::Idle;
+        let Some(mut live) = self.slots[slot].live.take() else { return };
+        let mut reader = std::mem::take(&mut self.slots[slot].reader);
+        let _ = epoll::delete(&self.epoll, &*live.peer.socket);
+        let _ = epoll::delete(&self.epoll, live.child.pidfd());
+        self.shared.slot(slot).restarts += 1;
+        match dying {
+            Dying::Task(mut job) => {
+                let err = answer::died(&mut live.child, self.asked(&job));
+                let retry = job.attempts < self.shared.config.retries && !self.shared.lock().terminating;
+                if retry {
+                    job.attempts += 1;
+                    job.control.set(Place::Queued);
+                    self.shared.requeue(job);
+                } else {
+                    job.control.set(Place::Finished);
+                    job.completion.resolve_err(err);
+                }
+            }
+            Dying::Batch(run, cause) => batch::settle(self, &mut live, &mut reader, *run, cause),
+        }
+        let Live { child, peer, .. } = live;
+        drop(peer);
+        self.reap_later(child);
+        if !self.shared.lock().terminating {
+            self.start(slot);
+        }
+    }
+
+    /// The slot's live worker.
+    pub(super) fn live(&mut self, slot: usize) -> &mut Live {
+        self.slots[slot].live.as_mut().expect("the slot has a worker")
+    }
+
+    /// Set the slot's work; the work it had.
+    pub(super) fn set_work(&mut self, slot: usize, work: Work) -> Work {
+        std::mem::replace(&mut self.slots[slot].work, work)
+    }
+
+    /// The slot's worker is free again.
+    pub(super) fn idle_again(&mut self, slot: usize) {
+        self.become_idle(slot);
+    }
+
+    /// Time-outs that are due.
+    fn expire(&mut self) {
+        if self.shared.config.task_timeout.is_none() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let Some(deadline) = self.deadline_of(&self.slots[slot]) else { continue };
+            // Now after the deadline: a batch item's deadline is computed
+            // from the present, and an earlier `now` would never reach it.
+            if deadline > Instant::now() {
+                continue;
+            }
+            match &self.slots[slot].work {
+                Work::Task { .. } => {
+                    let Work::Task { job, .. } = std::mem::replace(&mut self.slots[slot].work, Work::Idle)
+                    else {
+                        unreachable!()
+                    };
+                    job.control.set(Place::Finished);
+                    job.completion.resolve_err(Error::TimedOut);
+                    self.replace(slot, false);
+                }
+                Work::Batch(_) => batch::expire(self, slot),
+                _ => {}
+            }
+        }
+    }
+
+    // ----- the pool's end -----
+
+    /// Closed, with nothing queued, running or starting: time to end.
+    fn all_done(&mut self) -> bool {
+        if self.shared.queued.load(Ordering::SeqCst) > 0 || starter::pending(self.shared) {
+            return false;
+        }
+        for slot in 0..self.slots.len() {
+            if !matches!(self.slots[slot].work, Work::Idle) {
+                return false;
+            }
+            if self.slots[slot].live.is_none() {
+                continue;
+            }
+            // A task sent on the lane but not joined: the loop reads it.
+            match lanes::close(self.shared, slot, false) {
+                Closed::Idle => {}
+                Closed::Taken(flight) => {
+                    self.adopt(slot, flight);
+                    return false;
+                }
+                Closed::Busy => return false,
+            }
+        }
+        true
+    }
+
+    /// End the loop: retire every worker (killing them when `terminating`,
+    /// whose tasks resolve `Cancelled`), then wait for every child.
+    fn end(&mut self, terminating: bool) {
+        starter::stop(self.shared);
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].live.is_some() {
+                if terminating {
+                    if let Some(live) = &self.slots[slot].live {
+                        let _ = live.child.kill();
+                    }
+                }
+                if let Closed::Taken(flight) = lanes::close(self.shared, slot, true) {
+                    flight.job.control.set(Place::Finished);
+                    flight.job.completion.resolve_err(Error::Cancelled);
+                }
+            }
+            match std::mem::replace(&mut self.slots[slot].work, Work::Idle) {
+                Work::Task { job, .. } | Work::Dying(Dying::Task(job)) => {
+                    job.control.set(Place::Finished);
+                    job.completion.resolve_err(Error::Cancelled);
+                }
+                Work::Batch(run) | Work::Dying(Dying::Batch(run, _)) => {
+                    // Its results so far stand once its worker is dead.
+                    let mut live = self.slots[slot].live.take();
+                    if let Some(l) = &mut live {
+                        let _ = epoll::delete(&self.epoll, &*l.peer.socket);
+                        let _ = epoll::delete(&self.epoll, l.child.pidfd());
+                        let _ = l.child.kill();
+                        let _ = l.child.wait();
+                    }
+                    let reader = std::mem::take(&mut self.slots[slot].reader);
+                    batch::cancel(self, live.as_mut(), reader, *run);
+                }
+                Work::Idle => {}
+            }
+            self.retire(slot, !terminating);
+        }
+        // Starts under way end soon (a start waits for its process, which
+        // never takes long); their workers are retired as they come.
+        while starter::pending(self.shared) {
+            let bell = &self.shared.backend.bell;
+            bell.asleep.store(true, Ordering::SeqCst);
+            if !starter::pending_done(self.shared) {
+                wait_readable(bell.fd.as_fd(), Duration::from_millis(50));
+            }
+            bell.asleep.store(false, Ordering::SeqCst);
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&bell.fd, &mut buf);
+            for (_, started) in starter::take_done(self.shared) {
+                if let Ok(Live { mut child, peer, .. }) = started {
+                    if terminating {
+                        let _ = child.kill();
+                    }
+                    drop(peer);
+                    let _ = child.wait();
+                }
+            }
+        }
+        for (_, mut child) in self.retiring.drain() {
+            let _ = child.wait();
+        }
+        // Jobs queued after the end (a requeue racing it) still resolve.
+        let rest: Vec<_> = self.shared.lock().queue.drain(..).collect();
+        self.shared.queued.store(0, Ordering::SeqCst);
+        for job in rest {
+            job.completion.resolve_err(if terminating { Error::Cancelled } else { Error::Closed });
+        }
+    }
+}
+
+fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) {
+    let timeout = rustix::event::Timespec::try_from(limit).ok();
+    crate::child::poll_ready(fd, timeout);
+}
