@@ -298,3 +298,70 @@ fn big_results_overflow_the_board_and_still_arrive_in_order() {
         assert_eq!(huge, vec![1, 3 << 20, 5]);
     }
 }
+
+fn panic_at_crashers(x: u64) -> u64 {
+    if CRASHERS.contains(&x) {
+        panic!("item {x} panicked");
+    }
+    x * 10
+}
+
+/// A panic fails its item in place, wherever it sits in its batch (first,
+/// last, two side by side), and the batch's other items keep their values,
+/// in order: a batch on a thread guards a stretch of items at once and
+/// starts a new stretch after the item that panicked.
+#[test]
+fn a_panic_fails_only_its_item_wherever_it_sits_in_a_batch() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        for (n, batch) in [(100, Some(10)), (100, Some(7)), (100, Some(1)), (100, Some(100)), (20_000, None)]
+        {
+            let map = pool.map(0..n, panic_at_crashers);
+            let map = match batch {
+                Some(b) => map.batch_size(b),
+                None => map,
+            };
+            let out: Vec<Result<u64, Error>> = map.collect();
+            assert_eq!(out.len(), n as usize, "{mode:?} batches of {batch:?}");
+            for (i, r) in out.into_iter().enumerate() {
+                match r {
+                    Ok(v) => assert_eq!(v, i as u64 * 10, "{mode:?} {batch:?}: item {i}"),
+                    Err(Error::Panicked { message }) => {
+                        assert!(CRASHERS.contains(&(i as u64)), "{mode:?} {batch:?}: item {i} panicked");
+                        assert_eq!(message, format!("item {i} panicked"));
+                    }
+                    Err(e) => panic!("{mode:?} {batch:?}: item {i}: {e:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// A map says exactly how many results are left (one per input item), so
+/// `collect` sizes its Vec once; and it pulls an endless input only as far
+/// as its bounded read-ahead.
+#[test]
+fn a_map_knows_how_many_results_are_left_and_reads_ahead_a_bounded_amount() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        let mut map = pool.map(0..50_000u64, |x| x + 1);
+        assert_eq!(map.size_hint(), (50_000, Some(50_000)), "{mode:?}");
+        for i in 0..20_000u64 {
+            assert_eq!(map.next().unwrap().unwrap(), i + 1);
+        }
+        assert_eq!(map.size_hint(), (30_000, Some(30_000)), "{mode:?}");
+        assert_eq!(map.by_ref().count(), 30_000);
+        assert_eq!(map.size_hint(), (0, Some(0)));
+
+        let pulled = std::cell::Cell::new(0u64);
+        let first: Vec<u64> = pool
+            .map((0u64..).inspect(|_| pulled.set(pulled.get() + 1)), |x| x * 2)
+            .take(100_000)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(first.len(), 100_000);
+        assert!(first.iter().enumerate().all(|(i, &v)| v == 2 * i as u64), "{mode:?}: out of order");
+        // At most 2 x workers batches of at most 16,384 items are read ahead.
+        assert!(pulled.get() <= 100_000 + 4 * 16_384, "{mode:?}: pulled {}", pulled.get());
+    }
+}

@@ -79,6 +79,13 @@ where
         Feeder { items, sizer: Sizer { next: 1 }, fixed: None, carry: None, failed: None, exhausted: false }
     }
 
+    /// Bounds on the items not handed out yet.
+    pub(super) fn size_hint(&self) -> (usize, Option<usize>) {
+        let here = usize::from(self.carry.is_some()) + usize::from(self.failed.is_some());
+        let (low, high) = if self.exhausted { (0, Some(0)) } else { self.items.size_hint() };
+        (low.saturating_add(here), high.and_then(|h| h.checked_add(here)))
+    }
+
     fn take(&mut self) -> Option<I::Item> {
         if self.carry.is_some() {
             return self.carry.take();
@@ -98,7 +105,15 @@ where
         let want = self.fixed.unwrap_or(self.sizer.next);
         match mode {
             Mode::Thread => {
-                let items: Vec<_> = std::iter::from_fn(|| self.take()).take(want).collect();
+                let mut items = Vec::with_capacity(want.min(MAX_BATCH));
+                items.extend(self.carry.take());
+                if !self.exhausted && items.len() < want {
+                    // `take` on the iterator itself: a range or a slice
+                    // is copied in one go, and nothing past `want` is pulled.
+                    let wanted = want - items.len();
+                    items.extend(self.items.by_ref().take(wanted));
+                    self.exhausted = items.len() < want;
+                }
                 (!items.is_empty()).then_some(Piece::Batch(Cut::Local(items)))
             }
             Mode::Process => self.encode(want, flags, max_bytes),
