@@ -365,3 +365,73 @@ fn a_map_knows_how_many_results_are_left_and_reads_ahead_a_bounded_amount() {
         assert!(pulled.get() <= 100_000 + 4 * 16_384, "{mode:?}: pulled {}", pulled.get());
     }
 }
+
+/// A number that serializes as a `u32` when it fits and as a `u64` when it
+/// does not (postcard reads either back): its values change shape within
+/// one map.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Flex(u64);
+
+impl Serialize for Flex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match u32::try_from(self.0) {
+            Ok(small) => s.serialize_u32(small),
+            Err(_) => s.serialize_u64(self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Flex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Flex, D::Error> {
+        u64::deserialize(d).map(Flex)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+struct Meters(f32);
+
+/// Items and results that are one primitive travel in a fixed-width
+/// encoding: every kind comes back exactly (a float is never read as an
+/// integer's bits), newtypes too, and values whose shape changes within a
+/// batch (there the map goes on in postcard) come back in order all the same.
+#[test]
+fn primitive_items_and_results_of_every_kind_come_back_exactly() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        let floats: Vec<f64> = pool.map(0..3000u64, |x| x as f64 / 3.0).map(Result::unwrap).collect();
+        assert_eq!(floats, (0..3000u64).map(|x| x as f64 / 3.0).collect::<Vec<_>>(), "{mode:?}");
+        let bytes: Vec<i8> = pool.map(-1500..1500i64, |x| (x % 128) as i8).map(Result::unwrap).collect();
+        assert_eq!(bytes, (-1500..1500i64).map(|x| (x % 128) as i8).collect::<Vec<_>>(), "{mode:?}");
+        let flags: Vec<bool> = pool.map(0..3000u16, |x| x % 3 == 0).map(Result::unwrap).collect();
+        assert_eq!(flags, (0..3000u16).map(|x| x % 3 == 0).collect::<Vec<_>>(), "{mode:?}");
+        let m: Vec<Meters> = pool
+            .map((0..3000).map(|i| Meters(i as f32)), |Meters(x)| Meters(x * 0.5))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(m, (0..3000).map(|i| Meters(i as f32 * 0.5)).collect::<Vec<_>>(), "{mode:?}");
+        // Small and big values mixed: some batches start fixed-width and
+        // meet a value of another kind in the middle.
+        let input: Vec<Flex> = (0..20_000u64).map(|i| Flex(if i % 997 == 5 { i << 36 } else { i })).collect();
+        let doubled: Vec<Flex> = pool
+            .map(input.clone(), |Flex(x)| Flex(if x % 2 == 0 { x << 33 } else { x }))
+            .map(Result::unwrap)
+            .collect();
+        let want: Vec<Flex> =
+            input.iter().map(|&Flex(x)| Flex(if x % 2 == 0 { x << 33 } else { x })).collect();
+        assert_eq!(doubled, want, "{mode:?}");
+    }
+}
+
+/// A worker killed in the middle of a batch of fixed-width items: only the
+/// running item fails, and the unrun rest is cut out of the batch and sent
+/// again (the cut keeps the encoding).
+#[test]
+fn a_crash_in_a_batch_of_primitives_fails_only_its_item() {
+    for method in METHODS {
+        let pool = process_pool(method, 0);
+        for batch in [10, 64, 1000] {
+            let out: Vec<_> = pool.map(0..3000u64, crash_at_crashers).batch_size(batch).enumerate().collect();
+            check_only_crashers_failed(out, 3000, &format!("{method:?} primitives, batches of {batch}"));
+        }
+    }
+}

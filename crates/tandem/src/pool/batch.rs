@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::handle::{Completion, Resolve};
 use crate::batch::Chunk;
+use crate::codec::fixed;
 use crate::wire::Frame;
 use crate::{Error, batch, codec, task};
 
@@ -180,6 +181,15 @@ fn decode_records<R: DeserializeOwned>(chunks: Vec<Chunk>, done: usize) -> Resul
         let fds = std::mem::take(&mut chunk.fds);
         let count = chunk.count as usize;
         let first = out.len();
+        if fds.is_empty() {
+            chunk.take_fixed(count, |kind, bits| match fixed::decode_bits(kind, bits) {
+                Ok(value) => {
+                    out.value(value);
+                    true
+                }
+                Err(_) => false,
+            });
+        }
         let mut fds = Some(fds);
         while out.len() - first < count {
             let result = match chunk.pop() {
@@ -193,6 +203,15 @@ fn decode_records<R: DeserializeOwned>(chunks: Vec<Chunk>, done: usize) -> Resul
                         Err(e) => Err(ItemFail::Codec(e.codec_detail())),
                     }
                 }
+                Ok((batch::STATUS_FIXED, body)) => match batch::fixed_value(body) {
+                    Ok(value) => {
+                        out.value(value);
+                        continue;
+                    }
+                    Err(why) => Err(ItemFail::Codec(format!(
+                        "the worker's result for this item is unreadable: {why}"
+                    ))),
+                },
                 Ok((batch::STATUS_VALUE, body)) => match fds.take().filter(|f| !f.is_empty()) {
                     None if !nested => codec::decode_plain(body),
                     None => codec::decode(body, Vec::new()),

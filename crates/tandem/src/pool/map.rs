@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::backend::Inner;
 use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Part, Timed, run_untimed};
-use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Piece, Remainder};
+use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Offsets, Piece, Remainder};
 use super::handle::Completion;
 use super::{BatchJob, Pool, ProcessWork, TaskHandle, ThreadWork};
 use crate::{Error, batch, task};
@@ -40,7 +40,7 @@ struct Segment<A, R> {
     attempts: u32,
     stop: Arc<AtomicBool>,
     /// Process mode: where each item starts in the argument.
-    offsets: Vec<u32>,
+    offsets: Offsets,
     key: u64,
     handle: TaskHandle<BatchOutcome<A, R>>,
 }
@@ -107,7 +107,7 @@ where
                 let (work, clock) =
                     local_batch(f, items, &completion, &stop, shared.config.task_timeout.is_some());
                 let job = BatchJob { stop: stop.clone(), items: len as u32, clock };
-                (super::enqueue(shared, id, completion, work, Some(job), front), Vec::new())
+                (super::enqueue(shared, id, completion, work, Some(job), front), Offsets::Listed(Vec::new()))
             }
             (Cut::Remote { argument, fds, offsets }, Inner::Processes(shared)) => {
                 let header =
@@ -122,7 +122,7 @@ where
                 completion.resolve(Err(Error::Codec(
                     "a map batch in the wrong shape for its pool (a bug in tandem)".into(),
                 )));
-                (super::handle(id, completion), Vec::new())
+                (super::handle(id, completion), Offsets::Listed(Vec::new()))
             }
         };
         Segment { start, len, attempts, stop, offsets, key, handle }
@@ -140,7 +140,7 @@ where
     /// `outcome`, joined or awaited.
     fn settle_with(
         &mut self,
-        (start, len, attempts, offsets): (usize, usize, u32, Vec<u32>),
+        (start, len, attempts, offsets): (usize, usize, u32, Offsets),
         outcome: Result<BatchOutcome<A, R>, Error>,
     ) -> (Vec<Run<R>>, Vec<Segment<A, R>>) {
         let outcome = match outcome {
@@ -163,14 +163,14 @@ where
             BatchEnd::Complete { nanos } => self.feeder.sizer.learn(len, nanos),
             BatchEnd::RestFail(e) => out.push(Run::same(start + done, len - done, e)),
             BatchEnd::Unstarted => {
-                let mut rest = Remainder::new(rest, &offsets, done, self.flags());
+                let mut rest = Remainder::new(rest, &offsets, done);
                 if let Some(cut) = rest.cut(done, len) {
                     again.push((cut, start + done, attempts));
                 }
             }
             BatchEnd::Failed(e) => {
                 // Thread mode gives back only the items after the failed one.
-                let mut rest = Remainder::new(rest, &offsets, done + 1, self.flags());
+                let mut rest = Remainder::new(rest, &offsets, done + 1);
                 let retry = matches!(e, Error::WorkerDied { .. }) && attempts < self.pool.config().retries;
                 match rest.cut(done, done + 1).filter(|_| retry) {
                     Some(cut) => again.push((cut, start + done, attempts + 1)),
