@@ -179,10 +179,10 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
             break;
         }
         writer.start(index);
-        batch::begin_record(results.buf());
         let status = match &broken {
             // Once one argument cannot be read, neither can those after it.
             Some(why) => {
+                batch::begin_record(results.buf());
                 results.buf().extend_from_slice(why.as_bytes());
                 batch::STATUS_CODEC
             }
@@ -202,29 +202,35 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
                                     }
                                     continue;
                                 }
+                                batch::begin_record(results.buf());
                                 encode_result(value, &mut results, &mut fds, &mut results_fixed)
                             }
                             Err(payload) => {
+                                batch::begin_record(results.buf());
                                 results.buf().extend_from_slice(panic_message(payload.as_ref()).as_bytes());
                                 batch::STATUS_PANICKED
                             }
                         },
                         _ => {
                             let why = format!("the argument: not a {kind:?} this task takes");
+                            batch::begin_record(results.buf());
                             results.buf().extend_from_slice(why.as_bytes());
                             batch::STATUS_CODEC
                         }
                     }
                 }
-                None => match items.next::<A>() {
-                    Err(e) => {
-                        let why = format!("the argument: {}", e.codec_detail());
-                        results.buf().extend_from_slice(why.as_bytes());
-                        broken = Some(why);
-                        batch::STATUS_CODEC
+                None => {
+                    batch::begin_record(results.buf());
+                    match items.next::<A>() {
+                        Err(e) => {
+                            let why = format!("the argument: {}", e.codec_detail());
+                            results.buf().extend_from_slice(why.as_bytes());
+                            broken = Some(why);
+                            batch::STATUS_CODEC
+                        }
+                        Ok(arg) => run_item(f, arg, &mut results, &mut fds, &mut results_fixed),
                     }
-                    Ok(arg) => run_item(f, arg, &mut results, &mut fds, &mut results_fixed),
-                },
+                }
             },
         };
         if writer.push(status, results.buf(), &fds).is_err() {

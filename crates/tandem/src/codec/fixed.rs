@@ -115,7 +115,14 @@ pub(crate) fn append<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
 ) -> Result<Kind, NotFixed> {
     let (kind, bits) = encode(value, expected)?;
-    out.extend_from_slice(&bits.to_le_bytes()[..kind.width()]);
+    let le = bits.to_le_bytes();
+    // A constant length per arm: a store or two, not a call into memcpy.
+    match kind.width() {
+        8 => out.extend_from_slice(&le),
+        4 => out.extend_from_slice(&le[..4]),
+        2 => out.extend_from_slice(&le[..2]),
+        _ => out.push(le[0]),
+    }
     Ok(kind)
 }
 
@@ -125,9 +132,11 @@ pub(crate) fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T,
     if bytes.len() != kind.width() {
         return Err(NotFixed);
     }
-    let mut le = [0u8; 8];
-    le[..bytes.len()].copy_from_slice(bytes);
-    decode_bits(kind, u64::from_le_bytes(le))
+    let bits = match <[u8; 8]>::try_from(bytes) {
+        Ok(eight) => u64::from_le_bytes(eight),
+        Err(_) => bytes.iter().rev().fold(0, |bits, &b| (bits << 8) | u64::from(b)),
+    };
+    decode_bits(kind, bits)
 }
 
 /// Decode a `T` from the bits [`encode`] gave for kind `kind`.
