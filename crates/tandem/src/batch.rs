@@ -42,7 +42,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::codec::fixed;
 use crate::sys::board::Board;
@@ -209,8 +209,10 @@ pub(crate) struct Sink {
 }
 
 /// The worker's side of one batch: publishes each item's outcome.
-pub(crate) struct Writer {
-    sink: Sink,
+pub(crate) struct Writer<'s> {
+    sink: &'s Sink,
+    /// The board's words, looked up (and bounds-checked) once per batch.
+    words: Words<'s>,
     id: u64,
     timed: bool,
     base: u32,
@@ -218,31 +220,45 @@ pub(crate) struct Writer {
     used: usize,
 }
 
-impl Writer {
+struct Words<'s> {
+    progress: &'s AtomicU64,
+    used: &'s AtomicU64,
+    started: &'s AtomicU64,
+    since: &'s AtomicU64,
+    stop: &'s AtomicU64,
+}
+
+impl<'s> Writer<'s> {
     /// Start batch `id` on the board: nothing run yet.
-    pub(crate) fn begin(sink: Sink, id: u64, timed: bool) -> Writer {
-        let board = &sink.board;
-        board.word(STARTED).store(0, Ordering::Relaxed);
-        board.word(USED).store(0, Ordering::Relaxed);
-        board.word(PROGRESS).store(0, Ordering::Relaxed);
+    pub(crate) fn begin(sink: &'s Sink, id: u64, timed: bool) -> Writer<'s> {
+        let board = &*sink.board;
+        let words = Words {
+            progress: board.word(PROGRESS),
+            used: board.word(USED),
+            started: board.word(STARTED),
+            since: board.word(SINCE),
+            stop: board.word(STOP),
+        };
+        words.started.store(0, Ordering::Relaxed);
+        words.used.store(0, Ordering::Relaxed);
+        words.progress.store(0, Ordering::Relaxed);
         board.word(BATCH).store(id, Ordering::Release);
-        Writer { sink, id, timed, base: 0, count: 0, used: 0 }
+        Writer { sink, words, id, timed, base: 0, count: 0, used: 0 }
     }
 
     /// Whether the parent asked this batch to stop.
     #[inline]
     pub(crate) fn stop_requested(&self) -> bool {
-        self.sink.board.word(STOP).load(Ordering::Relaxed) == self.id
+        self.words.stop.load(Ordering::Relaxed) == self.id
     }
 
     /// Item `index` starts now.
     #[inline]
     pub(crate) fn start(&self, index: u32) {
-        let board = &self.sink.board;
         if self.timed {
-            board.word(SINCE).store(now_ns(), Ordering::Relaxed);
+            self.words.since.store(now_ns(), Ordering::Relaxed);
         }
-        board.word(STARTED).store(u64::from(index) + 1, Ordering::Release);
+        self.words.started.store(u64::from(index) + 1, Ordering::Release);
     }
 
     /// Items with a published result.
@@ -315,9 +331,8 @@ impl Writer {
 
     #[inline(always)]
     fn publish(&self) {
-        let board = &self.sink.board;
-        board.word(USED).store(self.used as u64, Ordering::Relaxed);
-        board.word(PROGRESS).store(pack(self.base, self.count), Ordering::Release);
+        self.words.used.store(self.used as u64, Ordering::Relaxed);
+        self.words.progress.store(pack(self.base, self.count), Ordering::Release);
     }
 
     /// Send the arena's records in one frame and start it over.
@@ -334,8 +349,8 @@ impl Writer {
         self.used = 0;
         // Progress first: a parent that reads it with a stale byte count
         // still parses no record.
-        board.word(PROGRESS).store(pack(self.base, 0), Ordering::Release);
-        board.word(USED).store(0, Ordering::Relaxed);
+        self.words.progress.store(pack(self.base, 0), Ordering::Release);
+        self.words.used.store(0, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -552,7 +567,7 @@ mod tests {
         let (ours, theirs) = pair();
         let board = Arc::new(new_board().unwrap());
         let sink = Sink { board: board.clone(), socket: Arc::new(theirs) };
-        let mut w = Writer::begin(sink, 7, false);
+        let mut w = Writer::begin(&sink, 7, false);
         for i in 0..3u32 {
             w.start(i);
             let mut r = Vec::new();
@@ -573,7 +588,7 @@ mod tests {
         let (ours, theirs) = pair();
         let board = Arc::new(new_board().unwrap());
         let sink = Sink { board: board.clone(), socket: Arc::new(theirs) };
-        let mut w = Writer::begin(sink, 1, false);
+        let mut w = Writer::begin(&sink, 1, false);
         let big = ARENA_LEN / 3;
         let reader = std::thread::spawn(move || {
             let mut frames = Vec::new();
@@ -591,7 +606,8 @@ mod tests {
         w.start(5);
         let mut r = vec![5u8; RECORD_HEADER + ARENA_LEN + 10];
         w.push(STATUS_VALUE, &mut r, &[]).unwrap();
-        drop(w);
+        // The worker's end of the socket closes: the reader stops.
+        drop(sink);
         let frames = reader.join().unwrap();
         let mut c = Collector::new(1, 6);
         for f in frames {

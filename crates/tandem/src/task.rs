@@ -167,7 +167,7 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
     let start = std::time::Instant::now();
     let scope = codec::IncomingScope::enter(inv.fds);
     let mut results = codec::OutgoingScope::enter(Vec::with_capacity(64));
-    let mut writer = batch::Writer::begin(sink, id, flags & batch::TIMED != 0);
+    let mut writer = batch::Writer::begin(&sink, id, flags & batch::TIMED != 0);
     let mut broken: Option<String> = None;
     let mut stopped = false;
     // Descriptors of the running item's value: rare, so kept out of the

@@ -236,14 +236,24 @@ where
             return None;
         };
         let mut count = 1;
-        while count < want && argument.len() < max_bytes {
-            let Some(item) = self.take() else { break };
-            if fixed::append(&item, Some(kind), &mut argument).is_err() {
-                self.fixed_width = false;
-                self.carry = Some(item);
-                break;
+        if !self.exhausted {
+            // The rest straight from the input (the carry was the first):
+            // as many as `want` allows, and items while the bytes are
+            // under `max_bytes`.
+            let width = kind.width();
+            let room = max_bytes.saturating_sub(argument.len()).div_ceil(width);
+            let limit = want.saturating_sub(1).min(room);
+            let mut pulled = 0;
+            for item in self.items.by_ref().take(limit) {
+                pulled += 1;
+                if fixed::append(&item, Some(kind), &mut argument).is_err() {
+                    self.fixed_width = false;
+                    self.carry = Some(item);
+                    break;
+                }
+                count += 1;
             }
-            count += 1;
+            self.exhausted = pulled < limit && self.carry.is_none();
         }
         let flags = batch::fixed_flags(flags, kind);
         argument[..batch::PREFIX_LEN].copy_from_slice(&batch::prefix(flags, count as u32));
