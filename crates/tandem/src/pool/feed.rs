@@ -1,6 +1,8 @@
 //! The input side of a map: items pulled from the iterator and cut into
 //! batches (sized by measured run time, or fixed), encoded for a process
-//! pool; and what is left of a batch that did not run, cut again.
+//! pool (postcard item by item, or the items' bytes back to back when each
+//! is one primitive: `codec::fixed`); and what is left of a batch that did
+//! not run, cut again.
 
 use std::os::fd::OwnedFd;
 
