@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p tandem --bench pool`
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
 use tandem::{Mode, Pool, StartMethod};
 
@@ -25,17 +25,76 @@ fn map_throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("map_1M_trivial");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(1_000_000));
+    // The peer: rayon on a pool of as many threads as tandem has workers,
+    // the same work collected into a Vec the same way.
+    let rayon = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    g.bench_function("rayon/par_iter_collect", |b| {
+        b.iter(|| {
+            use rayon::prelude::*;
+            rayon.install(|| {
+                (0..1_000_000u64).into_par_iter().map(|x| x.wrapping_mul(x)).collect::<Vec<u64>>()
+            })
+        })
+    });
+    drop(rayon);
+    // The floor of any iterator API: 1M values computed beforehand (in
+    // 16,384-item chunks, as map's batches come back) handed out one by one
+    // through `next` and collected. `collect` drives a non-`TrustedLen`
+    // iterator item by item; rayon writes into the Vec in place.
+    g.bench_function("floor/next_into_vec", |b| {
+        b.iter_batched(
+            || {
+                let chunks: Vec<Vec<u64>> = (0..1_000_000u64)
+                    .collect::<Vec<_>>()
+                    .chunks(16_384)
+                    .map(|c| c.iter().map(|x| x.wrapping_mul(*x)).collect())
+                    .collect();
+                Handout { chunks: chunks.into_iter(), current: Vec::new().into_iter() }
+            },
+            |h| h.collect::<Vec<u64>>(),
+            BatchSize::LargeInput,
+        )
+    });
     for mode in [Mode::Thread, Mode::Process] {
         let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
         g.bench_function(format!("tandem/{mode:?}"), |b| {
             b.iter(|| {
-                pool.map(0..1_000_000u64, |x| x.wrapping_mul(x))
-                    .map(Result::unwrap)
-                    .fold(0u64, u64::wrapping_add)
+                pool.map(0..1_000_000u64, |x| x.wrapping_mul(x)).map(Result::unwrap).collect::<Vec<u64>>()
             })
         });
     }
     g.finish();
+}
+
+/// Values handed out one `next` at a time from chunks (see `map_throughput`).
+struct Handout {
+    chunks: std::vec::IntoIter<Vec<u64>>,
+    current: std::vec::IntoIter<u64>,
+}
+
+impl Handout {
+    #[inline(never)]
+    fn next_chunk(&mut self) -> Option<u64> {
+        self.current = self.chunks.next()?.into_iter();
+        self.current.next()
+    }
+}
+
+impl Iterator for Handout {
+    type Item = u64;
+
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        match self.current.next() {
+            Some(v) => Some(v),
+            None => self.next_chunk(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.current.len() + self.chunks.as_slice().iter().map(Vec::len).sum::<usize>();
+        (left, Some(left))
+    }
 }
 
 fn replace_dead_worker(c: &mut Criterion) {

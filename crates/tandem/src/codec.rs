@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+pub(crate) mod fixed;
+
 /// Bytes and descriptors of one encoded value.
 pub(crate) struct Encoded {
     pub bytes: Vec<u8>,

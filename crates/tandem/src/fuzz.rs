@@ -53,7 +53,11 @@ pub fn done_payload(payload: &[u8]) {
     if results.partial(frame(Kind::Partial)).is_ok() {
         for mut chunk in results.into_chunks() {
             for _ in 0..chunk.count {
-                let Ok((_, body)) = chunk.pop() else { break };
+                let Ok((status, body)) = chunk.pop() else { break };
+                if status == crate::batch::STATUS_FIXED {
+                    let _ = crate::batch::fixed_value::<f64>(body);
+                    let _ = crate::batch::fixed_value::<u16>(body);
+                }
                 let _ = crate::codec::decode::<(u64, String)>(body, Vec::new());
             }
         }

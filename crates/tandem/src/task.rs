@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{self, Encoded};
+use crate::codec::{self, Encoded, fixed};
 use crate::sys::code::{self, Trusted};
 use crate::wire::Frame;
 use crate::{Error, batch};
@@ -150,11 +150,24 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
     let Some((flags, count)) = batch::parse_prefix(body) else {
         return Outcome::Codec("a map batch too short to read".into());
     };
-    let mut items = codec::ItemReader::new(&body[batch::PREFIX_LEN..]);
+    let bytes = &body[batch::PREFIX_LEN..];
+    let fixed_items = match batch::fixed_items(flags) {
+        Ok(Some(kind)) if bytes.len() != count as usize * kind.width() => {
+            return Outcome::Codec(format!(
+                "a map batch of {count} {kind:?} items holds {} bytes",
+                bytes.len()
+            ));
+        }
+        Ok(kind) => kind,
+        Err(why) => return Outcome::Codec(why),
+    };
+    let mut items = codec::ItemReader::new(bytes);
+    // Results go out in the fixed-width encoding while they have one.
+    let mut results_fixed = Fixed { on: true, kind: None };
     let start = std::time::Instant::now();
     let scope = codec::IncomingScope::enter(inv.fds);
     let mut results = codec::OutgoingScope::enter(Vec::with_capacity(64));
-    let mut writer = batch::Writer::begin(sink, id, flags & batch::TIMED != 0);
+    let mut writer = batch::Writer::begin(&sink, id, flags & batch::TIMED != 0);
     let mut broken: Option<String> = None;
     let mut stopped = false;
     // Descriptors of the running item's value: rare, so kept out of the
@@ -166,21 +179,58 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
             break;
         }
         writer.start(index);
-        batch::begin_record(results.buf());
         let status = match &broken {
             // Once one argument cannot be read, neither can those after it.
             Some(why) => {
+                batch::begin_record(results.buf());
                 results.buf().extend_from_slice(why.as_bytes());
                 batch::STATUS_CODEC
             }
-            None => match items.next::<A>() {
-                Err(e) => {
-                    let why = format!("the argument: {}", e.codec_detail());
-                    results.buf().extend_from_slice(why.as_bytes());
-                    broken = Some(why);
-                    batch::STATUS_CODEC
+            None => match fixed_items {
+                // Fixed-width items stand alone: one that does not decode
+                // fails by itself.
+                Some(kind) => {
+                    let at = index as usize * kind.width();
+                    match bytes.get(at..at + kind.width()).map(|b| fixed::decode::<A>(kind, b)) {
+                        Some(Ok(arg)) => match catch_unwind(AssertUnwindSafe(|| f(arg))) {
+                            Ok(value) => {
+                                // The hot path: a primitive in, a primitive
+                                // out, one store on the board.
+                                if let Some((kind, bits)) = results_fixed.take(&value) {
+                                    if writer.push_fixed(kind, bits).is_err() {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                                batch::begin_record(results.buf());
+                                encode_result(value, &mut results, &mut fds, &mut results_fixed)
+                            }
+                            Err(payload) => {
+                                batch::begin_record(results.buf());
+                                results.buf().extend_from_slice(panic_message(payload.as_ref()).as_bytes());
+                                batch::STATUS_PANICKED
+                            }
+                        },
+                        _ => {
+                            let why = format!("the argument: not a {kind:?} this task takes");
+                            batch::begin_record(results.buf());
+                            results.buf().extend_from_slice(why.as_bytes());
+                            batch::STATUS_CODEC
+                        }
+                    }
                 }
-                Ok(arg) => run_item(f, arg, &mut results, &mut fds),
+                None => {
+                    batch::begin_record(results.buf());
+                    match items.next::<A>() {
+                        Err(e) => {
+                            let why = format!("the argument: {}", e.codec_detail());
+                            results.buf().extend_from_slice(why.as_bytes());
+                            broken = Some(why);
+                            batch::STATUS_CODEC
+                        }
+                        Ok(arg) => run_item(f, arg, &mut results, &mut fds, &mut results_fixed),
+                    }
+                }
             },
         };
         if writer.push(status, results.buf(), &fds).is_err() {
@@ -201,40 +251,92 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
 /// encoded value, the panic message, or why the value could not be
 /// encoded) and the descriptors of a value that holds shareables to `fds`;
 /// its status.
+#[inline]
 fn run_item<A, R: Serialize>(
     f: fn(A) -> R,
     arg: A,
     scope: &mut codec::OutgoingScope,
     fds: &mut Vec<OwnedFd>,
+    fixed: &mut Fixed,
 ) -> u8 {
-    let mark = scope.buf().len();
-    let fd_mark = scope.fd_mark();
-    let why = match catch_unwind(AssertUnwindSafe(|| f(arg))) {
+    match catch_unwind(AssertUnwindSafe(|| f(arg))) {
         Err(payload) => {
             scope.buf().extend_from_slice(panic_message(payload.as_ref()).as_bytes());
-            return batch::STATUS_PANICKED;
+            batch::STATUS_PANICKED
         }
-        Ok(value) => match scope.append(&value) {
-            Ok(()) if scope.buf().len() - mark > batch::MAX_RECORD => {
-                "the result is over 1 GiB, the most one map item can return".to_string()
+        Ok(value) => encode_result(value, scope, fds, fixed),
+    }
+}
+
+/// Append an item's value to its record (see [`run_item`]); its status.
+#[inline]
+fn encode_result<R: Serialize>(
+    value: R,
+    scope: &mut codec::OutgoingScope,
+    fds: &mut Vec<OwnedFd>,
+    fixed: &mut Fixed,
+) -> u8 {
+    let mark = scope.buf().len();
+    if fixed.on {
+        // A single primitive: its bytes, no serializer state, and never a
+        // descriptor (a shareable is a tuple, which this refuses).
+        match batch::append_fixed(&value, fixed.kind, scope.buf()) {
+            Some(kind) => {
+                fixed.kind = Some(kind);
+                return batch::STATUS_FIXED;
             }
-            // Descriptors are rare: look for them only if there are some.
-            Ok(()) if !scope.added_fds_since(fd_mark) => return batch::STATUS_VALUE,
-            Ok(()) if scope.fd_count() <= crate::wire::MAX_FDS => {
-                fds.append(&mut scope.take_fds());
-                return batch::STATUS_VALUE;
-            }
-            Ok(()) => format!(
-                "the result holds more shareable objects than one message can carry ({})",
-                crate::wire::MAX_FDS
-            ),
-            Err(e) => format!("the result: {}", e.codec_detail()),
-        },
+            None => fixed.on = false,
+        }
+    }
+    let fd_mark = scope.fd_mark();
+    let why = match scope.append(&value) {
+        Ok(()) if scope.buf().len() - mark > batch::MAX_RECORD => {
+            "the result is over 1 GiB, the most one map item can return".to_string()
+        }
+        // Descriptors are rare: look for them only if there are some.
+        Ok(()) if !scope.added_fds_since(fd_mark) => return batch::STATUS_VALUE,
+        Ok(()) if scope.fd_count() <= crate::wire::MAX_FDS => {
+            fds.append(&mut scope.take_fds());
+            return batch::STATUS_VALUE;
+        }
+        Ok(()) => format!(
+            "the result holds more shareable objects than one message can carry ({})",
+            crate::wire::MAX_FDS
+        ),
+        Err(e) => format!("the result: {}", e.codec_detail()),
     };
     drop(scope.take_fds());
     scope.buf().truncate(mark);
     scope.buf().extend_from_slice(why.as_bytes());
     batch::STATUS_CODEC
+}
+
+/// Whether a batch's results still go out in the fixed-width encoding,
+/// and of which kind (the first one's).
+struct Fixed {
+    on: bool,
+    kind: Option<fixed::Kind>,
+}
+
+impl Fixed {
+    /// `value`'s kind and bits if results still go out fixed-width and it
+    /// has that encoding; otherwise they no longer do.
+    #[inline]
+    fn take<R: Serialize>(&mut self, value: &R) -> Option<(fixed::Kind, u64)> {
+        if !self.on {
+            return None;
+        }
+        match fixed::encode(value, self.kind) {
+            Ok((kind, bits)) => {
+                self.kind = Some(kind);
+                Some((kind, bits))
+            }
+            Err(_) => {
+                self.on = false;
+                None
+            }
+        }
+    }
 }
 
 /// Header of a map batch's frame: id, entry offset, function offset.

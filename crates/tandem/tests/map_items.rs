@@ -298,3 +298,140 @@ fn big_results_overflow_the_board_and_still_arrive_in_order() {
         assert_eq!(huge, vec![1, 3 << 20, 5]);
     }
 }
+
+fn panic_at_crashers(x: u64) -> u64 {
+    if CRASHERS.contains(&x) {
+        panic!("item {x} panicked");
+    }
+    x * 10
+}
+
+/// A panic fails its item in place, wherever it sits in its batch (first,
+/// last, two side by side), and the batch's other items keep their values,
+/// in order: a batch on a thread guards a stretch of items at once and
+/// starts a new stretch after the item that panicked.
+#[test]
+fn a_panic_fails_only_its_item_wherever_it_sits_in_a_batch() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        for (n, batch) in [(100, Some(10)), (100, Some(7)), (100, Some(1)), (100, Some(100)), (20_000, None)]
+        {
+            let map = pool.map(0..n, panic_at_crashers);
+            let map = match batch {
+                Some(b) => map.batch_size(b),
+                None => map,
+            };
+            let out: Vec<Result<u64, Error>> = map.collect();
+            assert_eq!(out.len(), n as usize, "{mode:?} batches of {batch:?}");
+            for (i, r) in out.into_iter().enumerate() {
+                match r {
+                    Ok(v) => assert_eq!(v, i as u64 * 10, "{mode:?} {batch:?}: item {i}"),
+                    Err(Error::Panicked { message }) => {
+                        assert!(CRASHERS.contains(&(i as u64)), "{mode:?} {batch:?}: item {i} panicked");
+                        assert_eq!(message, format!("item {i} panicked"));
+                    }
+                    Err(e) => panic!("{mode:?} {batch:?}: item {i}: {e:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// A map says exactly how many results are left (one per input item), so
+/// `collect` sizes its Vec once; and it pulls an endless input only as far
+/// as its bounded read-ahead.
+#[test]
+fn a_map_knows_how_many_results_are_left_and_reads_ahead_a_bounded_amount() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        let mut map = pool.map(0..50_000u64, |x| x + 1);
+        assert_eq!(map.size_hint(), (50_000, Some(50_000)), "{mode:?}");
+        for i in 0..20_000u64 {
+            assert_eq!(map.next().unwrap().unwrap(), i + 1);
+        }
+        assert_eq!(map.size_hint(), (30_000, Some(30_000)), "{mode:?}");
+        assert_eq!(map.by_ref().count(), 30_000);
+        assert_eq!(map.size_hint(), (0, Some(0)));
+
+        let pulled = std::cell::Cell::new(0u64);
+        let first: Vec<u64> = pool
+            .map((0u64..).inspect(|_| pulled.set(pulled.get() + 1)), |x| x * 2)
+            .take(100_000)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(first.len(), 100_000);
+        assert!(first.iter().enumerate().all(|(i, &v)| v == 2 * i as u64), "{mode:?}: out of order");
+        // At most 2 x workers batches of at most 16,384 items are read ahead.
+        assert!(pulled.get() <= 100_000 + 4 * 16_384, "{mode:?}: pulled {}", pulled.get());
+    }
+}
+
+/// A number that serializes as a `u32` when it fits and as a `u64` when it
+/// does not (postcard reads either back): its values change shape within
+/// one map.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Flex(u64);
+
+impl Serialize for Flex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match u32::try_from(self.0) {
+            Ok(small) => s.serialize_u32(small),
+            Err(_) => s.serialize_u64(self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Flex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Flex, D::Error> {
+        u64::deserialize(d).map(Flex)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+struct Meters(f32);
+
+/// Items and results that are one primitive travel in a fixed-width
+/// encoding: every kind comes back exactly (a float is never read as an
+/// integer's bits), newtypes too, and values whose shape changes within a
+/// batch (there the map goes on in postcard) come back in order all the same.
+#[test]
+fn primitive_items_and_results_of_every_kind_come_back_exactly() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        let floats: Vec<f64> = pool.map(0..3000u64, |x| x as f64 / 3.0).map(Result::unwrap).collect();
+        assert_eq!(floats, (0..3000u64).map(|x| x as f64 / 3.0).collect::<Vec<_>>(), "{mode:?}");
+        let bytes: Vec<i8> = pool.map(-1500..1500i64, |x| (x % 128) as i8).map(Result::unwrap).collect();
+        assert_eq!(bytes, (-1500..1500i64).map(|x| (x % 128) as i8).collect::<Vec<_>>(), "{mode:?}");
+        let flags: Vec<bool> = pool.map(0..3000u16, |x| x % 3 == 0).map(Result::unwrap).collect();
+        assert_eq!(flags, (0..3000u16).map(|x| x % 3 == 0).collect::<Vec<_>>(), "{mode:?}");
+        let m: Vec<Meters> = pool
+            .map((0..3000).map(|i| Meters(i as f32)), |Meters(x)| Meters(x * 0.5))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(m, (0..3000).map(|i| Meters(i as f32 * 0.5)).collect::<Vec<_>>(), "{mode:?}");
+        // Small and big values mixed: some batches start fixed-width and
+        // meet a value of another kind in the middle.
+        let input: Vec<Flex> = (0..20_000u64).map(|i| Flex(if i % 997 == 5 { i << 36 } else { i })).collect();
+        let doubled: Vec<Flex> = pool
+            .map(input.clone(), |Flex(x)| Flex(if x % 2 == 0 { x << 33 } else { x }))
+            .map(Result::unwrap)
+            .collect();
+        let want: Vec<Flex> =
+            input.iter().map(|&Flex(x)| Flex(if x % 2 == 0 { x << 33 } else { x })).collect();
+        assert_eq!(doubled, want, "{mode:?}");
+    }
+}
+
+/// A worker killed in the middle of a batch of fixed-width items: only the
+/// running item fails, and the unrun rest is cut out of the batch and sent
+/// again (the cut keeps the encoding).
+#[test]
+fn a_crash_in_a_batch_of_primitives_fails_only_its_item() {
+    for method in METHODS {
+        let pool = process_pool(method, 0);
+        for batch in [10, 64, 1000] {
+            let out: Vec<_> = pool.map(0..3000u64, crash_at_crashers).batch_size(batch).enumerate().collect();
+            check_only_crashers_failed(out, 3000, &format!("{method:?} primitives, batches of {batch}"));
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! result per item and sends the unstarted items again.
 
 use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::handle::{Completion, Resolve};
 use crate::batch::Chunk;
+use crate::codec::fixed;
 use crate::wire::Frame;
 use crate::{Error, batch, codec, task};
 
@@ -52,8 +54,68 @@ impl ItemFail {
     }
 }
 
-/// The results of a batch's first `done` items, in order.
-pub(crate) type Results<R> = Vec<Result<R, ItemFail>>;
+/// A stretch of a batch's results: consecutive items that returned, or one
+/// that did not.
+pub(crate) enum Part<R> {
+    Values(Vec<R>),
+    Fail(ItemFail),
+}
+
+/// The results of a batch's first `done` items, in order: runs of plain
+/// values with the (rare) item that has none between them, so the common
+/// case is one `Vec<R>` that `map` hands out without looking at each item.
+pub(crate) struct Results<R> {
+    parts: Vec<Part<R>>,
+    /// The values after the last part.
+    run: Vec<R>,
+    /// Items in `parts`.
+    before: usize,
+}
+
+impl<R> Results<R> {
+    pub(crate) fn with_capacity(n: usize) -> Results<R> {
+        Results { parts: Vec::new(), run: Vec::with_capacity(n), before: 0 }
+    }
+
+    /// The next item returned `value`.
+    #[inline]
+    pub(crate) fn value(&mut self, value: R) {
+        self.run.push(value);
+    }
+
+    /// The next item has no value.
+    #[cold]
+    pub(crate) fn fail(&mut self, why: ItemFail) {
+        if !self.run.is_empty() {
+            let room = self.run.capacity() - self.run.len();
+            let run = std::mem::replace(&mut self.run, Vec::with_capacity(room));
+            self.before += run.len();
+            self.parts.push(Part::Values(run));
+        }
+        self.before += 1;
+        self.parts.push(Part::Fail(why));
+    }
+
+    pub(crate) fn push(&mut self, result: Result<R, ItemFail>) {
+        match result {
+            Ok(value) => self.value(value),
+            Err(why) => self.fail(why),
+        }
+    }
+
+    /// Items with a result.
+    pub(crate) fn len(&self) -> usize {
+        self.before + self.run.len()
+    }
+
+    /// The parts, in item order.
+    pub(crate) fn into_parts(mut self) -> Vec<Part<R>> {
+        if !self.run.is_empty() || self.parts.is_empty() {
+            self.parts.push(Part::Values(self.run));
+        }
+        self.parts
+    }
+}
 
 /// What came back of the items that never ran.
 pub(crate) enum Rest<A> {
@@ -113,15 +175,43 @@ impl<A: Send + 'static, R: DeserializeOwned + Send + 'static> Resolve for Comple
 /// A process batch's records as results, `count` per chunk: a record that
 /// cannot be read fails its item and the rest of its chunk.
 fn decode_records<R: DeserializeOwned>(chunks: Vec<Chunk>, done: usize) -> Results<R> {
-    let mut out = Vec::with_capacity(done);
+    let mut out = Results::with_capacity(done);
     let nested = codec::decoding_elsewhere();
     for mut chunk in chunks {
         let fds = std::mem::take(&mut chunk.fds);
         let count = chunk.count as usize;
         let first = out.len();
+        if fds.is_empty() {
+            chunk.take_fixed(count, |kind, bits| match fixed::decode_bits(kind, bits) {
+                Ok(value) => {
+                    out.value(value);
+                    true
+                }
+                Err(_) => false,
+            });
+        }
         let mut fds = Some(fds);
         while out.len() - first < count {
             let result = match chunk.pop() {
+                // The common case first: a plain value, no descriptors.
+                Ok((batch::STATUS_VALUE, body)) if !nested && fds.as_ref().is_none_or(Vec::is_empty) => {
+                    match codec::decode_plain(body) {
+                        Ok(value) => {
+                            out.value(value);
+                            continue;
+                        }
+                        Err(e) => Err(ItemFail::Codec(e.codec_detail())),
+                    }
+                }
+                Ok((batch::STATUS_FIXED, body)) => match batch::fixed_value(body) {
+                    Ok(value) => {
+                        out.value(value);
+                        continue;
+                    }
+                    Err(why) => Err(ItemFail::Codec(format!(
+                        "the worker's result for this item is unreadable: {why}"
+                    ))),
+                },
                 Ok((batch::STATUS_VALUE, body)) => match fds.take().filter(|f| !f.is_empty()) {
                     None if !nested => codec::decode_plain(body),
                     None => codec::decode(body, Vec::new()),
@@ -134,7 +224,9 @@ fn decode_records<R: DeserializeOwned>(chunks: Vec<Chunk>, done: usize) -> Resul
                 Ok((_, body)) => Err(ItemFail::Codec(String::from_utf8_lossy(body).into_owned())),
                 Err(why) => {
                     let why = format!("the worker's result for this item is unreadable: {why}");
-                    out.extend((out.len() - first..count).map(|_| Err(ItemFail::Codec(why.clone()))));
+                    for _ in out.len() - first..count {
+                        out.fail(ItemFail::Codec(why.clone()));
+                    }
                     break;
                 }
             };
@@ -159,27 +251,32 @@ pub(crate) trait ItemClock: Send + Sync {
 /// can only be interrupted by a time limit, which uses [`Timed`].
 pub(crate) fn run_untimed<A, R>(f: fn(A) -> R, items: Vec<A>, stop: &AtomicBool) -> BatchOutcome<A, R> {
     let start = Instant::now();
-    let mut results = Vec::with_capacity(items.len());
+    let mut results = Results::with_capacity(items.len());
     let mut items = items.into_iter();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return BatchOutcome {
-                done: results.len(),
-                results,
-                end: BatchEnd::Unstarted,
-                rest: Rest::Local(items.collect()),
-            };
+    // One unwind guard per stretch of items, not one per item: a panic
+    // ends the stretch, fails the item that was running (the one taken
+    // last) and the next stretch starts after it.
+    let finished = loop {
+        let stretch = catch_unwind(AssertUnwindSafe(|| {
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                let Some(item) = items.next() else { return true };
+                results.value(f(item));
+            }
+        }));
+        match stretch {
+            Ok(finished) => break finished,
+            Err(payload) => results.fail(ItemFail::Panicked(task::panic_message(payload.as_ref()))),
         }
-        let Some(item) = items.next() else { break };
-        results.push(task::run_caught(f, item).map_err(ItemFail::Panicked));
-    }
-    let nanos = start.elapsed().as_nanos() as u64;
-    BatchOutcome {
-        done: results.len(),
-        results,
-        end: BatchEnd::Complete { nanos },
-        rest: Rest::Local(Vec::new()),
-    }
+    };
+    let (done, end, rest) = if finished {
+        (results.len(), BatchEnd::Complete { nanos: start.elapsed().as_nanos() as u64 }, Vec::new())
+    } else {
+        (results.len(), BatchEnd::Unstarted, items.collect())
+    };
+    BatchOutcome { done, results, end, rest: Rest::Local(rest) }
 }
 
 /// A batch on a pool thread under a time limit: each item's start and
@@ -200,7 +297,7 @@ struct TimedState<A, R> {
 
 impl<A: Send + 'static, R: Send + 'static> Timed<A, R> {
     pub(crate) fn new(items: Vec<A>, completion: Arc<Completion<BatchOutcome<A, R>>>) -> Arc<Timed<A, R>> {
-        let results = Vec::with_capacity(items.len());
+        let results = Results::with_capacity(items.len());
         let state = TimedState { rest: items.into_iter(), results, since: None, over: false };
         Arc::new(Timed { state: Mutex::new(state), completion })
     }
@@ -220,7 +317,9 @@ impl<A: Send + 'static, R: Send + 'static> Timed<A, R> {
                 if s.over {
                     return None;
                 }
-                s.results.extend(last.take());
+                if let Some(last) = last.take() {
+                    s.results.push(last);
+                }
                 s.since = None;
                 let next = if stop.load(Ordering::Relaxed) { None } else { s.rest.next() };
                 match next {
@@ -230,7 +329,7 @@ impl<A: Send + 'static, R: Send + 'static> Timed<A, R> {
                     }
                     None => {
                         s.over = true;
-                        let results = std::mem::take(&mut s.results);
+                        let results = std::mem::replace(&mut s.results, Results::with_capacity(0));
                         let rest: Vec<A> = s.rest.by_ref().collect();
                         let end = if rest.is_empty() {
                             BatchEnd::Complete { nanos: start.elapsed().as_nanos() as u64 }
@@ -263,7 +362,7 @@ impl<A: Send + 'static, R: Send + 'static> ItemClock for Timed<A, R> {
                 return false;
             }
             s.over = true;
-            let results = std::mem::take(&mut s.results);
+            let results = std::mem::replace(&mut s.results, Results::with_capacity(0));
             BatchOutcome {
                 done: results.len(),
                 results,

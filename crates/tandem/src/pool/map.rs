@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::backend::Inner;
-use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Timed, run_untimed};
-use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Piece, Remainder};
+use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Part, Timed, run_untimed};
+use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Offsets, Piece, Remainder};
 use super::handle::Completion;
 use super::{BatchJob, Pool, ProcessWork, TaskHandle, ThreadWork};
 use crate::{Error, batch, task};
@@ -40,7 +40,7 @@ struct Segment<A, R> {
     attempts: u32,
     stop: Arc<AtomicBool>,
     /// Process mode: where each item starts in the argument.
-    offsets: Vec<u32>,
+    offsets: Offsets,
     key: u64,
     handle: TaskHandle<BatchOutcome<A, R>>,
 }
@@ -107,7 +107,7 @@ where
                 let (work, clock) =
                     local_batch(f, items, &completion, &stop, shared.config.task_timeout.is_some());
                 let job = BatchJob { stop: stop.clone(), items: len as u32, clock };
-                (super::enqueue(shared, id, completion, work, Some(job), front), Vec::new())
+                (super::enqueue(shared, id, completion, work, Some(job), front), Offsets::Listed(Vec::new()))
             }
             (Cut::Remote { argument, fds, offsets }, Inner::Processes(shared)) => {
                 let header =
@@ -122,7 +122,7 @@ where
                 completion.resolve(Err(Error::Codec(
                     "a map batch in the wrong shape for its pool (a bug in tandem)".into(),
                 )));
-                (super::handle(id, completion), Vec::new())
+                (super::handle(id, completion), Offsets::Listed(Vec::new()))
             }
         };
         Segment { start, len, attempts, stop, offsets, key, handle }
@@ -140,7 +140,7 @@ where
     /// `outcome`, joined or awaited.
     fn settle_with(
         &mut self,
-        (start, len, attempts, offsets): (usize, usize, u32, Vec<u32>),
+        (start, len, attempts, offsets): (usize, usize, u32, Offsets),
         outcome: Result<BatchOutcome<A, R>, Error>,
     ) -> (Vec<Run<R>>, Vec<Segment<A, R>>) {
         let outcome = match outcome {
@@ -149,20 +149,28 @@ where
         };
         let BatchOutcome { done, results, end, rest } = outcome;
         let mut out: Vec<Run<R>> = Vec::with_capacity(2);
-        out.push(Run { next: start, kind: RunKind::Values(results.into_iter()) });
+        let mut next = start;
+        for part in results.into_parts() {
+            let (len, kind) = match part {
+                Part::Values(values) => (values.len(), RunKind::Values(values.into_iter())),
+                Part::Fail(why) => (1, RunKind::One(Some(why))),
+            };
+            out.push(Run { next, kind });
+            next += len;
+        }
         let mut again = Vec::new();
         match end {
             BatchEnd::Complete { nanos } => self.feeder.sizer.learn(len, nanos),
             BatchEnd::RestFail(e) => out.push(Run::same(start + done, len - done, e)),
             BatchEnd::Unstarted => {
-                let mut rest = Remainder::new(rest, &offsets, done, self.flags());
+                let mut rest = Remainder::new(rest, &offsets, done);
                 if let Some(cut) = rest.cut(done, len) {
                     again.push((cut, start + done, attempts));
                 }
             }
             BatchEnd::Failed(e) => {
                 // Thread mode gives back only the items after the failed one.
-                let mut rest = Remainder::new(rest, &offsets, done + 1, self.flags());
+                let mut rest = Remainder::new(rest, &offsets, done + 1);
                 let retry = matches!(e, Error::WorkerDied { .. }) && attempts < self.pool.config().retries;
                 match rest.cut(done, done + 1).filter(|_| retry) {
                     Some(cut) => again.push((cut, start + done, attempts + 1)),
@@ -222,7 +230,9 @@ struct Run<R> {
 }
 
 enum RunKind<R> {
-    Values(std::vec::IntoIter<Result<R, ItemFail>>),
+    Values(std::vec::IntoIter<R>),
+    /// One item without a value.
+    One(Option<ItemFail>),
     /// `left` items that all fail with this error.
     Same {
         error: Error,
@@ -237,7 +247,8 @@ impl<R: DeserializeOwned> Run<R> {
 
     fn pop(&mut self) -> Option<Result<R, Error>> {
         match &mut self.kind {
-            RunKind::Values(values) => Some(values.next()?.map_err(ItemFail::into_error)),
+            RunKind::Values(values) => values.next().map(Ok),
+            RunKind::One(why) => why.take().map(|why| Err(why.into_error())),
             RunKind::Same { error, left } => {
                 *left = left.checked_sub(1)?;
                 Some(Err(if *left == 0 {
@@ -246,6 +257,17 @@ impl<R: DeserializeOwned> Run<R> {
                     error.duplicate()
                 }))
             }
+        }
+    }
+}
+
+impl<R> Run<R> {
+    /// Results left.
+    fn len(&self) -> usize {
+        match &self.kind {
+            RunKind::Values(values) => values.len(),
+            RunKind::One(why) => usize::from(why.is_some()),
+            RunKind::Same { left, .. } => *left,
         }
     }
 }
@@ -271,6 +293,9 @@ impl<R: DeserializeOwned> Iterator for Run<R> {
 pub struct Map<'p, I: Iterator, A, R> {
     engine: Engine<'p, I, A, R>,
     in_flight: VecDeque<Result<Segment<A, R>, Indexed<R>>>,
+    /// The values being handed out now, before anything in `ready`: the
+    /// hot path of `next` looks only here.
+    fast: std::vec::IntoIter<R>,
     ready: VecDeque<Run<R>>,
 }
 
@@ -281,7 +306,12 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     pub(crate) fn new(pool: &'p Pool, items: I, f: fn(A) -> R) -> Self {
-        Map { engine: Engine::new(pool, items, f, None), in_flight: VecDeque::new(), ready: VecDeque::new() }
+        Map {
+            engine: Engine::new(pool, items, f, None),
+            in_flight: VecDeque::new(),
+            fast: Vec::new().into_iter(),
+            ready: VecDeque::new(),
+        }
     }
 
     /// Send items in batches of exactly `n` (the last may be smaller)
@@ -315,9 +345,45 @@ where
 {
     type Item = Result<R, Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        match self.fast.next() {
+            Some(value) => Some(Ok(value)),
+            None => self.next_slow(),
+        }
+    }
+
+    /// Each input item gives exactly one result: the bounds are those of
+    /// what is left of the input plus what is in flight or ready.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let here = self.fast.len()
+            + self.ready.iter().map(Run::len).sum::<usize>()
+            + self.in_flight.iter().map(|p| p.as_ref().map_or(1, |s| s.len)).sum::<usize>();
+        let (low, high) = self.engine.feeder.size_hint();
+        (low.saturating_add(here), high.and_then(|h| h.checked_add(here)))
+    }
+}
+
+impl<I, A, R> Map<'_, I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// `next` once the values at hand are used up: the next run, or the
+    /// next batch's outcome.
+    #[inline(never)]
+    fn next_slow(&mut self) -> Option<Result<R, Error>> {
         loop {
             while let Some(run) = self.ready.front_mut() {
+                if let RunKind::Values(values) = &mut run.kind {
+                    self.fast = std::mem::take(values);
+                    self.ready.pop_front();
+                    match self.fast.next() {
+                        Some(value) => return Some(Ok(value)),
+                        None => continue,
+                    }
+                }
                 match run.pop() {
                     Some(r) => return Some(r),
                     None => drop(self.ready.pop_front()),

@@ -74,6 +74,20 @@ impl Board {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
     }
 
+    /// Store the 16 bytes of `bytes` (little-endian) at `offset` (bounds
+    /// checked) in one unaligned store: a small record built in registers,
+    /// whose bytes past its end the next record overwrites (the parent
+    /// reads only the bytes the worker says it used).
+    #[inline]
+    pub fn write16(&self, offset: usize, bytes: u128) {
+        let dst = self.region.ptr(offset, 16, 1);
+        // SAFETY: `ptr` checked that offset..offset+16 lies in the mapping,
+        // which lives as long as `self`; no reference into these bytes
+        // exists (the parent only copies them out, see `copy_out`), and an
+        // unaligned write needs no alignment.
+        unsafe { dst.cast::<u128>().write_unaligned(bytes.to_le()) }
+    }
+
     /// Copy `len` bytes out of the board at `offset` (bounds checked).
     pub fn copy_out(&self, offset: usize, len: usize) -> Vec<u8> {
         let src = self.region.ptr(offset, len, 1);

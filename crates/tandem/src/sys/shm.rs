@@ -109,16 +109,19 @@ impl Region {
 
     /// The 32-bit atomic word at `offset` (no system call; a futex word for
     /// [`super::futex`]).
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         &self.slice::<AtomicU32>(offset, 1)[0]
     }
 
     /// The 64-bit atomic word at `offset` (no system call).
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         &self.slice::<AtomicU64>(offset, 1)[0]
     }
 
     /// `count` values of `T` starting at `offset` (no system call).
+    #[inline]
     pub fn slice<T: Plain>(&self, offset: usize, count: usize) -> &[T] {
         let size = count.checked_mul(size_of::<T>()).expect("shared slice size overflow");
         if size == 0 {

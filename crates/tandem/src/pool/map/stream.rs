@@ -98,6 +98,9 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let map = &mut *self.get_mut().map;
+        if let Some(value) = map.fast.next() {
+            return Poll::Ready(Some(Ok(value)));
+        }
         loop {
             while let Some(run) = map.ready.front_mut() {
                 match run.pop() {
