@@ -142,7 +142,8 @@ impl Pool {
         O: DeserializeOwned + Send + 'static,
     {
         let id = self.next_task_id();
-        let completion = Arc::new(Completion::<O>::new(None));
+        let completion =
+            Arc::new(Completion::<O>::new(None).with_max_message(self.config().max_message_or_default()));
         match &self.inner {
             Inner::Threads(shared) => {
                 let done = completion.clone();
@@ -154,17 +155,19 @@ impl Pool {
                 });
                 enqueue(shared, id, completion, work, None, false)
             }
-            Inner::Processes(shared) => match crate::codec::encode(&arg) {
-                Ok(encoded) => {
-                    let header = task::header_for(id, call, crate::sys::code::offset_of(f));
-                    let work = ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds };
-                    enqueue_process(shared, id, completion, work, None, false)
+            Inner::Processes(shared) => {
+                match crate::codec::encode_message(&arg, self.config().max_message_or_default()) {
+                    Ok(encoded) => {
+                        let header = task::header_for(id, call, crate::sys::code::offset_of(f));
+                        let work = ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds };
+                        enqueue_process(shared, id, completion, work, None, false)
+                    }
+                    Err(e) => {
+                        completion.resolve(Err(e));
+                        handle(id, completion)
+                    }
                 }
-                Err(e) => {
-                    completion.resolve(Err(e));
-                    handle(id, completion)
-                }
-            },
+            }
         }
     }
 

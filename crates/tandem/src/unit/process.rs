@@ -100,7 +100,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             kill_on_drop: false,
             _result: PhantomData,
         };
-        let encoded = codec::encode(arg)?;
+        let encoded = codec::encode_message(arg, config.max_message())?;
         let header = task::task_header(0, f);
         let sock = unit.socket.as_ref().expect("just set");
         // A worker that died before reading its task is reported by join,
@@ -140,7 +140,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         };
         match received {
             Ok(frame) if frame.kind == Kind::Done => {
-                let result = task::decode_done(frame);
+                let result = task::decode_done_within(frame, self.config.max_message());
                 // The worker exits after answering: it saw our end of file.
                 drop(socket);
                 child.release().map_err(|e| Error::os("waiting for the worker", e))?;
