@@ -47,15 +47,20 @@ pub(crate) struct Asked {
     pub memory_limit: u64,
 }
 
-/// The task's result from a Done frame: the frame must answer this task
-/// (a worker answering another is broken, and the error says so).
-pub(crate) fn result<R: serde::de::DeserializeOwned>(frame: Frame, asked: Asked) -> Result<R, Error> {
+/// The task's result from a Done frame, at most `max` bytes decoded: the
+/// frame must answer this task (a worker answering another is broken, and
+/// the error says so).
+pub(crate) fn result<R: serde::de::DeserializeOwned + 'static>(
+    frame: Frame,
+    asked: Asked,
+    max: u64,
+) -> Result<R, Error> {
     if let Some(id) = asked.task {
         if task::done_id(&frame) != Some(id) {
             return Err(wrong_task(id));
         }
     }
-    task::decode_done(frame)
+    task::decode_done_within(frame, max)
 }
 
 /// The error of a worker that answered another task than `id`.

@@ -60,6 +60,32 @@ pub fn hang_up_parent() -> std::io::Result<()> {
     Ok(rustix::net::shutdown(&sock, rustix::net::Shutdown::Both)?)
 }
 
+/// Inside a process worker, make the running task's answer a forged big
+/// result: a reference claiming `len` bytes in `memory`, which travels as
+/// its descriptor, instead of what the task returns (a hostile worker could
+/// send any descriptor: a pipe, an unsealed or truncated memfd, a size that
+/// lies). Once the answer is sent, `then` runs with the descriptor (to
+/// shrink it, say). Outside a worker it fails with `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let h = tandem::process::spawn((), |()| -> Vec<u8> {
+///     let (r, _w) = rustix::pipe::pipe().unwrap();
+///     tandem::chaos::answer_with_memory(r, 1 << 20, |_| {}).unwrap();
+///     Vec::new()
+/// });
+/// assert!(matches!(h.unwrap().join(), Err(tandem::Error::Codec(_))));
+/// ```
+pub fn answer_with_memory(
+    memory: std::os::fd::OwnedFd,
+    len: u64,
+    then: fn(std::os::fd::BorrowedFd<'_>),
+) -> std::io::Result<()> {
+    not_a_worker(crate::worker::parent_socket())?;
+    crate::worker::forge_answer(crate::codec::bulk_reference(len), memory, then);
+    Ok(())
+}
+
 fn not_a_worker<T>(value: Option<T>) -> std::io::Result<T> {
     value.ok_or_else(|| {
         std::io::Error::new(

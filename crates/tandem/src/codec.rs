@@ -7,14 +7,17 @@
 //! from the frame. Outside of a tandem message there is nowhere to put a
 //! descriptor, so serializing such an object elsewhere is an error.
 
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::sys::shm::{BulkWriter, SealedBytes};
 
 pub(crate) mod fixed;
 
@@ -54,6 +57,265 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     let value = postcard::from_bytes(bytes);
     INCOMING.with(|slot| slot.replace(outer));
     value.map_err(|e| Error::codec("deserializing", e))
+}
+
+/// Above this many serialized bytes a task's argument or result travels in
+/// a sealed memfd instead of the socket (measured: see BENCHMARKS.md, "Bulk
+/// data"; below it, the memfd's own costs, a `memfd_create`, an `mmap` on
+/// each side and the seals, outweigh the two socket copies it saves).
+pub(crate) const BULK_THRESHOLD: usize = 256 << 10;
+
+/// The threshold in force in this process (a knob for the benchmarks, see
+/// `__fuzz::set_bulk_threshold`).
+static THRESHOLD: AtomicUsize = AtomicUsize::new(BULK_THRESHOLD);
+
+/// Set this process's bulk threshold (benchmarks only).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn set_bulk_threshold(bytes: usize) {
+    THRESHOLD.store(bytes, Ordering::Relaxed);
+}
+
+/// The message's bytes follow the tag.
+const TAG_INLINE: u8 = 0;
+/// The message's bytes are in its last descriptor, a sealed memfd whose
+/// length (8 bytes, little endian) follows the tag.
+const TAG_BULK: u8 = 1;
+
+/// Encode a task's argument or result as a message of at most `max` bytes
+/// (see the module's docs): inline up to the bulk threshold, in a sealed
+/// memfd above it. A value over `max` is refused here, before anything of
+/// its size is allocated (its size is counted first). A top-level
+/// `Vec<u8>` is written as the bytes it is (one copy), the same bytes
+/// postcard would write element by element.
+pub(crate) fn encode_message<T: Serialize + 'static>(value: &T, max: u64) -> Result<Encoded, Error> {
+    let threshold = THRESHOLD.load(Ordering::Relaxed);
+    let outer = OUTGOING.with(|slot| slot.replace(Some(Vec::new())));
+    let encoded = match (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        Some(raw) => encode_raw(raw, max, threshold),
+        None => encode_in_scope(value, max, threshold),
+    };
+    let mut fds = OUTGOING.with(|slot| slot.replace(outer)).unwrap_or_default();
+    let (bytes, bulk) = encoded?;
+    if fds.len() + usize::from(bulk.is_some()) > crate::wire::MAX_FDS {
+        return Err(Error::Codec(format!(
+            "the value holds {} shareable objects; one message can carry at most {}",
+            fds.len(),
+            crate::wire::MAX_FDS - usize::from(bulk.is_some())
+        )));
+    }
+    fds.extend(bulk);
+    Ok(Encoded { bytes, fds })
+}
+
+fn over_limit(size: usize, max: u64) -> Result<(), Error> {
+    if size as u64 > max {
+        return Err(Error::Codec(format!(
+            "a message of {size} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
+        )));
+    }
+    Ok(())
+}
+
+/// Forget the descriptors a pass that was given up collected (duplicates:
+/// dropping them closes them).
+fn clear_outgoing() {
+    OUTGOING.with(|slot| {
+        if let Some(fds) = slot.borrow_mut().as_mut() {
+            fds.clear();
+        }
+    });
+}
+
+fn encode_in_scope<T: Serialize>(
+    value: &T,
+    max: u64,
+    threshold: usize,
+) -> Result<(Vec<u8>, Option<OwnedFd>), Error> {
+    // Most messages are small: one pass into a buffer that gives up past
+    // the threshold (having written at most that much).
+    let cap = threshold.min(usize::try_from(max).unwrap_or(usize::MAX)).saturating_add(1);
+    let capped = Capped { buf: vec![TAG_INLINE], cap };
+    match postcard::serialize_with_flavor(value, capped) {
+        Ok(bytes) => {
+            over_limit(bytes.len() - 1, max)?;
+            return Ok((bytes, None));
+        }
+        Err(postcard::Error::SerializeBufferFull) => {}
+        Err(e) => return Err(ser_error(e)),
+    }
+    clear_outgoing();
+    let size =
+        postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).map_err(ser_error)?;
+    clear_outgoing();
+    over_limit(size, max)?;
+    let mut writer =
+        BulkWriter::create(size).map_err(|e| Error::os("making a memfd for a big message", e))?;
+    let written = match postcard::to_slice(value, writer.bytes_mut()) {
+        Ok(out) => out.len(),
+        Err(postcard::Error::SerializeBufferFull) => usize::MAX,
+        Err(e) => return Err(ser_error(e)),
+    };
+    if written != size {
+        return Err(Error::Codec(format!(
+            "serializing: the value's Serialize implementation wrote {size} bytes when counted and a different number when written"
+        )));
+    }
+    bulk_message(writer, size)
+}
+
+/// A `Vec<u8>` as postcard writes it (its length as a varint, then the
+/// bytes), with one copy.
+fn encode_raw(raw: &[u8], max: u64, threshold: usize) -> Result<(Vec<u8>, Option<OwnedFd>), Error> {
+    let mut prefix = [0u8; 10];
+    let n = varint(raw.len() as u64, &mut prefix);
+    let size = n + raw.len();
+    over_limit(size, max)?;
+    if size <= threshold {
+        let mut bytes = Vec::with_capacity(1 + size);
+        bytes.push(TAG_INLINE);
+        bytes.extend_from_slice(&prefix[..n]);
+        bytes.extend_from_slice(raw);
+        return Ok((bytes, None));
+    }
+    let mut writer =
+        BulkWriter::create(size).map_err(|e| Error::os("making a memfd for a big message", e))?;
+    let out = writer.bytes_mut();
+    out[..n].copy_from_slice(&prefix[..n]);
+    out[n..].copy_from_slice(raw);
+    bulk_message(writer, size)
+}
+
+fn bulk_message(writer: BulkWriter, size: usize) -> Result<(Vec<u8>, Option<OwnedFd>), Error> {
+    let fd = writer.seal().map_err(|e| Error::os("sealing a big message's memfd", e))?;
+    let mut bytes = Vec::with_capacity(9);
+    bytes.push(TAG_BULK);
+    bytes.extend_from_slice(&(size as u64).to_le_bytes());
+    Ok((bytes, Some(fd)))
+}
+
+/// The bytes of a bulk message's reference to a memfd of `len` bytes (for
+/// `chaos`, which forges them).
+#[cfg(feature = "chaos")]
+pub(crate) fn bulk_reference(len: u64) -> Vec<u8> {
+    let mut bytes = vec![TAG_BULK];
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+/// Write `value` as a LEB128 varint (postcard's length prefix); its length.
+fn varint(mut value: u64, out: &mut [u8; 10]) -> usize {
+    let mut n = 0;
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[n] = byte;
+            return n + 1;
+        }
+        out[n] = byte | 0x80;
+        n += 1;
+    }
+}
+
+/// Read postcard's length prefix of a `Vec<u8>`: (length, bytes it took).
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Decode a message made by [`encode_message`] with the descriptors of its
+/// frame, accepting at most `max` bytes. A bulk message's memfd is
+/// checked before it is mapped (`SealedBytes::open`: a memfd, sealed
+/// against writing, shrinking and growing, exactly the size claimed, no
+/// holes) and its size against `max`; anything else is `Error::Codec`.
+/// This is the one decoder of every task argument and result: the worker's
+/// trampoline, a pool's handle, a one-off unit's join.
+pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    mut fds: Vec<OwnedFd>,
+    max: u64,
+) -> Result<T, Error> {
+    match bytes.split_first() {
+        Some((&TAG_INLINE, rest)) => decode_value(rest, fds),
+        Some((&TAG_BULK, rest)) => {
+            let len: [u8; 8] = rest.try_into().map_err(|_| {
+                Error::Codec(format!("a big message's reference is {} bytes, not 8", rest.len()))
+            })?;
+            let len = u64::from_le_bytes(len);
+            if len > max {
+                return Err(Error::Codec(format!(
+                    "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
+                )));
+            }
+            let fd = fds.pop().ok_or_else(|| Error::Codec("a big message came without its memfd".into()))?;
+            let memory = SealedBytes::open(fd, len)
+                .map_err(|e| Error::Codec(format!("refused a big message: {e}")))?;
+            decode_value(memory.bytes(), fds)
+        }
+        Some((tag, _)) => Err(Error::Codec(format!("a message with the unknown tag {tag}"))),
+        None => Err(Error::Codec("an empty message".into())),
+    }
+}
+
+fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
+    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+        return decode(bytes, fds);
+    }
+    // A `Vec<u8>`: one copy instead of a deserialize call per byte.
+    let raw = read_varint(bytes)
+        .and_then(|(len, at)| bytes.get(at..at.checked_add(usize::try_from(len).ok()?)?))
+        .ok_or_else(|| {
+            Error::Codec("deserializing: the bytes end before the Vec<u8> they announce".into())
+        })?;
+    let boxed: Box<dyn Any> = Box::new(raw.to_vec());
+    Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"))
+}
+
+/// A postcard output that gives up (`SerializeBufferFull`) past `cap` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Capped {
+    type Output = Vec<u8>;
+
+    #[inline(always)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        if self.buf.len() >= self.cap {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.buf.push(data);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() > self.cap - self.buf.len() {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        // As in `Owned`: a byte loop beats a call into memcpy for a varint
+        // or a short string.
+        if data.len() <= 16 {
+            self.buf.reserve(data.len());
+            for &b in data {
+                self.buf.push(b);
+            }
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.buf)
+    }
 }
 
 /// A postcard output that appends to a buffer it owns.
@@ -306,6 +568,50 @@ mod tests {
         assert!(e.fds.is_empty());
         let back: (u64, String, Vec<u8>) = decode(&e.bytes, e.fds).unwrap();
         assert_eq!(back, (1, "two".into(), vec![3; 10]));
+    }
+
+    /// Whether `e` is a bulk message, checking its shape either way.
+    fn is_bulk(e: &Encoded) -> bool {
+        match e.bytes[0] {
+            TAG_INLINE => false,
+            TAG_BULK => {
+                assert_eq!(e.bytes.len(), 9, "only the length travels inline");
+                let seals = rustix::fs::fcntl_get_seals(e.fds.last().unwrap()).unwrap();
+                assert!(seals.contains(rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK));
+                true
+            }
+            other => panic!("tag {other}"),
+        }
+    }
+
+    #[test]
+    fn messages_go_inline_up_to_the_threshold_and_in_a_sealed_memfd_above_it() {
+        // A Vec<u8> of n bytes serializes to n + 3 bytes at this size (its
+        // length as a varint): through the raw path alone, and through serde
+        // inside a tuple.
+        for (n, bulk) in [(BULK_THRESHOLD - 3, false), (BULK_THRESHOLD - 2, true)] {
+            let raw: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let e = encode_message(&raw, u64::MAX).unwrap();
+            assert_eq!((is_bulk(&e), e.fds.len()), (bulk, usize::from(bulk)), "{n} bytes, raw");
+            let back: Vec<u8> = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+            assert_eq!(back, raw);
+            let nested = (raw.clone(),);
+            let e = encode_message(&nested, u64::MAX).unwrap();
+            assert_eq!((is_bulk(&e), e.fds.len()), (bulk, usize::from(bulk)), "{n} bytes, nested");
+            let back: (Vec<u8>,) = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+            assert_eq!(back, nested);
+        }
+    }
+
+    #[test]
+    fn the_raw_path_writes_what_postcard_writes() {
+        for n in [0usize, 1, 127, 128, 300, 70_000] {
+            let raw: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            let e = encode_message(&raw, u64::MAX).unwrap();
+            assert_eq!(e.bytes[1..], postcard::to_stdvec(&raw).unwrap()[..], "{n}");
+            let nested: (Vec<u8>,) = decode_message(&e.bytes, Vec::new(), u64::MAX).unwrap();
+            assert_eq!(nested.0, raw);
+        }
     }
 
     #[test]

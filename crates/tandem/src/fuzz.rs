@@ -13,6 +13,13 @@ use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, socketpair}
 
 use crate::wire::{self, Frame, Kind};
 
+/// Set the size above which this process sends a task's argument or result
+/// in a sealed memfd (the benches measure both sides of it). Workers keep
+/// their own (the default).
+pub fn set_bulk_threshold(bytes: usize) {
+    crate::codec::set_bulk_threshold(bytes);
+}
+
 /// Most bytes fed through a socket in one go (well under a socket buffer,
 /// so the write never blocks with nobody reading yet).
 pub const MAX_WIRE_INPUT: usize = 64 * 1024;

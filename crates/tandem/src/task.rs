@@ -20,6 +20,9 @@ pub(crate) struct Invocation {
     pub arg_at: usize,
     pub fds: Vec<OwnedFd>,
     pub trusted: Trusted,
+    /// The largest argument or result accepted (the pool's or unit's
+    /// `max_message_size`).
+    pub max: u64,
 }
 
 /// How a task ended inside its unit.
@@ -40,13 +43,13 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let Some(f) = code::resolve::<fn(A) -> R>(&inv.trusted, inv.func) else {
         return Outcome::Codec("the task's function is not in this executable".into());
     };
-    let arg: A = match codec::decode(&inv.payload[inv.arg_at..], inv.fds) {
+    let arg: A = match codec::decode_message(&inv.payload[inv.arg_at..], inv.fds, inv.max) {
         Ok(arg) => arg,
         Err(e) => return Outcome::Codec(format!("the argument: {}", e.codec_detail())),
     };
     drop(inv.payload);
     match catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        Ok(result) => match codec::encode(&result) {
+        Ok(result) => match codec::encode_message(&result, inv.max) {
             Ok(encoded) => Outcome::Value(encoded),
             Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
         },
@@ -113,14 +116,23 @@ pub(crate) fn done_id(frame: &Frame) -> Option<u64> {
     Some(u64::from_le_bytes(frame.payload.get(..8)?.try_into().ok()?))
 }
 
-/// Turn a Done frame into the task's result.
-pub(crate) fn decode_done<R: DeserializeOwned>(frame: Frame) -> Result<R, Error> {
+/// [`decode_done_within`] the default limit (1 GiB): for an answer known to
+/// be small (an initializer's `()`).
+pub(crate) fn decode_done<R: DeserializeOwned + 'static>(frame: Frame) -> Result<R, Error> {
+    decode_done_within(frame, crate::wire::DEFAULT_MAX_MESSAGE)
+}
+
+/// Turn a Done frame into the task's result, accepting a result of at most
+/// `max` bytes (see [`codec::decode_message`], which reads a big result
+/// from the memfd the frame carries). Every reader of a task's Done frame
+/// ends here: a pool's handle, a one-off unit's join.
+pub(crate) fn decode_done_within<R: DeserializeOwned + 'static>(frame: Frame, max: u64) -> Result<R, Error> {
     let Some(&status) = frame.payload.get(8) else {
         return Err(Error::Codec("the worker sent a result too short to read".into()));
     };
     let body = &frame.payload[9..];
     match status {
-        STATUS_VALUE => codec::decode(body, frame.fds),
+        STATUS_VALUE => codec::decode_message(body, frame.fds, max),
         STATUS_PANICKED => Err(Error::Panicked { message: String::from_utf8_lossy(body).into_owned() }),
         STATUS_CODEC => Err(Error::Codec(String::from_utf8_lossy(body).into_owned())),
         other => Err(Error::Codec(format!("the worker sent an unknown result status {other}"))),
@@ -363,7 +375,7 @@ pub(crate) fn init_trampoline(inv: Invocation) -> Outcome {
         return Outcome::Codec("the initializer is not in this executable".into());
     };
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(()) => Outcome::Value(codec::encode(&()).expect("() encodes")),
+        Ok(()) => Outcome::Value(codec::encode_message(&(), inv.max).expect("() encodes")),
         Err(p) => Outcome::Panicked(panic_message(p.as_ref())),
     }
 }

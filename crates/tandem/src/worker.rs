@@ -84,6 +84,28 @@ fn keep_parent_socket(socket: impl AsFd) {
     *PARENT_SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = socket.as_fd().try_clone_to_owned().ok();
 }
 
+/// A forged answer for the running task ([`crate::chaos::answer_with_memory`]):
+/// the body of a Done frame, its one descriptor, and what to do once sent.
+#[cfg(feature = "chaos")]
+type Forged = (Vec<u8>, std::os::fd::OwnedFd, fn(std::os::fd::BorrowedFd<'_>));
+
+#[cfg(feature = "chaos")]
+static FORGED: std::sync::Mutex<Option<Forged>> = std::sync::Mutex::new(None);
+
+/// Answer the running task with `body` and `fd` instead of its result.
+#[cfg(feature = "chaos")]
+pub(crate) fn forge_answer(body: Vec<u8>, fd: std::os::fd::OwnedFd, then: fn(std::os::fd::BorrowedFd<'_>)) {
+    *FORGED.lock().unwrap_or_else(|e| e.into_inner()) = Some((body, fd, then));
+}
+
+/// The forged answer, if the task asked for one: the outcome to send in
+/// place of its own, and what to run once it is sent.
+#[cfg(feature = "chaos")]
+fn take_forged() -> Option<(Outcome, fn(std::os::fd::BorrowedFd<'_>))> {
+    let (bytes, fd, then) = FORGED.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    Some((Outcome::Value(crate::codec::Encoded { bytes, fds: vec![fd] }), then))
+}
+
 /// Run tasks from the parent until it closes the connection.
 ///
 /// Nothing here watches for the parent's death: the kernel ends the worker
@@ -149,10 +171,16 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 }
             },
             Kind::Task | Kind::Batch => {
-                let (id, outcome) = match frame.kind {
-                    Kind::Task => run_task(&link, frame),
-                    _ => run_batch(&link, frame, sink.as_ref()),
+                #[allow(unused_mut)] // changed only by chaos
+                let (id, mut outcome) = match frame.kind {
+                    Kind::Task => run_task(&link, frame, config.max_message()),
+                    _ => run_batch(&link, frame, sink.as_ref(), config.max_message()),
                 };
+                #[cfg(feature = "chaos")]
+                let forged = take_forged().map(|(forged, then)| {
+                    outcome = forged;
+                    then
+                });
                 // What the task printed is out before its result: the
                 // parent may end this process as soon as it has the result.
                 let _ = std::io::stdout().flush();
@@ -164,6 +192,10 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 };
                 if wire::send(sock, Kind::Done, &[&header, body], &fds).is_err() {
                     return EXIT_PARENT_GONE;
+                }
+                #[cfg(feature = "chaos")]
+                if let (Some(then), Some(fd)) = (forged, fds.first()) {
+                    then(*fd);
                 }
             }
             other => {
@@ -183,8 +215,8 @@ fn board_sink(link: &ParentLink, mut frame: Frame) -> std::io::Result<batch::Sin
     Ok(batch::Sink { board: std::sync::Arc::new(board), socket: std::sync::Arc::new(socket) })
 }
 
-fn run_batch(link: &ParentLink, frame: Frame, sink: Option<&batch::Sink>) -> (u64, Outcome) {
-    let (id, call, inv) = match invocation(link, frame) {
+fn run_batch(link: &ParentLink, frame: Frame, sink: Option<&batch::Sink>, max: u64) -> (u64, Outcome) {
+    let (id, call, inv) = match invocation(link, frame, max) {
         Ok(parts) => parts,
         Err(refused) => return refused,
     };
@@ -197,8 +229,8 @@ fn run_batch(link: &ParentLink, frame: Frame, sink: Option<&batch::Sink>) -> (u6
     (id, entry(task::BatchCall { inv, id, sink: sink.clone() }))
 }
 
-fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
-    let (id, call, inv) = match invocation(link, frame) {
+fn run_task(link: &ParentLink, frame: Frame, max: u64) -> (u64, Outcome) {
+    let (id, call, inv) = match invocation(link, frame, max) {
         Ok(parts) => parts,
         Err(refused) => return refused,
     };
@@ -209,7 +241,7 @@ fn run_task(link: &ParentLink, frame: Frame) -> (u64, Outcome) {
 }
 
 /// A Task or Batch frame as its id, entry offset and invocation.
-fn invocation(link: &ParentLink, frame: Frame) -> Result<(u64, i64, Invocation), (u64, Outcome)> {
+fn invocation(link: &ParentLink, frame: Frame, max: u64) -> Result<(u64, i64, Invocation), (u64, Outcome)> {
     let Some((id, call, func)) = task::parse_task(&frame.payload) else {
         return Err((0, Outcome::Codec("a task message too short to read".into())));
     };
@@ -219,6 +251,7 @@ fn invocation(link: &ParentLink, frame: Frame) -> Result<(u64, i64, Invocation),
         arg_at: task::TASK_HEADER_LEN,
         fds: frame.fds,
         trusted: link.trusted,
+        max,
     };
     Ok((id, call, inv))
 }

@@ -314,7 +314,8 @@ fn a_joined_worker_is_reaped_soon_after() {
 /// Answer the parent with a well-formed result (7) for task 0, as the
 /// worker loop would, and then keep running instead of exiting.
 fn answer_then_linger(_: ()) -> u8 {
-    let payload = [&0u64.to_le_bytes()[..], &[0u8, 7u8]].concat(); // task id, "value", postcard(7u8)
+    // Task id, "value", "inline" (not in a memfd), postcard(7u8).
+    let payload = [&0u64.to_le_bytes()[..], &[0u8, 0u8, 7u8]].concat();
     let mut frame = vec![0x7a, 0xd3, 3, 0];
     frame.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     frame.extend_from_slice(&payload);

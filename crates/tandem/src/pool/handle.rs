@@ -35,6 +35,9 @@ pub(crate) struct Completion<R> {
     ready: Condvar,
     /// map_unordered: told the key of each resolved batch.
     notify: Option<(Mutex<Sender<u64>>, u64)>,
+    /// The largest result accepted from a worker (the pool's
+    /// `max_message_size`; see [`Completion::with_max_message`]).
+    max_message: u64,
 }
 
 /// A completion's value, and whether anyone sleeps on its condition variable
@@ -54,7 +57,15 @@ impl<R> Completion<R> {
             resolved: AtomicBool::new(false),
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
+            max_message: crate::wire::DEFAULT_MAX_MESSAGE,
         }
+    }
+
+    /// Accept results of at most `max` bytes (a task's result decoded by
+    /// [`Resolve::resolve_frame`]).
+    pub(crate) fn with_max_message(mut self, max: u64) -> Completion<R> {
+        self.max_message = max;
+        self
     }
 
     /// Store the outcome if none is stored yet.
@@ -139,7 +150,7 @@ impl<R: DeserializeOwned + Send + 'static> Resolve for Completion<R> {
         if self.is_resolved() {
             return false;
         }
-        self.resolve(crate::task::decode_done(frame))
+        self.resolve(crate::task::decode_done_within(frame, self.max_message))
     }
     fn resolve_batch(&self, _raw: RawBatch) -> bool {
         super::batch::not_a_batch(self)

@@ -107,7 +107,7 @@ impl Pool {
 
     /// Submit `f(arg)`. Never blocks; the handle resolves to `Err(Closed)`
     /// if the pool is shut down, and to `Err(Codec)` if the argument cannot
-    /// be serialized (process mode).
+    /// be serialized (process mode) or is over `max_message_size`.
     ///
     /// ```
     /// use tandem::{Mode, Pool};
@@ -115,6 +115,31 @@ impl Pool {
     /// let pool = Pool::builder().mode(Mode::Process).workers(2).build().unwrap();
     /// let h = pool.submit(21u64, |x| x * 2);
     /// assert_eq!(h.join().unwrap(), 42);
+    /// ```
+    ///
+    /// **Big arguments and results** (process mode): above 256 KiB
+    /// serialized, a value is serialized straight into a sealed memfd and
+    /// only its descriptor crosses the socket; the other side checks the
+    /// memfd and decodes from its mapping. Bytes cross fastest as bytes: a
+    /// `Vec<u8>` argument or result, and a `serde_bytes::ByteBuf` (or a
+    /// field marked `#[serde(with = "serde_bytes")]`) anywhere in one, are
+    /// copied once on each side; a `Vec<u8>` inside another type goes
+    /// through serde byte by byte. For 64 MiB on the 2-core test machine: a
+    /// `ByteBuf` or `Vec<u8>` argument 94-100 ms, a `Vec<u8>` inside a
+    /// tuple 171 ms, beside 46 ms for one copy into a fresh buffer
+    /// (BENCHMARKS.md, "Bulk data"). Thread mode moves the value.
+    ///
+    /// ```
+    /// use serde_bytes::ByteBuf;
+    /// use tandem::{Mode, Pool};
+    /// tandem::init();
+    /// let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
+    /// let image = ByteBuf::from(vec![1u8; 4 << 20]); // travels in a memfd
+    /// let inverted = pool.submit(image, |mut img| {
+    ///     img.iter_mut().for_each(|b| *b = !*b);
+    ///     img
+    /// });
+    /// assert!(inverted.join().unwrap().iter().all(|&b| b == 0xfe));
     /// ```
     pub fn submit<A, R>(&self, arg: A, f: fn(A) -> R) -> TaskHandle<R>
     where
@@ -140,7 +165,8 @@ impl Pool {
         O: DeserializeOwned + Send + 'static,
     {
         let id = self.next_task_id();
-        let completion = Arc::new(Completion::<O>::new(None));
+        let completion =
+            Arc::new(Completion::<O>::new(None).with_max_message(self.config().max_message_or_default()));
         match &self.inner {
             Inner::Threads(shared) => {
                 let done = completion.clone();
@@ -152,17 +178,19 @@ impl Pool {
                 });
                 enqueue(shared, id, completion, work, None, false)
             }
-            Inner::Processes(shared) => match crate::codec::encode(&arg) {
-                Ok(encoded) => {
-                    let header = task::header_for(id, call, crate::sys::code::offset_of(f));
-                    let work = ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds };
-                    enqueue_process(shared, id, completion, work, None, false)
+            Inner::Processes(shared) => {
+                match crate::codec::encode_message(&arg, self.config().max_message_or_default()) {
+                    Ok(encoded) => {
+                        let header = task::header_for(id, call, crate::sys::code::offset_of(f));
+                        let work = ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds };
+                        enqueue_process(shared, id, completion, work, None, false)
+                    }
+                    Err(e) => {
+                        completion.resolve(Err(e));
+                        handle(id, completion)
+                    }
                 }
-                Err(e) => {
-                    completion.resolve(Err(e));
-                    handle(id, completion)
-                }
-            },
+            }
         }
     }
 

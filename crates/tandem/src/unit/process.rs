@@ -101,7 +101,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             kill_on_drop: false,
             _result: PhantomData,
         };
-        let encoded = codec::encode(arg)?;
+        let encoded = codec::encode_message(arg, config.max_message())?;
         let header = task::task_header(0, f);
         let sock = unit.socket.as_ref().expect("just set");
         // A worker that died before reading its task is reported by join,
@@ -131,7 +131,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let asked = Asked { task: None, memory_limit: self.config.memory_limit };
         match Answer::from_read(received) {
             Answer::Done(frame) => {
-                let result = answer::result(frame, asked);
+                let result = answer::result(frame, asked, self.config.max_message());
                 // The worker exits after answering: it saw our end of file.
                 drop(socket);
                 child.release().map_err(|e| Error::os("waiting for the worker", e))?;
