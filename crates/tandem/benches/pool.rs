@@ -121,5 +121,99 @@ fn replace_dead_worker(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, round_trip, map_throughput, replace_dead_worker);
+/// A task that takes 10 ms of wall time and no CPU: the I/O-bound work a
+/// wide pool is for.
+fn ten_ms(i: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(10));
+    i
+}
+
+/// Many workers: 10 tasks of 10 ms per worker, all submitted at once, then
+/// joined; the ideal is 100 ms. Prints the threads the pool added.
+fn wide_pool(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wide_pool_10_tasks_of_10ms_per_worker");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
+    );
+    for workers in [256usize, 1000] {
+        for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+            let threads_before = threads();
+            let built = Instant::now();
+            let pool =
+                Pool::builder().mode(Mode::Process).workers(workers).start_method(method).build().unwrap();
+            // Every worker up: as many tasks as workers, each held 10 ms.
+            let warm: Vec<_> = (0..workers as u32).map(|i| pool.submit(i, ten_ms)).collect();
+            for h in warm {
+                h.join().unwrap();
+            }
+            eprintln!(
+                "{workers} {method:?} workers: built and all busy once in {:?}; the pool added {} threads",
+                built.elapsed(),
+                threads() - threads_before
+            );
+            g.bench_function(format!("{workers}_workers/{method:?}"), |b| {
+                b.iter(|| {
+                    let handles: Vec<_> = (0..workers as u32 * 10).map(|i| pool.submit(i, ten_ms)).collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).count()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// The round trip with the whole process on one CPU (the caller, the pool's
+/// threads and its workers inherit the caller's affinity), beside a pipe
+/// round trip between two processes pinned the same way.
+fn round_trip_pinned(c: &mut Criterion) {
+    let mut g = c.benchmark_group("round_trip_pinned_cpu0");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let before = rustix::thread::sched_getaffinity(None).unwrap();
+    let mut cpu0 = rustix::thread::CpuSet::new();
+    cpu0.set(0);
+    rustix::thread::sched_setaffinity(None, &cpu0).unwrap();
+    let mut echo = tandem_floor::PipeEcho::start().unwrap();
+    g.bench_function("floor/pipe_1_byte_two_processes", |b| b.iter(|| echo.round_trip().unwrap()));
+    drop(echo);
+    let pool = Pool::builder().mode(Mode::Process).workers(2).build().unwrap();
+    g.bench_function("tandem/Process/submit_join", |b| {
+        b.iter(|| pool.submit(1u64, |x| x + 1).join().unwrap())
+    });
+    drop(pool);
+    g.finish();
+    rustix::thread::sched_setaffinity(None, &before).unwrap();
+}
+
+/// Building a pool until its first result (the workers start meanwhile).
+fn build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool_build_to_first_result");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        g.bench_function(format!("2_workers/{method:?}"), |b| {
+            b.iter(|| {
+                let pool =
+                    Pool::builder().mode(Mode::Process).workers(2).start_method(method).build().unwrap();
+                pool.submit(1u8, |x| x).join().unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    round_trip,
+    map_throughput,
+    replace_dead_worker,
+    build,
+    wide_pool,
+    round_trip_pinned
+);
 criterion_main!(benches);

@@ -266,3 +266,40 @@ fn spawn_pool_survives_random_sigkills() {
     check_submits_all_succeed(StartMethod::Spawn, 500 * n);
     check_map_items_fail_alone(StartMethod::Spawn, 5_000 * n);
 }
+
+/// A pool of 256 workers under the killer: every task resolves once, with
+/// its right value (retries), and the pool keeps all its workers.
+#[test]
+fn a_pool_of_256_workers_survives_random_sigkills() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
+    );
+    let pool = Arc::new(
+        Pool::builder()
+            .mode(Mode::Process)
+            .workers(256)
+            .start_method(StartMethod::ForkServer)
+            .retries(u32::MAX)
+            .build()
+            .unwrap(),
+    );
+    let tasks = 2_560 * scale();
+    let start = Instant::now();
+    let (kills, rounds) = under_fire(&pool, || {
+        let handles: Vec<_> = (0..tasks).map(|i| (i, pool.submit(i, mix))).collect();
+        for (i, h) in handles {
+            assert_eq!(h.join().unwrap(), mix(i), "task {i}");
+        }
+        let items: Vec<u64> = pool.map(0..tasks, mix).map(Result::unwrap).collect();
+        assert_eq!(items, (0..tasks).map(mix).collect::<Vec<_>>());
+    });
+    eprintln!(
+        "256 workers: {rounds} x {tasks} tasks and items, {kills} workers killed, {:?}",
+        start.elapsed()
+    );
+    assert_eq!(pool.stats().workers.len(), 256);
+    finish(pool);
+}

@@ -135,7 +135,7 @@ pub(crate) struct BatchOutcome<A, R> {
     pub rest: Rest<A>,
 }
 
-/// A process batch's outcome as the driver knows it, before types.
+/// A process batch's outcome as the loop knows it, before types.
 pub(crate) struct RawBatch {
     pub done: u32,
     pub chunks: Vec<Chunk>,
@@ -155,7 +155,7 @@ impl<A: Send + 'static, R: DeserializeOwned + Send + 'static> Resolve for Comple
         if self.is_resolved() {
             return false;
         }
-        // Decoded here, on the driver's thread, not on the one reading the map.
+        // Decoded here, on the loop's thread, not on the one reading the map.
         let results = decode_records(raw.chunks, raw.done as usize);
         self.resolve(Ok(BatchOutcome {
             done: raw.done as usize,

@@ -222,7 +222,7 @@ pub struct TaskHandle<R> {
     pub(crate) id: u64,
     /// Set by [`cancel_on_drop`](Self::cancel_on_drop).
     pub(crate) cancel_on_drop: bool,
-    /// A poll handed a direct task to its driver (done once).
+    /// A poll handed a direct task to the pool's loop (done once).
     pub(crate) handed_over: bool,
     pub(crate) _result: PhantomData<fn() -> R>,
 }
@@ -286,7 +286,7 @@ impl<R> TaskHandle<R> {
     }
 
     /// A task sent straight to a process worker: read its answer here
-    /// rather than wait for the pool's driver to (see
+    /// rather than wait for the pool's loop to (see
     /// `lanes::claim_open_lane`).
     fn read_direct(&self, patience: Patience) {
         let (slot, pool) = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -356,7 +356,7 @@ impl<R> TaskHandle<R> {
     /// A map batch's way to stop: a queued batch never runs (it resolves
     /// `Cancelled`); a running one finishes its current item and stops,
     /// once its unit sees the stop flag the map set (a process batch's
-    /// driver is woken to pass it on).
+    /// loop is asked to pass it on).
     pub(crate) fn stop_batch(&self) {
         let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
         match &*place {
@@ -396,10 +396,10 @@ impl<R> TaskHandle<R> {
     }
 }
 
-/// Awaiting a handle never blocks the executor: the pool's side (a driver
-/// thread per process worker, the worker thread in thread mode) resolves
+/// Awaiting a handle never blocks the executor: the pool's side (its event
+/// loop in process mode, the worker thread in thread mode) resolves
 /// the task and wakes the latest waker. A task its submitter sent straight
-/// to an idle worker (the direct path) is handed to its driver on the
+/// to an idle worker (the direct path) is handed to the loop on the
 /// first poll that does not find the answer already there.
 ///
 /// ```
@@ -425,7 +425,7 @@ impl<R> Future for TaskHandle<R> {
             if let Poll::Ready(out) = this.completion.poll_take(cx.waker()) {
                 return Poll::Ready(out);
             }
-            // A poll must not wait on the socket: the parked driver takes
+            // A poll must not wait on the socket: the pool's loop takes
             // the task over when woken (as for a dropped handle), and its
             // `resolve` wakes the waker stored above.
             this.handed_over = true;
@@ -444,7 +444,7 @@ impl<R> Drop for TaskHandle<R> {
         if self.cancel_on_drop {
             self.cancel();
         }
-        // Nobody will read a direct task's answer here: the driver must.
+        // Nobody will read a direct task's answer here: the loop must.
         if !self.completion.resolved.load(Ordering::SeqCst) {
             if let Place::Direct { slot, pool } =
                 &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())

@@ -380,7 +380,7 @@ where
 /// [`enqueue`] on a process pool, which sends a small task straight to an
 /// idle worker when the queue is empty (see `lanes`). Only a handle someone
 /// holds can read its own answer, and a map batch reports item by item:
-/// batches always go through the driver.
+/// batches always go through the loop.
 pub(crate) fn enqueue_process<O>(
     shared: &Arc<Shared<processes::Processes>>,
     id: u64,

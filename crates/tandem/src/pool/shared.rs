@@ -15,7 +15,7 @@ pub(crate) struct State<B: Backend> {
     pub queue: VecDeque<Job<B::Work>>,
     pub closed: bool,
     pub terminating: bool,
-    /// Threads to join at shutdown (drivers, current workers, supervisor).
+    /// Threads to join at shutdown (the loop and starters, current workers, supervisor).
     pub joinable: Vec<(usize, std::thread::JoinHandle<()>)>,
     /// What the mode keeps under the lock.
     pub mode: B::Locked,
