@@ -157,7 +157,7 @@ fn wide_pool(c: &mut Criterion) {
             g.bench_function(format!("{workers}_workers/{method:?}"), |b| {
                 b.iter(|| {
                     let handles: Vec<_> = (0..workers as u32 * 10).map(|i| pool.submit(i, ten_ms)).collect();
-                    handles.into_iter().map(|h| h.join().unwrap()).count()
+                    handles.into_iter().map(|h| h.join().unwrap()).sum::<u32>()
                 })
             });
         }
