@@ -249,15 +249,20 @@ fn supervise(shared: &Arc<Shared>) {
         let abandoned = !expired.is_empty();
         for slot in expired {
             if let Some(running) = state.mode.running[slot].take() {
-                let interrupted = match &running.clock {
-                    Some(clock) => clock.interrupt(Error::TimedOut),
-                    None => running.completion.resolve_err(Error::TimedOut),
-                };
-                if interrupted {
-                    let generation = state.mode.generations[slot];
-                    drop(state);
-                    abandon(shared, slot, generation);
-                    state = shared.lock();
+                // Replace the thread (and count it) before anyone can see
+                // the time-out: a map that ends on it reads the pool's
+                // numbers at once. If the task finished as we looked, its
+                // thread was replaced for nothing; it ends at its next job.
+                if !state.terminating {
+                    replace(shared, &mut state, slot);
+                }
+                match &running.clock {
+                    Some(clock) => {
+                        let _ = clock.interrupt(Error::TimedOut);
+                    }
+                    None => {
+                        let _ = running.completion.resolve_err(Error::TimedOut);
+                    }
                 }
             }
         }
