@@ -102,12 +102,18 @@ pub(super) fn run(shared: &Arc<Shared>) {
         retiring: HashMap::new(),
         next_retiring: 0,
         max: shared.config.max_message_or_default(),
+        live: 0,
+        starting: 0,
     };
     // Start every worker now, as Python's pools do, so the first tasks do
     // not pay for it; a start that fails is tried again by the next task,
     // which reports why.
-    for slot in 0..n {
+    // The first worker is started here, the rest meanwhile by starters.
+    for slot in 1..n {
         lp.start(slot);
+    }
+    if n > 0 {
+        lp.start_here(0);
     }
     lp.run();
 }
@@ -133,6 +139,9 @@ pub(super) struct Loop<'a> {
     retiring: HashMap<u64, ChildProcess>,
     next_retiring: u64,
     pub(super) max: u64,
+    /// Slots with a worker, and slots whose worker is being started.
+    live: usize,
+    starting: usize,
 }
 
 impl Loop<'_> {
@@ -185,6 +194,8 @@ impl Loop<'_> {
     /// The `epoll_wait` time-out: until the nearest deadline (none: wait
     /// for an event).
     fn timeout(&self) -> Option<Timespec> {
+        // Without a time limit no slot has a deadline: skip the scan.
+        self.shared.config.task_timeout?;
         let next = self.slots.iter().filter_map(|s| self.deadline_of(s)).min()?;
         let left = next.saturating_duration_since(Instant::now());
         Some(Timespec::try_from(left).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 }))
@@ -228,24 +239,52 @@ impl Loop<'_> {
 
     // ----- starting and retiring workers -----
 
+    /// Start a worker for the slot: on a starter thread, or here when the
+    /// loop has nothing else to watch (no other slot runs anything or is
+    /// being started), which saves two thread hand-offs (to a starter and
+    /// back) on a small pool's replacement and first start.
     fn start(&mut self, slot: usize) {
-        if !self.slots[slot].starting && self.slots[slot].live.is_none() {
-            self.slots[slot].starting = true;
-            starter::request(self.shared, slot);
+        if self.slots[slot].starting || self.slots[slot].live.is_some() {
+            return;
         }
+        if self.starting == 0 && self.nothing_running() {
+            return self.start_here(slot);
+        }
+        self.slots[slot].starting = true;
+        self.starting += 1;
+        starter::request(self.shared, slot);
+    }
+
+    fn start_here(&mut self, slot: usize) {
+        self.slots[slot].starting = true;
+        self.starting += 1;
+        let started = starter::start_worker(self.shared, slot);
+        self.started(slot, started);
+    }
+
+    /// No slot runs a task or a batch, or is dying: a start here delays
+    /// only what the loop would do for idle workers (notice an idle death,
+    /// take over a dropped direct task), by one start.
+    fn nothing_running(&self) -> bool {
+        self.slots.iter().all(|s| matches!(s.work, Work::Idle))
     }
 
     fn take_started(&mut self) {
         for (slot, started) in starter::take_done(self.shared) {
-            self.slots[slot].starting = false;
-            match started {
-                Ok(live) => self.install(slot, live),
-                // A task that was waiting for a worker reports why none came.
-                Err(e) => {
-                    if let Some(job) = self.pop_job() {
-                        job.control.set(Place::Finished);
-                        job.completion.resolve_err(e);
-                    }
+            self.started(slot, started);
+        }
+    }
+
+    fn started(&mut self, slot: usize, started: Result<Live, Error>) {
+        self.slots[slot].starting = false;
+        self.starting -= 1;
+        match started {
+            Ok(live) => self.install(slot, live),
+            // A task that was waiting for a worker reports why none came.
+            Err(e) => {
+                if let Some(job) = self.pop_job() {
+                    job.control.set(Place::Finished);
+                    job.completion.resolve_err(e);
                 }
             }
         }
@@ -257,6 +296,7 @@ impl Loop<'_> {
         s.reader = FrameReader::new();
         s.work = Work::Idle;
         let generation = s.generation;
+        self.live += 1;
         // The socket is armed only while the loop reads it (one shot at a
         // time), so the lane's joiner can read it while the slot is parked.
         let watched = epoll::add(
@@ -289,6 +329,7 @@ impl Loop<'_> {
         s.work = Work::Idle;
         s.reader = FrameReader::new();
         let Some(Live { child, peer, .. }) = s.live.take() else { return };
+        self.live -= 1;
         let _ = epoll::delete(&self.epoll, &*peer.socket);
         let _ = epoll::delete(&self.epoll, child.pidfd());
         if !polite {
@@ -375,8 +416,11 @@ impl Loop<'_> {
 
     /// Start workers for slots without one while jobs wait for them.
     fn start_for_queue(&mut self) {
-        let starting = self.slots.iter().filter(|s| s.starting).count();
-        let mut want = self.shared.queued.load(Ordering::SeqCst).saturating_sub(starting);
+        // Every slot has a worker or one on its way (the usual case): no scan.
+        if self.live + self.starting == self.slots.len() {
+            return;
+        }
+        let mut want = self.shared.queued.load(Ordering::SeqCst).saturating_sub(self.starting);
         for slot in 0..self.slots.len() {
             if want == 0 {
                 break;
@@ -661,6 +705,7 @@ impl Loop<'_> {
     fn died_under(&mut self, slot: usize, dying: Dying) {
         self.slots[slot].work = Work::Idle;
         let Some(mut live) = self.slots[slot].live.take() else { return };
+        self.live -= 1;
         let mut reader = std::mem::take(&mut self.slots[slot].reader);
         let _ = epoll::delete(&self.epoll, &*live.peer.socket);
         let _ = epoll::delete(&self.epoll, live.child.pidfd());
@@ -782,6 +827,7 @@ impl Loop<'_> {
                 Work::Batch(run) | Work::Dying(Dying::Batch(run, _)) => {
                     // Its results so far stand once its worker is dead.
                     let mut live = self.slots[slot].live.take();
+                    self.live -= usize::from(live.is_some());
                     if let Some(l) = &mut live {
                         let _ = epoll::delete(&self.epoll, &*l.peer.socket);
                         let _ = epoll::delete(&self.epoll, l.child.pidfd());

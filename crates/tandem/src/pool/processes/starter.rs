@@ -1,7 +1,8 @@
 //! Starting workers off the loop: a start (launch, configuration, the
 //! pool's initializer, the sandbox) waits on the new process for a
 //! millisecond or more, so up to [`STARTERS`] threads do it, each handing
-//! its worker (or why it could not start) to the loop. A starter with
+//! its worker (or why it could not start) to the loop. (The loop starts a
+//! worker itself only when it has nothing else to watch.) A starter with
 //! nothing to do for [`LINGER`] ends; the next start makes a new one.
 
 use std::collections::VecDeque;
@@ -150,7 +151,7 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
 
 /// Start a worker for `slot`, run the initializer in it, then lock it in
 /// its sandbox (open what the tasks need, then lock down).
-fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
+pub(super) fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> {
     let started = start_and_initialize(shared, slot);
     let Some(sandbox) = &shared.config.sandbox else { return started };
     let outcome = started.and_then(|live| match crate::sandbox::impose(live.peer.socket.as_fd(), sandbox) {
