@@ -106,7 +106,11 @@ impl<R> Outcome<R> {
 
 /// A watched unit: finished on the watcher's thread when it is ready.
 pub(crate) trait Finish: Send + Sync {
-    fn finish(&self);
+    /// One of its descriptors fired. True if it is finished (its
+    /// registration ends); false if it needs more (it called `again` on
+    /// the descriptor to watch once more: an answer that came in part). It
+    /// must not block: every unit shares this thread.
+    fn finish(&self, again: &dyn Fn(std::os::fd::BorrowedFd<'_>)) -> bool;
 }
 
 /// The watcher thread, started on first use.
@@ -161,9 +165,10 @@ impl Readiness {
 }
 
 impl Finish for Readiness {
-    fn finish(&self) {
+    fn finish(&self, _again: &dyn Fn(std::os::fd::BorrowedFd<'_>)) -> bool {
         self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
         self.waker.lock().unwrap_or_else(|e| e.into_inner()).wake_by_ref();
+        true
     }
 }
 
@@ -249,7 +254,13 @@ impl Watcher {
 }
 
 fn finish_on_a_thread(unit: Arc<dyn Finish>) {
-    if let Err(e) = std::thread::Builder::new().name("tandem-unit".into()).spawn(move || unit.finish()) {
+    // Its own thread may wait: it polls until the unit is finished.
+    let run = move || {
+        while !unit.finish(&|fd| {
+            crate::child::poll_ready(fd, None);
+        }) {}
+    };
+    if let Err(e) = std::thread::Builder::new().name("tandem-unit".into()).spawn(run) {
         // Not even a thread: nothing is left but to say so (the unit's
         // outcome stays unfilled, so this cannot be silent).
         eprintln!("tandem: no thread to wait for an awaited unit ({e}); it will never resolve");
@@ -277,14 +288,25 @@ fn run(running: &Running) {
         }
         for event in events.drain(..) {
             let key = event.data.u64();
-            // The first of a unit's descriptors to fire finishes it; the
-            // other finds nothing (and its descriptor closes with the unit).
-            let entry = running.units.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&key);
-            if let Some(Entry { unit, owned }) = entry {
-                if let Some(fd) = owned {
+            // A unit finished by one of its descriptors is gone when its
+            // other one fires (and that descriptor closes with the unit).
+            let unit = running
+                .units
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_key
+                .get(&key)
+                .map(|e| e.unit.clone());
+            let Some(unit) = unit else { continue };
+            let again = |fd: std::os::fd::BorrowedFd<'_>| {
+                let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+                let _ = epoll::modify(&running.epoll, fd, epoll::EventData::new_u64(key), flags);
+            };
+            if unit.finish(&again) {
+                let entry = running.units.lock().unwrap_or_else(|e| e.into_inner()).by_key.remove(&key);
+                if let Some(Entry { owned: Some(fd), .. }) = entry {
                     let _ = epoll::delete(&running.epoll, &fd);
                 }
-                unit.finish();
             }
         }
     }

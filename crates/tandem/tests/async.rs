@@ -413,3 +413,39 @@ fn get_async_from_process_units_including_one_that_dies() {
         opener.join().unwrap();
     });
 }
+
+/// Write the first 22 bytes of a 112-byte answer to the parent, say so,
+/// then stall: the watcher holds half a frame from this unit.
+fn half_an_answer(path: String) -> u8 {
+    let mut frame = vec![0x7a, 0xd3, 3, 0];
+    frame.extend_from_slice(&100u64.to_le_bytes());
+    frame.extend_from_slice(&[0u8; 10]);
+    tandem::chaos::write_to_parent(&frame).unwrap();
+    common::signal(&path, "written");
+    common::sleep_forever(())
+}
+
+/// The watcher every awaited unit shares reads answers as they come: a
+/// unit stalled halfway through its answer holds no one else up (it used
+/// to read the rest blocking, so every other awaited unit waited on it).
+#[test]
+fn a_half_written_answer_holds_up_no_other_awaited_unit() {
+    let _serial = together();
+    tandem::init();
+    current_thread().block_on(async {
+        let fifo = Fifo::new();
+        let mut stalled =
+            Box::pin(tandem::process::spawn(fifo.path.clone(), half_an_answer).unwrap().kill_on_drop());
+        std::future::poll_fn(|cx| {
+            assert!(stalled.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(fifo.wait(), "written");
+        // A liveness bound, not a timing: the unit answers in milliseconds.
+        let quick =
+            tokio::time::timeout(Duration::from_secs(30), tandem::process::spawn(21u64, |x| x * 2).unwrap());
+        assert_eq!(quick.await.expect("the stalled unit held up the watcher").unwrap(), 42);
+        drop(stalled);
+    });
+}

@@ -36,7 +36,7 @@ impl Orphanage for Reaper {
         };
         if !registered {
             // No watcher thread could take it: reap here, blocking.
-            unit.finish();
+            unit.finish(&|_| {});
         }
     }
 }
@@ -45,10 +45,11 @@ impl Orphanage for Reaper {
 struct ReapOnExit(Mutex<Option<Unreaped>>);
 
 impl Finish for ReapOnExit {
-    fn finish(&self) {
+    fn finish(&self, _again: &dyn Fn(std::os::fd::BorrowedFd<'_>)) -> bool {
         // Reaping closes the pidfd, which also takes it out of the epoll set.
         if let Some(child) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
             child.reap();
         }
+        true
     }
 }

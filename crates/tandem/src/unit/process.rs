@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::answer::{self, Answer, Asked};
-use crate::child::ChildProcess;
+use crate::child::{self, ChildProcess};
 use crate::codec;
 use crate::launch::{self, StartMethod, Worker, WorkerConfig};
 use crate::task;
@@ -24,6 +24,9 @@ use crate::wire::{self, Kind};
 pub(crate) struct ProcessUnit<R> {
     child: Option<ChildProcess>,
     socket: Option<OwnedFd>,
+    /// Its answer as far as it has come, for a watcher that reads it
+    /// without waiting.
+    reader: wire::FrameReader,
     config: WorkerConfig,
     /// Set by `JoinHandle::kill_on_drop`: a drop kills the process.
     pub(crate) kill_on_drop: bool,
@@ -97,6 +100,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let unit = ProcessUnit {
             child: Some(child),
             socket: Some(socket),
+            reader: wire::FrameReader::new(),
             config,
             kill_on_drop: false,
             _result: PhantomData,
@@ -118,11 +122,35 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         matches!(rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
     }
 
-    pub(crate) fn join(mut self, limit: Option<Duration>) -> Result<R, Error> {
+    pub(crate) fn join(self, limit: Option<Duration>) -> Result<R, Error> {
+        let deadline = limit.map(|l| Instant::now() + l);
+        let socket = self.socket.as_ref().expect("joined once");
+        let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
+        self.judge(received)
+    }
+
+    /// The answer if it has come whole (or the connection ended), read
+    /// without waiting; `None` while more must come from a live worker.
+    fn read_ready(&mut self) -> Option<Result<wire::Frame, wire::RecvError>> {
+        let (Some(child), Some(socket)) = (&self.child, &self.socket) else { return None };
+        match self.reader.read_ready(socket.as_fd(), self.config.max_message()) {
+            Ok(Some(frame)) => Some(Ok(frame)),
+            Err(e) => Some(Err(e)),
+            // Its process exited but the socket lives on in another (a
+            // child it left): nothing more will come from the worker.
+            Ok(None)
+                if child::poll_ready(child.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 })) =>
+            {
+                Some(Err(wire::RecvError::Closed))
+            }
+            Ok(None) => None,
+        }
+    }
+
+    /// The unit's result from what its socket gave.
+    fn judge(mut self, received: Result<wire::Frame, wire::RecvError>) -> Result<R, Error> {
         let mut child = self.child.take().expect("joined once");
         let socket = self.socket.take().expect("joined once");
-        let deadline = limit.map(|l| Instant::now() + l);
-        let received = wire::recv(socket.as_fd(), self.config.max_message(), deadline);
         // The socket stays open until the worker is dealt with: closing it
         // first would let the worker exit on its own, racing a kill of its
         // process group (which, for a fork-server worker, is only sent while
@@ -158,10 +186,25 @@ pub(crate) struct Watched<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Finish for Watched<R> {
-    fn finish(&self) {
-        let unit = self.unit.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(unit) = unit {
-            self.outcome.fill(unit.join(None));
+    /// Read what has come; finish once the answer is whole or the worker
+    /// is gone. A half-written answer waits for the rest without holding
+    /// the watcher's thread, which every awaited unit shares.
+    fn finish(&self, again: &dyn Fn(std::os::fd::BorrowedFd<'_>)) -> bool {
+        let mut slot = self.unit.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(unit) = slot.as_mut() else { return true };
+        match unit.read_ready() {
+            Some(received) => {
+                let unit = slot.take().expect("checked above");
+                drop(slot);
+                self.outcome.fill(unit.judge(received));
+                true
+            }
+            None => {
+                if let Some(socket) = &unit.socket {
+                    again(socket.as_fd());
+                }
+                false
+            }
         }
     }
 }
