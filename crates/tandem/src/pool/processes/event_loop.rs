@@ -27,6 +27,7 @@ use super::lanes::{self, Closed, InFlight};
 use super::{Job, Live, Shared, UNDELIVERED_TRIES, starter};
 use crate::Error;
 use crate::answer::{self, Answer, Asked};
+use crate::backoff::Backoff;
 use crate::child::ChildProcess;
 use crate::pool::handle::Place;
 use crate::pool::job::ProcessWork;
@@ -160,6 +161,24 @@ impl Loop<'_> {
             self.dispatch();
             if closed && self.all_done() {
                 return self.end(false);
+            }
+            // A worker running a short task answers within microseconds:
+            // look for it without sleeping first, for the answer budget
+            // (see `backoff`), so it costs no wake-up of this thread.
+            if self.slots.iter().any(|s| matches!(s.work, Work::Task { .. } | Work::Batch(_))) {
+                let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+                let came = Backoff::ANSWER.spin_until(|| {
+                    events.clear();
+                    let got = epoll::wait(&self.epoll, spare_capacity(&mut events), Some(&zero));
+                    matches!(got, Ok(n) if n > 0) || self.work_waiting()
+                });
+                if came {
+                    for event in events.drain(..) {
+                        self.on_event(event.data.u64());
+                    }
+                    self.expire();
+                    continue;
+                }
             }
             let timeout = self.timeout();
             let bell = &self.shared.backend.bell;
