@@ -563,3 +563,40 @@ fn a_thread_pool_with_a_time_limit_shuts_down_after_a_time_out_and_a_cancel() {
     assert!(rx.recv_timeout(Duration::from_secs(60)).is_ok(), "a pool's drop hung");
     rounds.join().unwrap();
 }
+
+/// A timed pool whose worker is idle (its lane open): an endless task still
+/// times out while its handle is being joined. The deadline is the loop's
+/// to keep, so a timed task never takes the direct path, where a joiner
+/// reading the answer would hold the worker past its deadline.
+#[test]
+fn a_joined_endless_task_on_a_warm_timed_pool_times_out() {
+    tandem::init();
+    let pool = Arc::new(
+        Pool::builder()
+            .mode(Mode::Process)
+            .workers(1)
+            .task_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(pool.submit(1u8, |x| x + 1).join().unwrap(), 2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joiner = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let endless = pool.submit((), |()| -> u8 {
+                loop {
+                    std::hint::spin_loop()
+                }
+            });
+            tx.send(endless.join()).unwrap();
+        })
+    };
+    // A liveness bound, not a timing: the time-out comes after 200 ms.
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the time-out never came: the joiner held the worker");
+    assert!(matches!(outcome, Err(Error::TimedOut)), "{outcome:?}");
+    joiner.join().unwrap();
+    assert_eq!(pool.submit(2u8, |x| x + 1).join().unwrap(), 3);
+}

@@ -126,8 +126,10 @@ pub(crate) struct Claim<'a> {
 /// an executor, or is dropped asks the loop to take the task over.
 pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
     let small = job.work.header.len() + job.work.bytes.len() <= DIRECT_MAX;
-    // Recycling counts tasks in the loop: let it send them.
-    if !small || shared.config.max_tasks_per_worker.is_some() {
+    // Recycling counts tasks in the loop, and a deadline is the loop's to
+    // keep (a joiner reading the answer would hold the slot past it): let
+    // the loop send them.
+    if !small || shared.config.max_tasks_per_worker.is_some() || shared.config.task_timeout.is_some() {
         return None;
     }
     (0..shared.backend.lanes.len()).find_map(|slot| {
@@ -159,11 +161,6 @@ pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
         return;
     }
     lane.in_flight = Some(InFlight { job, sent_at: Instant::now(), verdict: None });
-    drop(lane);
-    if shared.config.task_timeout.is_some() {
-        // The deadline is the loop's to keep: it takes the task over.
-        shared.backend.bell.attend(slot);
-    }
 }
 
 /// How far a joiner may wait for a direct task's answer.
