@@ -120,7 +120,8 @@ impl PoolBuilder {
     ///     .build()
     ///     .unwrap();
     /// let endless = pool.submit((), |()| -> u8 { loop { std::hint::spin_loop() } });
-    /// assert!(matches!(endless.join(), Err(tandem::Error::TimedOut)));
+    /// let outcome = endless.join();
+    /// assert!(matches!(outcome, Err(tandem::Error::TimedOut)), "{outcome:?}");
     /// ```
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.config.task_timeout = Some(limit);
