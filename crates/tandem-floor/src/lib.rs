@@ -556,6 +556,79 @@ impl Drop for ShmSink {
     }
 }
 
+/// `n` forked children, each answering every byte it is sent after
+/// sleeping a while: the OS floor of a wide pool of I/O-bound workers (no
+/// serialization, no dispatch: pipes, sleeps and wake-ups only).
+///
+/// ```
+/// let mut wide = tandem_floor::SleepyEchoes::start(2, std::time::Duration::from_millis(1)).unwrap();
+/// wide.run(3).unwrap(); // 3 "tasks" per child, all sent at once
+/// ```
+pub struct SleepyEchoes {
+    pids: Vec<rustix::process::Pid>,
+    /// Per child: where its tasks go, where its answers come from.
+    pipes: Vec<(OwnedFd, OwnedFd)>,
+}
+
+impl SleepyEchoes {
+    /// Fork `n` children that each sleep `wait` per byte.
+    ///
+    /// ```
+    /// let wide = tandem_floor::SleepyEchoes::start(1, std::time::Duration::from_millis(1)).unwrap();
+    /// # drop(wide);
+    /// ```
+    pub fn start(n: usize, wait: Duration) -> io::Result<SleepyEchoes> {
+        let nanos = wait.as_nanos().min(999_999_999) as u32;
+        let mut wide = SleepyEchoes { pids: Vec::with_capacity(n), pipes: Vec::with_capacity(n) };
+        for _ in 0..n {
+            let (child_in, to_child) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let (from_child, child_out) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let pid =
+                fork_child(Child::SleepyEcho { input: child_in.as_fd(), output: child_out.as_fd(), nanos })?;
+            wide.pids.push(pid);
+            wide.pipes.push((to_child, from_child));
+        }
+        Ok(wide)
+    }
+
+    /// Send every child `per_child` bytes at once, then take all answers.
+    ///
+    /// ```
+    /// let mut wide = tandem_floor::SleepyEchoes::start(2, std::time::Duration::ZERO).unwrap();
+    /// wide.run(2).unwrap();
+    /// ```
+    pub fn run(&mut self, per_child: usize) -> io::Result<()> {
+        let bytes = vec![1u8; per_child];
+        for (to, _) in &self.pipes {
+            rustix::io::write(to, &bytes)?;
+        }
+        let mut back = vec![0u8; per_child];
+        for (_, from) in &self.pipes {
+            let mut got = 0;
+            while got < per_child {
+                match rustix::io::read(from, &mut back[got..])? {
+                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a sleepy child exited")),
+                    n => got += n,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SleepyEchoes {
+    fn drop(&mut self) {
+        // Each child holds copies of the pipes of those forked before it,
+        // so closing ours would not end them: kill them.
+        for pid in &self.pids {
+            let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
+        }
+        for pid in &self.pids {
+            let _ = reap(*pid);
+        }
+    }
+}
+
 /// `n` forked child processes that do nothing (blocked in `read`), for
 /// measuring what an idle process costs. They are killed on drop.
 ///

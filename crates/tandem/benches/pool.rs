@@ -139,6 +139,13 @@ fn wide_pool(c: &mut Criterion) {
         rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
     );
     for workers in [256usize, 1000] {
+        // The OS floor: as many bare forked processes, each sent its 10
+        // "tasks" at once through a pipe, sleeping 10 ms for each.
+        let mut floor = tandem_floor::SleepyEchoes::start(workers, Duration::from_millis(10)).unwrap();
+        g.bench_function(format!("{workers}_workers/floor_bare_processes_and_pipes"), |b| {
+            b.iter(|| floor.run(10).unwrap())
+        });
+        drop(floor);
         for method in [StartMethod::ForkServer, StartMethod::Spawn] {
             let threads_before = threads();
             let built = Instant::now();

@@ -33,6 +33,17 @@ pub enum Child<'a> {
         /// Write end.
         output: BorrowedFd<'a>,
     },
+    /// For every byte read from `input`, sleep `nanos`, then write the byte
+    /// to `output`, until end of file: the far side of a wide pool's floor
+    /// (a worker that takes a task, waits, answers).
+    SleepyEcho {
+        /// Read end.
+        input: BorrowedFd<'a>,
+        /// Write end.
+        output: BorrowedFd<'a>,
+        /// How long each byte waits.
+        nanos: u32,
+    },
     /// Block reading `input` (which nobody writes) until killed or EOF:
     /// an idle process, for memory measurements.
     Idle {
@@ -107,6 +118,16 @@ pub fn fork_child(job: Child<'_>) -> io::Result<Pid> {
                 Child::Echo { input, output } => {
                     let mut byte = [0u8; 1];
                     while let Ok(1) = rustix::io::read(input, &mut byte) {
+                        if rustix::io::write(output, &byte).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Child::SleepyEcho { input, output, nanos } => {
+                    let mut byte = [0u8; 1];
+                    let wait = rustix::thread::Timespec { tv_sec: 0, tv_nsec: i64::from(nanos) };
+                    while let Ok(1) = rustix::io::read(input, &mut byte) {
+                        let _ = rustix::thread::nanosleep(&wait);
                         if rustix::io::write(output, &byte).is_err() {
                             break;
                         }
