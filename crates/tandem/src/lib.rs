@@ -65,7 +65,8 @@ mod worker;
 
 pub use error::{Error, signal_name};
 pub use pool::{
-    Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats,
+    Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, Progress, TaskHandle,
+    WorkerStats,
 };
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
 

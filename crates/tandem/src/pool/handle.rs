@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::batch::RawBatch;
 use super::processes::Processes;
 use super::processes::lanes::Patience;
-use super::shared::Shared;
+use super::shared::{Counters, Shared};
 use super::threads::Threads;
 use crate::Error;
 use crate::wire::Frame;
@@ -38,6 +38,10 @@ pub(crate) struct Completion<R> {
     /// The largest result accepted from a worker (the pool's
     /// `max_message_size`; see [`Completion::with_max_message`]).
     max_message: u64,
+    /// The pool's counters, told whether the task completed or failed
+    /// when it resolves (a submitted task's; a map batch counts its items
+    /// itself).
+    counters: Option<Arc<Counters>>,
 }
 
 /// A completion's value, and whether anyone sleeps on its condition variable
@@ -58,7 +62,14 @@ impl<R> Completion<R> {
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
             max_message: crate::wire::DEFAULT_MAX_MESSAGE,
+            counters: None,
         }
+    }
+
+    /// Count this task's outcome in `counters` when it resolves.
+    pub(crate) fn counting(mut self, counters: Arc<Counters>) -> Completion<R> {
+        self.counters = Some(counters);
+        self
     }
 
     /// Accept results of at most `max` bytes (a task's result decoded by
@@ -73,6 +84,11 @@ impl<R> Completion<R> {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if self.resolved.swap(true, Ordering::SeqCst) {
             return false;
+        }
+        // Counted before anyone can see the outcome: a joiner that returns
+        // finds its task in the counters.
+        if let Some(counters) = &self.counters {
+            counters.finished(value.is_ok());
         }
         slot.value = Some(value);
         let sleepers = slot.sleepers > 0;

@@ -671,6 +671,7 @@ impl Loop<'_> {
                 let retry = job.attempts < self.shared.config.retries && !self.shared.lock().terminating;
                 if retry {
                     job.attempts += 1;
+                    crate::pool::shared::Counters::add(&self.shared.counters.retried, 1);
                     job.control.set(Place::Queued);
                     self.shared.requeue(job);
                 } else {

@@ -1,0 +1,139 @@
+//! Issue 16: pool-wide counters (`PoolStats`), a map's `progress()`, and
+//! per-task reports. Real crashes (SIGSEGV), real concurrent tasks.
+
+mod common;
+
+use common::{Fifo, METHODS};
+use tandem::{Error, Mode, Pool, PoolStats, Progress};
+
+/// With batches of 10: first, last and middle of a batch, two side by side.
+const CRASHERS: [u64; 6] = [0, 9, 14, 37, 38, 99];
+
+fn crash_at_crashers(x: u64) -> u64 {
+    if CRASHERS.contains(&x) {
+        tandem::chaos::segfault();
+    }
+    x * 10
+}
+
+/// What must hold between a map's progress and its pool's counters when the
+/// map is the pool's only work and its consumer is the only thread that
+/// takes outcomes (so nothing moves between the two reads).
+fn check_consistent(p: Progress, s: &PoolStats, yielded_ok: u64, yielded_err: u64, what: &str) {
+    assert_eq!(s.submitted, p.done + p.failed + p.in_flight, "{what}: {p:?} {s:?}");
+    assert_eq!((s.completed, s.failed), (p.done, p.failed), "{what}: {p:?} {s:?}");
+    assert_eq!((s.queued + s.running) as u64, p.in_flight, "{what}: {p:?} {s:?}");
+    assert!(
+        p.done >= yielded_ok && p.failed >= yielded_err,
+        "{what}: {p:?} yielded {yielded_ok}/{yielded_err}"
+    );
+}
+
+#[test]
+fn progress_and_counters_agree_at_every_point_of_a_map_with_crashing_items() {
+    for method in METHODS {
+        for retries in [0, 1] {
+            let what = format!("{method:?}, retries {retries}");
+            let pool = Pool::builder()
+                .mode(Mode::Process)
+                .workers(2)
+                .start_method(method)
+                .retries(retries)
+                .build()
+                .unwrap();
+            let mut m = pool.map(0..100u64, crash_at_crashers).batch_size(10);
+            assert_eq!(m.progress(), Progress::default());
+            let (mut ok, mut err, mut last) = (0, 0, Progress::default());
+            while let Some(r) = m.next() {
+                match r {
+                    Ok(_) => ok += 1,
+                    Err(Error::WorkerDied { .. }) => err += 1,
+                    Err(e) => panic!("{what}: {e:?}"),
+                }
+                let (p, s) = (m.progress(), pool.stats());
+                check_consistent(p, &s, ok, err, &what);
+                assert!(
+                    p.done >= last.done && p.failed >= last.failed,
+                    "{what}: went back: {last:?} -> {p:?}"
+                );
+                // Each crasher is retried `retries` times before it fails
+                // (the retry is counted when its batch is taken, the failure
+                // when the re-run is).
+                assert!(s.retried >= p.failed * u64::from(retries), "{what}: {p:?} {s:?}");
+                last = p;
+            }
+            let (p, s) = (m.progress(), pool.stats());
+            check_consistent(p, &s, ok, err, &what);
+            assert_eq!((p.done, p.failed, p.in_flight), (94, 6, 0), "{what}");
+            assert_eq!(
+                (s.submitted, s.completed, s.failed, s.queued, s.running),
+                (100, 94, 6, 0, 0),
+                "{what}"
+            );
+            assert_eq!(s.retried, 6 * u64::from(retries), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_dropped_map_counts_what_it_had_in_flight_as_failed() {
+    for mode in [Mode::Thread, Mode::Process] {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        let mut m = pool.map(0..1000u64, |x| x).batch_size(10);
+        m.next().unwrap().unwrap();
+        let p = m.progress();
+        assert!(p.in_flight > 0, "{mode:?}: {p:?}");
+        drop(m);
+        let s = pool.stats();
+        assert_eq!(s.submitted, p.done + p.failed + p.in_flight, "{mode:?}: {s:?}");
+        assert_eq!(
+            (s.completed, s.failed, s.running, s.queued),
+            (p.done, p.failed + p.in_flight, 0, 0),
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn submitted_tasks_count_retries_failures_queued_and_running() {
+    for method in METHODS {
+        let pool =
+            Pool::builder().mode(Mode::Process).workers(1).start_method(method).retries(2).build().unwrap();
+        // A real segfault on every try: two retries, then it fails.
+        let crash = pool.submit(0u64, crash_at_crashers);
+        assert!(matches!(crash.join(), Err(Error::WorkerDied { signal: Some(11), .. })));
+        assert_eq!(pool.submit(2u64, crash_at_crashers).join().unwrap(), 20);
+        let s = pool.stats();
+        assert_eq!((s.submitted, s.completed, s.failed, s.retried), (2, 1, 1, 2), "{method:?}: {s:?}");
+
+        // One task running (it says so through a FIFO), one waiting behind it.
+        let started = Fifo::new();
+        let path = started.path.clone();
+        let running = pool.submit(path, |path: String| -> u8 {
+            common::signal(&path, "started");
+            common::sleep_forever(())
+        });
+        assert_eq!(started.wait(), "started");
+        let waiting = pool.submit(1u8, |x| x);
+        let s = pool.stats();
+        assert_eq!((s.submitted, s.queued, s.running), (4, 1, 1), "{method:?}: {s:?}");
+        assert!(waiting.cancel() && running.cancel());
+        let s = pool.stats();
+        assert_eq!(
+            (s.submitted, s.completed, s.failed, s.queued, s.running),
+            (4, 1, 3, 0, 0),
+            "{method:?}: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn thread_mode_counts_panics_as_failures() {
+    let pool = Pool::builder().workers(2).build().unwrap();
+    let handles: Vec<_> =
+        (0..20u32).map(|i| pool.submit(i, |i| if i % 4 == 0 { panic!("{i}") } else { i })).collect();
+    let failed = handles.into_iter().map(|h| h.join()).filter(Result::is_err).count();
+    assert_eq!(failed, 5);
+    let s = pool.stats();
+    assert_eq!((s.submitted, s.completed, s.failed, s.retried, s.running), (20, 15, 5, 0, 0), "{s:?}");
+}
