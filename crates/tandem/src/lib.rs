@@ -59,6 +59,7 @@ pub mod sync;
 mod sys;
 mod task;
 mod unit;
+mod usage;
 mod watch;
 mod wire;
 mod worker;
@@ -66,7 +67,7 @@ mod worker;
 pub use error::{Error, signal_name};
 pub use pool::{
     Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, Progress, TaskHandle,
-    WorkerStats,
+    TaskReport, WorkerStats,
 };
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
 

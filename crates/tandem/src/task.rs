@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{self, Encoded, fixed};
 use crate::sys::code::{self, Trusted};
+use crate::usage::{USAGE_LEN, Usage};
 use crate::wire::Frame;
 use crate::{Error, batch};
 
@@ -35,6 +36,9 @@ pub(crate) enum Outcome {
 const STATUS_VALUE: u8 = 0;
 const STATUS_PANICKED: u8 = 1;
 const STATUS_CODEC: u8 = 2;
+/// Set in a Done frame's status byte when the task's [`Usage`] (16 bytes)
+/// follows the header, before the body (a pool with reports on).
+const WITH_USAGE: u8 = 0x80;
 
 /// The monomorphised entry a worker calls: decode `A`, run `f`, encode `R`.
 pub(crate) type Trampoline = fn(Invocation) -> Outcome;
@@ -111,6 +115,22 @@ pub(crate) fn done_parts(id: u64, outcome: &Outcome) -> ([u8; 9], &[u8]) {
     (h, body)
 }
 
+/// Mark a Done header from [`done_parts`] as followed by `usage`; the
+/// bytes to send between the header and the body.
+pub(crate) fn with_usage(header: &mut [u8; 9], usage: Usage) -> [u8; USAGE_LEN] {
+    header[8] |= WITH_USAGE;
+    usage.to_bytes()
+}
+
+/// What the task cost, if its Done frame says.
+pub(crate) fn done_usage(frame: &Frame) -> Option<Usage> {
+    let status = *frame.payload.get(8)?;
+    if status & WITH_USAGE == 0 {
+        return None;
+    }
+    Usage::from_bytes(frame.payload.get(9..9 + USAGE_LEN)?)
+}
+
 /// The task id a Done frame answers.
 pub(crate) fn done_id(frame: &Frame) -> Option<u64> {
     Some(u64::from_le_bytes(frame.payload.get(..8)?.try_into().ok()?))
@@ -130,7 +150,11 @@ pub(crate) fn decode_done_within<R: DeserializeOwned + 'static>(frame: Frame, ma
     let Some(&status) = frame.payload.get(8) else {
         return Err(Error::Codec("the worker sent a result too short to read".into()));
     };
-    let body = &frame.payload[9..];
+    let (status, at) =
+        if status & WITH_USAGE != 0 { (status & !WITH_USAGE, 9 + USAGE_LEN) } else { (status, 9) };
+    let Some(body) = frame.payload.get(at..) else {
+        return Err(Error::Codec("the worker sent a result too short to read".into()));
+    };
     match status {
         STATUS_VALUE => codec::decode_message(body, frame.fds, max),
         STATUS_PANICKED => Err(Error::Panicked { message: String::from_utf8_lossy(body).into_owned() }),

@@ -137,3 +137,153 @@ fn thread_mode_counts_panics_as_failures() {
     let s = pool.stats();
     assert_eq!((s.submitted, s.completed, s.failed, s.retried, s.running), (20, 15, 5, 0, 0), "{s:?}");
 }
+
+// ---- Per-task reports (TaskHandle::join_report) ----
+
+/// This thread's CPU time.
+fn thread_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Burn `ms` milliseconds of this thread's CPU; return the pid.
+fn burn(ms: u64) -> u32 {
+    let until = thread_cpu() + std::time::Duration::from_millis(ms);
+    let mut x = 1u64;
+    while thread_cpu() < until {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    std::process::id()
+}
+
+/// Touch `mib` MiB (every page written), then free it; return the pid.
+fn touch(mib: usize) -> u32 {
+    let mut v = vec![0u8; mib << 20];
+    for page in v.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&v);
+    std::process::id()
+}
+
+#[test]
+fn reports_say_who_ran_a_task_what_it_burned_and_what_it_touched() {
+    for method in METHODS {
+        let pool = Pool::builder()
+            .mode(Mode::Process)
+            .workers(1)
+            .start_method(method)
+            .reports(true)
+            .build()
+            .unwrap();
+        let r = pool.submit(300u64, burn).join_report();
+        let pid = r.result.unwrap();
+        assert_eq!(r.worker, Some(tandem::UnitId::Process(pid)), "{method:?}");
+        assert_eq!(r.attempts, 1);
+        let cpu = r.cpu.unwrap();
+        assert!(cpu >= std::time::Duration::from_millis(300), "{method:?}: cpu {cpu:?}");
+        assert!(r.ran >= cpu, "{method:?}: ran {:?} < cpu {cpu:?}", r.ran);
+
+        let big = pool.submit(100usize, touch).join_report();
+        big.result.unwrap();
+        let peak = big.peak_memory.unwrap();
+        assert!(peak >= 100 << 20, "{method:?}: peak {peak} after touching 100 MiB");
+        // The same worker next: its peak was reset when the task started,
+        // so a small task does not inherit the 100 MiB.
+        let small = pool.submit(1usize, touch).join_report();
+        assert_eq!(small.result.unwrap(), pid, "{method:?}: the same worker");
+        let small_peak = small.peak_memory.unwrap();
+        assert!(
+            small_peak < 50 << 20,
+            "{method:?}: a 1 MiB task's peak {small_peak} (the 100 MiB one's {peak})"
+        );
+    }
+}
+
+#[test]
+fn a_task_queued_behind_another_waits_at_least_its_run() {
+    let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
+    let started = Fifo::new();
+    let path = started.path.clone();
+    let first = pool.submit(path, |path: String| {
+        common::signal(&path, "started");
+        burn(200)
+    });
+    assert_eq!(started.wait(), "started");
+    let second = pool.submit(1u8, |x| x);
+    let (a, b) = (first.join_report(), second.join_report());
+    a.result.unwrap();
+    assert_eq!(b.result.unwrap(), 1);
+    // It was submitted after the first started and burned 200 ms of CPU.
+    assert!(b.queued >= std::time::Duration::from_millis(200), "queued {:?}", b.queued);
+    assert!(a.ran >= std::time::Duration::from_millis(200), "ran {:?}", a.ran);
+    // Without reports(true) nothing is measured.
+    assert_eq!((a.cpu, a.peak_memory), (None, None));
+}
+
+#[test]
+fn attempts_count_every_run_across_retries() {
+    for method in METHODS {
+        let pool = Pool::builder()
+            .mode(Mode::Process)
+            .workers(1)
+            .start_method(method)
+            .retries(3)
+            .reports(true)
+            .build()
+            .unwrap();
+        // Segfaults on its first two runs (counted in a file), then succeeds.
+        let dir = std::env::temp_dir().join(format!("tandem-attempts-{}-{method:?}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let path = dir.to_string_lossy().into_owned();
+        let r = pool
+            .submit(path.clone(), |path: String| {
+                use std::io::Write;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap()
+                    .write_all(b"x")
+                    .unwrap();
+                if std::fs::read(&path).unwrap().len() < 3 {
+                    tandem::chaos::segfault();
+                }
+                std::process::id()
+            })
+            .join_report();
+        let pid = r.result.unwrap();
+        assert_eq!(r.attempts, 3, "{method:?}");
+        assert_eq!(r.worker, Some(tandem::UnitId::Process(pid)), "{method:?}: the last worker");
+        let _ = std::fs::remove_file(&dir);
+        // One that always crashes: 1 run + 3 retries, then WorkerDied.
+        let r = pool.submit(0u64, crash_at_crashers).join_report();
+        assert!(matches!(r.result, Err(Error::WorkerDied { signal: Some(11), .. })), "{:?}", r.result);
+        assert_eq!(r.attempts, 4, "{method:?}");
+        // Cancelled before it ran: no worker, no attempt.
+        let started = Fifo::new();
+        let path = started.path.clone();
+        let busy = pool.submit(path, |path: String| -> u8 {
+            common::signal(&path, "started");
+            common::sleep_forever(())
+        });
+        assert_eq!(started.wait(), "started");
+        let queued = pool.submit(1u8, |x| x);
+        assert!(queued.cancel() && busy.cancel());
+        let r = queued.join_report();
+        assert!(matches!(r.result, Err(Error::Cancelled)));
+        assert_eq!((r.worker, r.attempts, r.ran, r.cpu), (None, 0, std::time::Duration::ZERO, None));
+    }
+}
+
+#[test]
+fn thread_mode_reports_the_thread_and_measures_nothing() {
+    let pool = Pool::builder().workers(1).reports(true).build().unwrap();
+    let r = pool.submit(20u64, burn).join_report();
+    r.result.unwrap();
+    assert!(matches!(r.worker, Some(tandem::UnitId::Thread(_))), "{:?}", r.worker);
+    assert_eq!((r.attempts, r.cpu, r.peak_memory), (1, None, None));
+    assert!(r.ran >= std::time::Duration::from_millis(20));
+}

@@ -85,14 +85,18 @@ pub(crate) struct WorkerConfig {
     /// Set `PR_SET_NO_NEW_PRIVS`: programs the tasks `exec` gain no
     /// privileges (setuid bits and file capabilities are ignored).
     pub no_new_privs: bool,
+    /// Measure each task's CPU time and peak memory and send them with its
+    /// result (`PoolBuilder::reports`).
+    pub reports: bool,
 }
 
 impl WorkerConfig {
-    pub(crate) fn to_bytes(self) -> [u8; 17] {
-        let mut b = [0u8; 17];
+    pub(crate) fn to_bytes(self) -> [u8; 18] {
+        let mut b = [0u8; 18];
         b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
         b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
         b[16] = u8::from(self.no_new_privs);
+        b[17] = u8::from(self.reports);
         b
     }
 
@@ -101,6 +105,7 @@ impl WorkerConfig {
             memory_limit: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
             max_message: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
             no_new_privs: *b.get(16)? != 0,
+            reports: *b.get(17)? != 0,
         })
     }
 

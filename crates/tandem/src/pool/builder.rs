@@ -23,6 +23,7 @@ pub(crate) struct Config {
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_message: u64,
     pub(crate) no_new_privs: bool,
+    pub(crate) reports: bool,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
@@ -66,6 +67,7 @@ impl PoolBuilder {
                 initializer: None,
                 max_message: 0,
                 no_new_privs: false,
+                reports: false,
                 sandbox: None,
             },
         }
@@ -200,6 +202,26 @@ impl PoolBuilder {
     /// ```
     pub fn max_message_size(mut self, bytes: u64) -> Self {
         self.config.max_message = bytes;
+        self
+    }
+
+    /// Have each process worker measure what every submitted task costs
+    /// (default off): its CPU time and the worker's peak resident memory
+    /// while it ran, in [`TaskHandle::join_report`](crate::TaskHandle::join_report).
+    /// The worker resets its peak (`/proc/self/clear_refs`) and reads the
+    /// CPU clock before the task, and reads both after it: a few
+    /// microseconds per task (BENCHMARKS.md, "Reports and output"). Map
+    /// items are not measured. Thread mode measures nothing (`None`).
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).reports(true).build().unwrap();
+    /// let report = pool.submit(16u32 << 20, |n| vec![1u8; n as usize].iter().map(|&b| b as u64).sum::<u64>()).join_report();
+    /// assert_eq!(report.result.unwrap(), 16 << 20);
+    /// assert!(report.peak_memory.unwrap() >= 16 << 20); // it touched 16 MiB
+    /// ```
+    pub fn reports(mut self, on: bool) -> Self {
+        self.config.reports = on;
         self
     }
 

@@ -33,8 +33,8 @@ use serde::de::DeserializeOwned;
 
 use backend::{Backend, Inner};
 pub use builder::PoolBuilder;
-pub use handle::TaskHandle;
 use handle::{Completion, Control, Resolve};
+pub use handle::{TaskHandle, TaskReport};
 pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
 pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream, Progress};
 use shared::Shared;

@@ -145,6 +145,7 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
         memory_limit: shared.config.memory_limit,
         max_message: shared.config.max_message,
         no_new_privs: shared.config.no_new_privs,
+        reports: shared.config.reports,
     }
 }
 
