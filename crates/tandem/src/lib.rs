@@ -50,6 +50,7 @@ mod codec;
 mod error;
 pub mod ipc;
 mod launch;
+mod output;
 mod pool;
 pub mod sandbox;
 mod shared;

@@ -120,6 +120,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     let mut sink: Option<batch::Sink> = None;
     // Opened once the config asks for reports (see `usage`).
     let mut meter: Option<crate::usage::Meter> = None;
+    // Descriptors 1 and 2 on the parent's memfds (see `output`).
+    let mut capture: Option<crate::output::Capture> = None;
     let mut pending = first;
     loop {
         let frame = match pending.take() {
@@ -140,6 +142,15 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     return EXIT_PROTOCOL;
                 };
                 config = new;
+                if config.capture && capture.is_none() {
+                    match crate::output::Capture::install(frame.fds) {
+                        Ok(c) => capture = Some(c),
+                        Err(e) => {
+                            eprintln!("tandem worker: could not capture output: {e}");
+                            return EXIT_PROTOCOL;
+                        }
+                    }
+                }
                 if config.reports && meter.is_none() {
                     meter = Some(crate::usage::Meter::open());
                 }
@@ -177,6 +188,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
             },
             Kind::Task | Kind::Batch => {
                 let mut usage = None;
+                let frame_kind = frame.kind;
                 #[allow(unused_mut)] // changed only by chaos
                 let (id, mut outcome) = match (frame.kind, meter.as_mut()) {
                     (Kind::Task, Some(meter)) => {
@@ -202,13 +214,25 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     Outcome::Value(e) => crate::codec::borrowed(&e.fds),
                     _ => Vec::new(),
                 };
-                let sent = match usage {
-                    Some(usage) => {
-                        let usage = task::with_usage(&mut header, usage);
-                        wire::send(sock, Kind::Done, &[&header, &usage, body], &fds)
+                let usage = usage.map(|u| task::with_usage(&mut header, u));
+                let output = match (&capture, frame_kind) {
+                    (Some(c), Kind::Task) => Some(c.take()),
+                    (Some(c), _) => {
+                        c.pass_through();
+                        None
                     }
-                    None => wire::send(sock, Kind::Done, &[&header, body], &fds),
+                    (None, _) => None,
                 };
+                let lengths = output.as_ref().map(|(out, err)| task::with_output(&mut header, out, err));
+                let mut parts: Vec<&[u8]> = vec![&header];
+                if let Some(usage) = &usage {
+                    parts.push(usage);
+                }
+                if let (Some(lengths), Some((out, err))) = (&lengths, &output) {
+                    parts.extend([&lengths[..], out, err]);
+                }
+                parts.push(body);
+                let sent = wire::send(sock, Kind::Done, &parts, &fds);
                 if sent.is_err() {
                     return EXIT_PARENT_GONE;
                 }

@@ -287,3 +287,125 @@ fn thread_mode_reports_the_thread_and_measures_nothing() {
     assert_eq!((r.attempts, r.cpu, r.peak_memory), (1, None, None));
     assert!(r.ran >= std::time::Duration::from_millis(20));
 }
+
+// ---- Captured output (PoolBuilder::capture_output, Error::output_tail) ----
+
+/// Print `marker` lines to stdout and stderr (and through a program the
+/// task runs), meeting the test halfway: say it started, wait to be let go.
+fn chatty((marker, started, go): (String, String, String)) -> u32 {
+    println!("{marker} out 1");
+    eprintln!("{marker} err 1");
+    common::signal(&started, "started");
+    // Blocks until the test, which saw both tasks start, lets this one go.
+    std::fs::read_to_string(&go).unwrap();
+    println!("{marker} out 2");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo {marker} from sh; echo {marker} sh err >&2"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eprintln!("{marker} err 2");
+    std::process::id()
+}
+
+#[test]
+fn two_tasks_running_at_once_each_get_only_their_own_output() {
+    for method in METHODS {
+        let pool = Pool::builder()
+            .mode(Mode::Process)
+            .workers(2)
+            .start_method(method)
+            .capture_output(true)
+            .build()
+            .unwrap();
+        let fifos: Vec<(Fifo, Fifo)> = (0..2).map(|_| (Fifo::new(), Fifo::new())).collect();
+        let handles: Vec<_> = ["AAA", "BBB"]
+            .iter()
+            .zip(&fifos)
+            .map(|(m, (started, go))| {
+                pool.submit((m.to_string(), started.path.clone(), go.path.clone()), chatty)
+            })
+            .collect();
+        // Both are running now, and neither has finished.
+        for (started, _) in &fifos {
+            assert_eq!(started.wait(), "started");
+        }
+        for (_, go) in &fifos {
+            common::signal(&go.path, "go");
+        }
+        let reports: Vec<_> = handles.into_iter().map(|h| h.join_report()).collect();
+        assert_ne!(reports[0].worker, reports[1].worker, "{method:?}: two workers at once");
+        for (r, m) in reports.iter().zip(["AAA", "BBB"]) {
+            let out = String::from_utf8(r.stdout.clone().unwrap()).unwrap();
+            let err = String::from_utf8(r.stderr.clone().unwrap()).unwrap();
+            assert_eq!(out, format!("{m} out 1\n{m} out 2\n{m} from sh\n"), "{method:?}");
+            assert_eq!(err, format!("{m} err 1\n{m} sh err\n{m} err 2\n"), "{method:?}");
+        }
+        // The next task on a worker starts from empty streams.
+        let next = pool.submit(5u8, |x| {
+            println!("only me");
+            x
+        });
+        let r = next.join_report();
+        assert_eq!(r.stdout.unwrap(), b"only me\n", "{method:?}");
+        assert_eq!(r.stderr.unwrap(), b"", "{method:?}");
+    }
+}
+
+fn write_then_segfault(lines: u32) -> u8 {
+    for i in 0..lines {
+        eprintln!("line {i} of what the task said before it crashed");
+    }
+    tandem::chaos::segfault()
+}
+
+#[test]
+fn a_task_that_writes_to_stderr_then_segfaults_has_its_last_lines_in_the_error() {
+    for method in METHODS {
+        let pool = Pool::builder()
+            .mode(Mode::Process)
+            .workers(1)
+            .start_method(method)
+            .capture_output(true)
+            .build()
+            .unwrap();
+        let err = pool.submit(3u32, write_then_segfault).join().unwrap_err();
+        assert!(matches!(err, Error::WorkerDied { signal: Some(11), .. }), "{err:?}");
+        let tail = err.output_tail().expect("a tail");
+        assert_eq!(
+            tail,
+            (0..3)
+                .map(|i| format!("line {i} of what the task said before it crashed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(err.to_string().contains("line 2 of what the task said before it crashed"), "{err}");
+
+        // A long stderr: the tail is its last whole lines, at most 4 KiB.
+        let err = pool.submit(1000u32, write_then_segfault).join().unwrap_err();
+        let tail = err.output_tail().unwrap();
+        assert!(tail.len() <= 4096 && tail.len() > 3000, "{}", tail.len());
+        assert!(
+            tail.starts_with("line ") && tail.ends_with("line 999 of what the task said before it crashed"),
+            "{tail}"
+        );
+        // The pool goes on, and a map's output is not any task's.
+        assert_eq!(
+            pool.map(0..10u8, |x| {
+                println!("map item {x}");
+                x
+            })
+            .filter(Result::is_ok)
+            .count(),
+            10
+        );
+        let r = pool.submit(1u8, |x| x).join_report();
+        assert_eq!((r.stdout.unwrap(), r.stderr.unwrap()), (Vec::new(), Vec::new()));
+    }
+    // Without capture there is nothing to report.
+    let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
+    let err = pool.submit(3u32, write_then_segfault).join().unwrap_err();
+    assert_eq!(err.output_tail(), None);
+    assert_eq!(pool.submit(1u8, |x| x).join_report().stdout, None);
+}

@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) max_message: u64,
     pub(crate) no_new_privs: bool,
     pub(crate) reports: bool,
+    pub(crate) capture: bool,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
@@ -68,6 +69,7 @@ impl PoolBuilder {
                 max_message: 0,
                 no_new_privs: false,
                 reports: false,
+                capture: false,
                 sandbox: None,
             },
         }
@@ -202,6 +204,33 @@ impl PoolBuilder {
     /// ```
     pub fn max_message_size(mut self, bytes: u64) -> Self {
         self.config.max_message = bytes;
+        self
+    }
+
+    /// Capture what each submitted task writes to its standard output and
+    /// error (process mode; default off: output goes to the streams the
+    /// pool's process inherited). Each worker's descriptors 1 and 2 are
+    /// memfds of its own, emptied after every task, so a task's output is
+    /// never mixed with another's, and programs the task runs (which
+    /// inherit 1 and 2) are captured with it. It comes back in
+    /// [`TaskReport::stdout`](crate::TaskReport::stdout) and `stderr` (the
+    /// last 16 MiB of each); when a worker dies under a task, the last lines
+    /// of its stderr (at most 4 KiB) are in the error
+    /// ([`Error::output_tail`](crate::Error::output_tail)), so a panic under
+    /// `panic = "abort"` shows its message. Map batches are not captured:
+    /// their output is passed on to the inherited streams after each batch.
+    /// Thread mode cannot give one thread its own descriptors: ignored there.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).capture_output(true).build().unwrap();
+    /// let report = pool.submit(7u8, |x| { println!("seven"); eprintln!("to stderr"); x }).join_report();
+    /// assert_eq!(report.result.unwrap(), 7);
+    /// assert_eq!(report.stdout.unwrap(), b"seven\n");
+    /// assert_eq!(report.stderr.unwrap(), b"to stderr\n");
+    /// ```
+    pub fn capture_output(mut self, on: bool) -> Self {
+        self.config.capture = on;
         self
     }
 

@@ -57,12 +57,21 @@ struct Slot<R> {
     finished: Option<Instant>,
     /// What the task cost, if its worker measured it.
     usage: Option<Usage>,
+    /// What it wrote to stdout and stderr, if its worker captured it.
+    output: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl<R> Completion<R> {
     pub(crate) fn new(notify: Option<(Sender<u64>, u64)>) -> Completion<R> {
         Completion {
-            slot: Mutex::new(Slot { value: None, sleepers: 0, waker: None, finished: None, usage: None }),
+            slot: Mutex::new(Slot {
+                value: None,
+                sleepers: 0,
+                waker: None,
+                finished: None,
+                usage: None,
+                output: None,
+            }),
             resolved: AtomicBool::new(false),
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
@@ -92,12 +101,23 @@ impl<R> Completion<R> {
     /// [`resolve`](Self::resolve), with what the task cost if its worker
     /// said.
     fn resolve_with(&self, value: Result<R, Error>, usage: Option<Usage>) -> bool {
+        self.resolve_traced(value, usage, None)
+    }
+
+    /// [`resolve`](Self::resolve), with what the task cost and wrote.
+    fn resolve_traced(
+        &self,
+        value: Result<R, Error>,
+        usage: Option<Usage>,
+        output: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if self.resolved.swap(true, Ordering::SeqCst) {
             return false;
         }
         slot.finished = Some(Instant::now());
         slot.usage = usage;
+        slot.output = output;
         // Counted before anyone can see the outcome: a joiner that returns
         // finds its task in the counters.
         if let Some(counters) = &self.counters {
@@ -168,11 +188,12 @@ impl<R> Completion<R> {
     }
 
     /// The outcome, when it resolved, and what the task cost if measured.
-    fn take_traced(&self) -> (Result<R, Error>, Instant, Option<Usage>) {
+    #[allow(clippy::type_complexity)]
+    fn take_traced(&self) -> (Result<R, Error>, Instant, Option<Usage>, Option<(Vec<u8>, Vec<u8>)>) {
         self.wait(None);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         let value = slot.value.take().expect("a resolved completion holds its value");
-        (value, slot.finished.unwrap_or_else(Instant::now), slot.usage)
+        (value, slot.finished.unwrap_or_else(Instant::now), slot.usage, slot.output.take())
     }
 }
 
@@ -182,7 +203,8 @@ impl<R: DeserializeOwned + Send + 'static> Resolve for Completion<R> {
             return false;
         }
         let usage = crate::task::done_usage(&frame);
-        self.resolve_with(crate::task::decode_done_within(frame, self.max_message), usage)
+        let output = crate::task::done_output(&frame);
+        self.resolve_traced(crate::task::decode_done_within(frame, self.max_message), usage, output)
     }
     fn resolve_batch(&self, _raw: RawBatch) -> bool {
         super::batch::not_a_batch(self)
@@ -322,6 +344,13 @@ pub struct TaskReport<R> {
     /// bytes (`VmHWM`, reset when the task starts; where the kernel cannot
     /// reset it, the worker's peak since it started).
     pub peak_memory: Option<u64>,
+    /// What the task wrote to its standard output (it and the programs it
+    /// ran), on a process pool built with
+    /// [`capture_output(true)`](crate::PoolBuilder::capture_output); `None`
+    /// otherwise, and when its worker died (see [`Error::output_tail`]).
+    pub stdout: Option<Vec<u8>>,
+    /// What it wrote to its standard error, likewise.
+    pub stderr: Option<Vec<u8>>,
 }
 
 /// The pending result of a task submitted to a [`Pool`](crate::Pool).
@@ -388,7 +417,8 @@ impl<R> TaskHandle<R> {
     /// ```
     pub fn join_report(self) -> TaskReport<R> {
         self.read_direct(Patience::Forever);
-        let (result, finished, usage) = self.completion.take_traced();
+        let (result, finished, usage, output) = self.completion.take_traced();
+        let (stdout, stderr) = output.unzip();
         let trace = self.control.trace.lock().unwrap_or_else(|e| e.into_inner());
         let queued = trace.first_start.unwrap_or(finished).saturating_duration_since(trace.submitted);
         let ran = trace.last_start.map_or(Duration::ZERO, |s| finished.saturating_duration_since(s));
@@ -400,6 +430,8 @@ impl<R> TaskHandle<R> {
             ran,
             cpu: usage.map(|u| Duration::from_nanos(u.cpu_nanos)),
             peak_memory: usage.map(|u| u.peak_bytes),
+            stdout,
+            stderr,
         }
     }
 

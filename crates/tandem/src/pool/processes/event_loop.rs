@@ -667,7 +667,8 @@ impl Loop<'_> {
         self.shared.slot(slot).restarts += 1;
         match dying {
             Dying::Task(mut job) => {
-                let err = answer::died(&mut live.child, self.asked(&job));
+                let err =
+                    answer::died(&mut live.child, self.asked(&job)).with_output_tail(live.stderr.as_ref());
                 let retry = job.attempts < self.shared.config.retries && !self.shared.lock().terminating;
                 if retry {
                     job.attempts += 1;

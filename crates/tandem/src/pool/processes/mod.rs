@@ -188,6 +188,9 @@ pub(super) struct Live {
     pub(super) tasks: u64,
     /// The board it publishes map batches on, once it has had one.
     pub(super) board: Option<crate::sys::board::Board>,
+    /// With `capture_output`: the parent's copy of its stderr memfd, whose
+    /// end goes into the error of a task it dies under (`output::tail`).
+    pub(super) stderr: Option<std::os::fd::OwnedFd>,
 }
 
 /// Times a task is handed to a fresh worker after the one it was sent to
