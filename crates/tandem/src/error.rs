@@ -56,7 +56,13 @@ pub enum Error {
         memory_limit: Option<u64>,
         /// The last lines the task wrote to stderr (at most 4 KiB), on a
         /// pool with `capture_output(true)`; see [`Error::output_tail`].
-        output_tail: Option<String>,
+        output_tail: Option<Box<str>>,
+        /// The resident memory (bytes) the pool saw when it killed the
+        /// worker for exceeding `worker_memory_limit` (its sampler enforced
+        /// `memory_limit`); `None` when `memory_limit` is an address-space
+        /// cap (`worker_address_space_limit`, `process::Builder::memory_limit`)
+        /// or the worker was not killed for memory.
+        resident_at_kill: Option<u64>,
     },
     /// The task ran past its time limit.
     ///
@@ -159,7 +165,16 @@ pub enum Error {
 impl Error {
     /// A `WorkerDied` error for process `pid`.
     pub(crate) fn died(pid: u32, signal: Option<i32>, code: Option<i32>) -> Error {
-        Error::WorkerDied { signal, code, pid, task: None, item: None, memory_limit: None, output_tail: None }
+        Error::WorkerDied {
+            signal,
+            code,
+            pid,
+            task: None,
+            item: None,
+            memory_limit: None,
+            output_tail: None,
+            resident_at_kill: None,
+        }
     }
 
     /// For [`WorkerDied`](Error::WorkerDied) on a process pool with
@@ -185,11 +200,21 @@ impl Error {
         }
     }
 
+    /// The same error as a kill for resident memory `seen` past `limit`
+    /// (the pool's sampler killed the worker; see `pool::processes::memory`).
+    pub(crate) fn over_memory(mut self, seen: Option<u64>, limit: u64) -> Error {
+        if let (Error::WorkerDied { memory_limit, resident_at_kill, .. }, Some(seen)) = (&mut self, seen) {
+            *memory_limit = Some(limit);
+            *resident_at_kill = Some(seen);
+        }
+        self
+    }
+
     /// The same error with the end of the dead task's stderr (a pool with
     /// captured output keeps a copy of each worker's stderr memfd).
     pub(crate) fn with_output_tail(mut self, stderr: Option<&std::os::fd::OwnedFd>) -> Error {
         if let (Error::WorkerDied { output_tail, .. }, Some(fd)) = (&mut self, stderr) {
-            *output_tail = crate::output::tail(fd);
+            *output_tail = crate::output::tail(fd).map(String::into_boxed_str);
         }
         self
     }
@@ -234,17 +259,25 @@ impl Error {
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Panicked { message } => Error::Panicked { message: message.clone() },
-            Error::WorkerDied { signal, code, pid, task, item, memory_limit, output_tail } => {
-                Error::WorkerDied {
-                    signal: *signal,
-                    code: *code,
-                    pid: *pid,
-                    task: *task,
-                    item: *item,
-                    memory_limit: *memory_limit,
-                    output_tail: output_tail.clone(),
-                }
-            }
+            Error::WorkerDied {
+                signal,
+                code,
+                pid,
+                task,
+                item,
+                memory_limit,
+                output_tail,
+                resident_at_kill,
+            } => Error::WorkerDied {
+                resident_at_kill: *resident_at_kill,
+                signal: *signal,
+                code: *code,
+                pid: *pid,
+                task: *task,
+                item: *item,
+                memory_limit: *memory_limit,
+                output_tail: output_tail.clone(),
+            },
             Error::TimedOut => Error::TimedOut,
             Error::Cancelled => Error::Cancelled,
             Error::Codec(m) => Error::Codec(m.clone()),
@@ -301,7 +334,16 @@ impl fmt::Display for Error {
                 f,
                 "the task panicked: {message} (its unit survives; fix the panic or return an error from the task instead)"
             ),
-            Error::WorkerDied { signal, code, pid, task, item, memory_limit, output_tail } => {
+            Error::WorkerDied {
+                signal,
+                code,
+                pid,
+                task,
+                item,
+                memory_limit,
+                output_tail,
+                resident_at_kill,
+            } => {
                 write!(f, "worker pid {pid} ")?;
                 match (signal, code) {
                     (Some(sig), _) => write!(f, "was killed by signal {sig} ({})", signal_name(*sig))?,
@@ -314,10 +356,17 @@ impl fmt::Display for Error {
                     (None, Some(t)) => write!(f, " while running task {t}")?,
                     (None, None) => write!(f, " while running its task")?,
                 }
-                if let Some(limit) = memory_limit {
+                if let (Some(limit), Some(seen)) = (memory_limit, resident_at_kill) {
                     write!(
                         f,
-                        "; it had a memory limit of {limit} bytes, which the task probably exceeded: raise worker_memory_limit or make the task use less memory"
+                        "; it was killed for using {seen} bytes of resident memory, over its memory limit of {limit} bytes (worker_memory_limit, enforced by {}): raise the limit or make the task use less memory",
+                        crate::pool::BY_SAMPLING
+                    )?;
+                } else if let Some(limit) = memory_limit {
+                    write!(
+                        f,
+                        "; it had a memory limit of {limit} bytes (enforced by {}), which the task probably exceeded: raise the limit or make the task use less memory",
+                        crate::answer::ADDRESS_SPACE_CAP
                     )?;
                 } else {
                     write!(

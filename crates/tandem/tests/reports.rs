@@ -409,3 +409,72 @@ fn a_task_that_writes_to_stderr_then_segfaults_has_its_last_lines_in_the_error()
     assert_eq!(err.output_tail(), None);
     assert_eq!(pool.submit(1u8, |x| x).join_report().stdout, None);
 }
+
+// ---- worker_memory_limit: resident memory, not address space ----
+
+/// Reserve 64 GiB of address space (16 untouched 4 GiB vectors: each is
+/// one mapping, never touched) and touch one page; the worker's VmSize.
+fn reserve_64_gib_touch_one_page(_: ()) -> Result<u64, String> {
+    let mut reserved: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..16 {
+        let mut v: Vec<u8> = Vec::new();
+        v.try_reserve_exact(4 << 30).map_err(|e| format!("could not reserve: {e}"))?;
+        reserved.push(v);
+    }
+    reserved[0].push(1);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line[7..].trim().trim_end_matches("kB").trim().parse().unwrap();
+    Ok(kib << 10)
+}
+
+#[test]
+fn a_task_reserving_64_gib_and_touching_one_page_runs_under_a_256_mib_limit() {
+    let pool = Pool::builder().mode(Mode::Process).workers(1).worker_memory_limit(256 << 20).build().unwrap();
+    let vm_size = pool.submit((), reserve_64_gib_touch_one_page).join().unwrap().unwrap();
+    assert!(vm_size >= 64 << 30, "VmSize {vm_size}");
+    // The address-space cap refuses the same task.
+    let capped =
+        Pool::builder().mode(Mode::Process).workers(1).worker_address_space_limit(256 << 20).build().unwrap();
+    let refused = capped.submit((), reserve_64_gib_touch_one_page).join().unwrap();
+    assert!(refused.unwrap_err().contains("could not reserve"));
+}
+
+#[test]
+fn a_task_touching_1_gib_fails_naming_the_resident_limit() {
+    for method in METHODS {
+        let limit = 256u64 << 20;
+        let pool = Pool::builder()
+            .mode(Mode::Process)
+            .workers(1)
+            .start_method(method)
+            .worker_memory_limit(limit)
+            .build()
+            .unwrap();
+        let err = pool.submit(1024usize, touch).join().unwrap_err();
+        let Error::WorkerDied { signal, memory_limit, resident_at_kill, .. } = &err else {
+            panic!("{method:?}: {err:?}")
+        };
+        assert_eq!((*signal, *memory_limit), (Some(9), Some(limit)), "{method:?}: {err}");
+        let seen = resident_at_kill.expect("what the sampler saw");
+        assert!(seen > limit && seen < 1 << 30, "{method:?}: {seen}");
+        assert!(err.to_string().contains("sampling each worker's resident memory"), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("memory limit of 268435456 bytes") && message.contains("resident memory"),
+            "{message}"
+        );
+        // How far past the limit it got between two samples.
+        eprintln!("{method:?}: overshoot {} MiB past a {} MiB limit", (seen - limit) >> 20, limit >> 20);
+        // The pool goes on, below the limit.
+        assert_ne!(pool.submit(64usize, touch).join().unwrap(), 0);
+        // A map item over the limit fails alone.
+        let out: Vec<_> = pool.map([1usize, 1024, 1], touch).collect();
+        assert!(out[0].is_ok() && out[2].is_ok(), "{method:?}: {out:?}");
+        assert!(
+            matches!(&out[1], Err(Error::WorkerDied { resident_at_kill: Some(_), .. })),
+            "{method:?}: {:?}",
+            out[1]
+        );
+    }
+}

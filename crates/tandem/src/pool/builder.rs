@@ -18,7 +18,10 @@ pub(crate) struct Config {
     pub(crate) method: StartMethod,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_tasks_per_worker: Option<u64>,
+    /// The address-space cap (RLIMIT_AS), 0 for none.
     pub(crate) memory_limit: u64,
+    /// The resident-memory limit (`worker_memory_limit`), 0 for none.
+    pub(crate) resident_limit: u64,
     pub(crate) retries: u32,
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_message: u64,
@@ -64,6 +67,7 @@ impl PoolBuilder {
                 task_timeout: None,
                 max_tasks_per_worker: None,
                 memory_limit: 0,
+                resident_limit: 0,
                 retries: 0,
                 initializer: None,
                 max_message: 0,
@@ -143,9 +147,16 @@ impl PoolBuilder {
         self.config.max_tasks_per_worker = Some(n.max(1));
         self
     }
-    /// Cap each process worker's address space (RLIMIT_AS) at `bytes`. A task
-    /// that allocates past it fails with `WorkerDied` naming the limit and the
-    /// worker is replaced. Thread mode cannot limit a thread: ignored there.
+    /// Limit each process worker's resident memory (what its task
+    /// touches, not the address space it reserves) to `bytes`. A worker
+    /// past it is killed; its task fails with `WorkerDied` naming the limit,
+    /// the resident memory seen and the mechanism, and the worker is
+    /// replaced. The pool samples each running worker's resident memory
+    /// every 5 ms (`/proc/PID/statm`), so a fast allocation can overshoot
+    /// by what it touches in one interval (BENCHMARKS.md, "Reports and
+    /// output"); a cgroup v2 `memory.max` is not used yet. With a limit, tasks
+    /// go through the pool's loop rather than straight to an idle worker.
+    /// Thread mode cannot limit a thread: ignored there.
     ///
     /// ```
     /// tandem::init();
@@ -156,9 +167,32 @@ impl PoolBuilder {
     ///     .build()
     ///     .unwrap();
     /// let hog = pool.submit(1usize << 30, |n| vec![1u8; n].len());
-    /// assert!(hog.join().unwrap_err().to_string().contains("memory limit"));
+    /// assert!(hog.join().unwrap_err().to_string().contains("memory limit of 268435456 bytes"));
     /// ```
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.config.resident_limit = bytes;
+        self
+    }
+
+    /// Cap each process worker's address space (RLIMIT_AS) at `bytes`: the
+    /// old `worker_memory_limit`. Allocators and runtimes that reserve
+    /// address space they never touch fail under it; prefer
+    /// [`worker_memory_limit`](Self::worker_memory_limit). A task that
+    /// allocates past it fails with `WorkerDied` naming the limit. Thread
+    /// mode: ignored.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder()
+    ///     .mode(tandem::Mode::Process)
+    ///     .workers(1)
+    ///     .worker_address_space_limit(256 << 20)
+    ///     .build()
+    ///     .unwrap();
+    /// let hog = pool.submit(1usize << 30, |n| vec![1u8; n].len());
+    /// assert!(hog.join().unwrap_err().to_string().contains("address-space"));
+    /// ```
+    pub fn worker_address_space_limit(mut self, bytes: u64) -> Self {
         self.config.memory_limit = bytes;
         self
     }

@@ -127,7 +127,7 @@ pub(crate) struct Claim<'a> {
 pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
     let small = job.work.header.len() + job.work.bytes.len() <= DIRECT_MAX;
     // Recycling counts tasks in the loop: let it send them.
-    if !small || shared.config.max_tasks_per_worker.is_some() {
+    if !small || shared.config.max_tasks_per_worker.is_some() || shared.config.resident_limit > 0 {
         return None;
     }
     (0..shared.backend.lanes.len()).find_map(|slot| {

@@ -178,7 +178,7 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
     let peer = Peer { socket: Arc::new(socket), pidfd: Arc::new(pidfd) };
-    let live = Live { child, peer, tasks: 0, board: None, stderr };
+    let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
