@@ -21,6 +21,44 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 16: a process pool's round trip of a trivial task as `join`,
+/// as `join_report` on the same pool, with `reports(true)` (the worker
+/// measures CPU and peak memory around each task) and with
+/// `capture_output(true)` (descriptors 1 and 2 on memfds, taken after each
+/// task), on 2 workers like `round_trip`.
+fn reports_round_trip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reports_round_trip");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let plain = Pool::builder().mode(Mode::Process).workers(2).build().unwrap();
+    g.bench_function("Process/join", |b| b.iter(|| plain.submit(1u64, |x| x + 1).join().unwrap()));
+    g.bench_function("Process/join_report", |b| {
+        b.iter(|| plain.submit(1u64, |x| x + 1).join_report().result.unwrap())
+    });
+    drop(plain);
+    let reports = Pool::builder().mode(Mode::Process).workers(2).reports(true).build().unwrap();
+    g.bench_function("Process/reports_on/join_report", |b| {
+        b.iter(|| reports.submit(1u64, |x| x + 1).join_report().result.unwrap())
+    });
+    drop(reports);
+    let capture = Pool::builder().mode(Mode::Process).workers(2).capture_output(true).build().unwrap();
+    g.bench_function("Process/capture_on/join_report", |b| {
+        b.iter(|| capture.submit(1u64, |x| x + 1).join_report().result.unwrap())
+    });
+    g.bench_function("Process/capture_on/join_report_printing_a_line", |b| {
+        b.iter(|| {
+            capture
+                .submit(1u64, |x| {
+                    println!("a line of output");
+                    x + 1
+                })
+                .join_report()
+                .result
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
 fn map_throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("map_1M_trivial");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
@@ -217,6 +255,7 @@ fn build(c: &mut Criterion) {
 criterion_group!(
     benches,
     round_trip,
+    reports_round_trip,
     map_throughput,
     replace_dead_worker,
     build,

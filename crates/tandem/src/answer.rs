@@ -38,6 +38,10 @@ impl Answer {
     }
 }
 
+/// What enforces an address-space limit, for the error.
+pub(crate) const ADDRESS_SPACE_CAP: &str =
+    "an address-space cap, RLIMIT_AS: worker_address_space_limit or process::Builder::memory_limit";
+
 /// Which task an error is about, for its message: none for a one-off unit.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Asked {

@@ -54,6 +54,15 @@ pub enum Error {
         /// The worker memory limit in force, if one was set: the likely
         /// reason for an abort or a kill.
         memory_limit: Option<u64>,
+        /// The last lines the task wrote to stderr (at most 4 KiB), on a
+        /// pool with `capture_output(true)`; see [`Error::output_tail`].
+        output_tail: Option<Box<str>>,
+        /// The resident memory (bytes) the pool saw when it killed the
+        /// worker for exceeding `worker_memory_limit` (its sampler enforced
+        /// `memory_limit`); `None` when `memory_limit` is an address-space
+        /// cap (`worker_address_space_limit`, `process::Builder::memory_limit`)
+        /// or the worker was not killed for memory.
+        resident_at_kill: Option<u64>,
     },
     /// The task ran past its time limit.
     ///
@@ -156,7 +165,58 @@ pub enum Error {
 impl Error {
     /// A `WorkerDied` error for process `pid`.
     pub(crate) fn died(pid: u32, signal: Option<i32>, code: Option<i32>) -> Error {
-        Error::WorkerDied { signal, code, pid, task: None, item: None, memory_limit: None }
+        Error::WorkerDied {
+            signal,
+            code,
+            pid,
+            task: None,
+            item: None,
+            memory_limit: None,
+            output_tail: None,
+            resident_at_kill: None,
+        }
+    }
+
+    /// For [`WorkerDied`](Error::WorkerDied) on a process pool with
+    /// [`capture_output(true)`](crate::PoolBuilder::capture_output): the last
+    /// lines the task wrote to stderr before its worker died (at most 4
+    /// KiB), also shown in the message. `None` for other errors or when it
+    /// wrote nothing.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).capture_output(true).build().unwrap();
+    /// let err = pool.submit((), |()| -> u8 {
+    ///     eprintln!("about to abort");
+    ///     std::process::abort()
+    /// }).join().unwrap_err();
+    /// assert_eq!(err.output_tail(), Some("about to abort"));
+    /// assert!(err.to_string().contains("about to abort"));
+    /// ```
+    pub fn output_tail(&self) -> Option<&str> {
+        match self {
+            Error::WorkerDied { output_tail, .. } => output_tail.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The same error as a kill for resident memory `seen` past `limit`
+    /// (the pool's sampler killed the worker; see `pool::processes::memory`).
+    pub(crate) fn over_memory(mut self, seen: Option<u64>, limit: u64) -> Error {
+        if let (Error::WorkerDied { memory_limit, resident_at_kill, .. }, Some(seen)) = (&mut self, seen) {
+            *memory_limit = Some(limit);
+            *resident_at_kill = Some(seen);
+        }
+        self
+    }
+
+    /// The same error with the end of the dead task's stderr (a pool with
+    /// captured output keeps a copy of each worker's stderr memfd).
+    pub(crate) fn with_output_tail(mut self, stderr: Option<&std::os::fd::OwnedFd>) -> Error {
+        if let (Error::WorkerDied { output_tail, .. }, Some(fd)) = (&mut self, stderr) {
+            *output_tail = crate::output::tail(fd).map(String::into_boxed_str);
+        }
+        self
     }
 
     /// The same error, naming the task it happened to.
@@ -199,13 +259,24 @@ impl Error {
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Panicked { message } => Error::Panicked { message: message.clone() },
-            Error::WorkerDied { signal, code, pid, task, item, memory_limit } => Error::WorkerDied {
+            Error::WorkerDied {
+                signal,
+                code,
+                pid,
+                task,
+                item,
+                memory_limit,
+                output_tail,
+                resident_at_kill,
+            } => Error::WorkerDied {
+                resident_at_kill: *resident_at_kill,
                 signal: *signal,
                 code: *code,
                 pid: *pid,
                 task: *task,
                 item: *item,
                 memory_limit: *memory_limit,
+                output_tail: output_tail.clone(),
             },
             Error::TimedOut => Error::TimedOut,
             Error::Cancelled => Error::Cancelled,
@@ -263,7 +334,16 @@ impl fmt::Display for Error {
                 f,
                 "the task panicked: {message} (its unit survives; fix the panic or return an error from the task instead)"
             ),
-            Error::WorkerDied { signal, code, pid, task, item, memory_limit } => {
+            Error::WorkerDied {
+                signal,
+                code,
+                pid,
+                task,
+                item,
+                memory_limit,
+                output_tail,
+                resident_at_kill,
+            } => {
                 write!(f, "worker pid {pid} ")?;
                 match (signal, code) {
                     (Some(sig), _) => write!(f, "was killed by signal {sig} ({})", signal_name(*sig))?,
@@ -276,16 +356,27 @@ impl fmt::Display for Error {
                     (None, Some(t)) => write!(f, " while running task {t}")?,
                     (None, None) => write!(f, " while running its task")?,
                 }
-                if let Some(limit) = memory_limit {
+                if let (Some(limit), Some(seen)) = (memory_limit, resident_at_kill) {
                     write!(
                         f,
-                        "; it had a memory limit of {limit} bytes, which the task probably exceeded: raise worker_memory_limit or make the task use less memory"
-                    )
+                        "; it was killed for using {seen} bytes of resident memory, over its memory limit of {limit} bytes (worker_memory_limit, enforced by {}): raise the limit or make the task use less memory",
+                        crate::pool::BY_SAMPLING
+                    )?;
+                } else if let Some(limit) = memory_limit {
+                    write!(
+                        f,
+                        "; it had a memory limit of {limit} bytes (enforced by {}), which the task probably exceeded: raise the limit or make the task use less memory",
+                        crate::answer::ADDRESS_SPACE_CAP
+                    )?;
                 } else {
                     write!(
                         f,
                         "; the task's work is lost: look for a crash, abort or exit in the task, or run it again (a pool's retries(n) does this)"
-                    )
+                    )?;
+                }
+                match output_tail {
+                    Some(tail) => write!(f, "; the last lines it wrote to stderr:\n{tail}"),
+                    None => Ok(()),
                 }
             }
             Error::TimedOut => write!(

@@ -50,6 +50,7 @@ mod codec;
 mod error;
 pub mod ipc;
 mod launch;
+mod output;
 mod pool;
 pub mod sandbox;
 mod shared;
@@ -59,13 +60,15 @@ pub mod sync;
 mod sys;
 mod task;
 mod unit;
+mod usage;
 mod watch;
 mod wire;
 mod worker;
 
 pub use error::{Error, signal_name};
 pub use pool::{
-    Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, TaskHandle, WorkerStats,
+    Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, Progress, TaskHandle,
+    TaskReport, WorkerStats,
 };
 pub use unit::{JoinHandle, Mode, StartMethod, UnitId, spawn};
 

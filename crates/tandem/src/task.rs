@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{self, Encoded, fixed};
 use crate::sys::code::{self, Trusted};
+use crate::usage::{USAGE_LEN, Usage};
 use crate::wire::Frame;
 use crate::{Error, batch};
 
@@ -35,6 +36,12 @@ pub(crate) enum Outcome {
 const STATUS_VALUE: u8 = 0;
 const STATUS_PANICKED: u8 = 1;
 const STATUS_CODEC: u8 = 2;
+/// Set in a Done frame's status byte when the task's [`Usage`] (16 bytes)
+/// follows the header, before the body (a pool with reports on).
+const WITH_USAGE: u8 = 0x80;
+/// Set when the task's captured output follows (after the usage, if any):
+/// its stdout's length and its stderr's (u32 each), then their bytes.
+const WITH_OUTPUT: u8 = 0x40;
 
 /// The monomorphised entry a worker calls: decode `A`, run `f`, encode `R`.
 pub(crate) type Trampoline = fn(Invocation) -> Outcome;
@@ -111,6 +118,68 @@ pub(crate) fn done_parts(id: u64, outcome: &Outcome) -> ([u8; 9], &[u8]) {
     (h, body)
 }
 
+/// Mark a Done header from [`done_parts`] as followed by `usage`; the
+/// bytes to send between the header and the body.
+pub(crate) fn with_usage(header: &mut [u8; 9], usage: Usage) -> [u8; USAGE_LEN] {
+    header[8] |= WITH_USAGE;
+    usage.to_bytes()
+}
+
+/// Mark a Done header as followed by captured output; the lengths to send
+/// before the bytes of `out` and `err`.
+pub(crate) fn with_output(header: &mut [u8; 9], out: &[u8], err: &[u8]) -> [u8; 8] {
+    header[8] |= WITH_OUTPUT;
+    let mut lengths = [0u8; 8];
+    lengths[..4].copy_from_slice(&(out.len() as u32).to_le_bytes());
+    lengths[4..].copy_from_slice(&(err.len() as u32).to_le_bytes());
+    lengths
+}
+
+/// Where a Done frame's parts are: its status without the flags, its
+/// usage, its output's two ranges, and where its body starts. `None` if
+/// the frame is shorter than its flags say (every length checked against
+/// the bytes that came).
+#[allow(clippy::type_complexity)]
+fn done_layout(
+    payload: &[u8],
+) -> Option<(u8, Option<Usage>, Option<(std::ops::Range<usize>, std::ops::Range<usize>)>, usize)> {
+    let status = *payload.get(8)?;
+    let mut at = 9;
+    let usage = if status & WITH_USAGE != 0 {
+        at += USAGE_LEN;
+        Some(Usage::from_bytes(payload.get(9..at)?)?)
+    } else {
+        None
+    };
+    let output = if status & WITH_OUTPUT != 0 {
+        let lengths = payload.get(at..at + 8)?;
+        let out_len = u32::from_le_bytes(lengths[..4].try_into().ok()?) as usize;
+        let err_len = u32::from_le_bytes(lengths[4..].try_into().ok()?) as usize;
+        let out = at + 8..(at + 8).checked_add(out_len)?;
+        let err = out.end..out.end.checked_add(err_len)?;
+        if err.end > payload.len() {
+            return None;
+        }
+        at = err.end;
+        Some((out, err))
+    } else {
+        None
+    };
+    Some((status & !(WITH_USAGE | WITH_OUTPUT), usage, output, at))
+}
+
+/// What the task cost, if its Done frame says.
+pub(crate) fn done_usage(frame: &Frame) -> Option<Usage> {
+    done_layout(&frame.payload)?.1
+}
+
+/// What the task wrote to stdout and stderr, if its Done frame carries it.
+pub(crate) fn done_output(frame: &Frame) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (_, _, output, _) = done_layout(&frame.payload)?;
+    let (out, err) = output?;
+    Some((frame.payload[out].to_vec(), frame.payload[err].to_vec()))
+}
+
 /// The task id a Done frame answers.
 pub(crate) fn done_id(frame: &Frame) -> Option<u64> {
     Some(u64::from_le_bytes(frame.payload.get(..8)?.try_into().ok()?))
@@ -127,10 +196,10 @@ pub(crate) fn decode_done<R: DeserializeOwned + 'static>(frame: Frame) -> Result
 /// from the memfd the frame carries). Every reader of a task's Done frame
 /// ends here: a pool's handle, a one-off unit's join.
 pub(crate) fn decode_done_within<R: DeserializeOwned + 'static>(frame: Frame, max: u64) -> Result<R, Error> {
-    let Some(&status) = frame.payload.get(8) else {
+    let Some((status, _, _, at)) = done_layout(&frame.payload) else {
         return Err(Error::Codec("the worker sent a result too short to read".into()));
     };
-    let body = &frame.payload[9..];
+    let body = &frame.payload[at..];
     match status {
         STATUS_VALUE => codec::decode_message(body, frame.fds, max),
         STATUS_PANICKED => Err(Error::Panicked { message: String::from_utf8_lossy(body).into_owned() }),
@@ -377,5 +446,34 @@ pub(crate) fn init_trampoline(inv: Invocation) -> Outcome {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(()) => Outcome::Value(codec::encode_message(&(), inv.max).expect("() encodes")),
         Err(p) => Outcome::Panicked(panic_message(p.as_ref())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Kind;
+
+    fn frame(payload: Vec<u8>) -> Frame {
+        Frame { kind: Kind::Done, payload, fds: Vec::new() }
+    }
+
+    #[test]
+    fn a_done_frame_with_usage_and_output_reads_back_and_lies_are_refused() {
+        let outcome = Outcome::Value(codec::encode_message(&42u32, 1 << 20).unwrap());
+        let (mut header, body) = done_parts(7, &outcome);
+        let usage = with_usage(&mut header, Usage { cpu_nanos: 5, peak_bytes: 6 });
+        let lengths = with_output(&mut header, b"out", b"errs");
+        let payload = [&header[..], &usage, &lengths, b"out", b"errs", body].concat();
+        let f = frame(payload.clone());
+        assert_eq!(done_usage(&f), Some(Usage { cpu_nanos: 5, peak_bytes: 6 }));
+        assert_eq!(done_output(&f), Some((b"out".to_vec(), b"errs".to_vec())));
+        assert_eq!(decode_done::<u32>(f).unwrap(), 42);
+        // An output longer than the frame, or a frame cut inside its usage.
+        let mut lying = payload.clone();
+        lying[9 + USAGE_LEN + 4..9 + USAGE_LEN + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(done_output(&frame(lying.clone())), None);
+        assert!(matches!(decode_done::<u32>(frame(lying)), Err(Error::Codec(_))));
+        assert!(matches!(decode_done::<u32>(frame(payload[..12].to_vec())), Err(Error::Codec(_))));
     }
 }

@@ -118,6 +118,10 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     let sock = link.socket.as_fd();
     let mut config = WorkerConfig::default();
     let mut sink: Option<batch::Sink> = None;
+    // Opened once the config asks for reports (see `usage`).
+    let mut meter: Option<crate::usage::Meter> = None;
+    // Descriptors 1 and 2 on the parent's memfds (see `output`).
+    let mut capture: Option<crate::output::Capture> = None;
     let mut pending = first;
     loop {
         let frame = match pending.take() {
@@ -138,6 +142,18 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     return EXIT_PROTOCOL;
                 };
                 config = new;
+                if config.capture && capture.is_none() {
+                    match crate::output::Capture::install(frame.fds) {
+                        Ok(c) => capture = Some(c),
+                        Err(e) => {
+                            eprintln!("tandem worker: could not capture output: {e}");
+                            return EXIT_PROTOCOL;
+                        }
+                    }
+                }
+                if config.reports && meter.is_none() {
+                    meter = Some(crate::usage::Meter::open());
+                }
                 if config.no_new_privs {
                     // Tasks run on this thread; threads and programs they
                     // start inherit the flag.
@@ -171,9 +187,17 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 }
             },
             Kind::Task | Kind::Batch => {
+                let mut usage = None;
+                let frame_kind = frame.kind;
                 #[allow(unused_mut)] // changed only by chaos
-                let (id, mut outcome) = match frame.kind {
-                    Kind::Task => run_task(&link, frame, config.max_message()),
+                let (id, mut outcome) = match (frame.kind, meter.as_mut()) {
+                    (Kind::Task, Some(meter)) => {
+                        let started = meter.start();
+                        let ran = run_task(&link, frame, config.max_message());
+                        usage = Some(meter.finish(started));
+                        ran
+                    }
+                    (Kind::Task, None) => run_task(&link, frame, config.max_message()),
                     _ => run_batch(&link, frame, sink.as_ref(), config.max_message()),
                 };
                 #[cfg(feature = "chaos")]
@@ -185,12 +209,31 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 // parent may end this process as soon as it has the result.
                 let _ = std::io::stdout().flush();
                 let _ = std::io::stderr().flush();
-                let (header, body) = task::done_parts(id, &outcome);
+                let (mut header, body) = task::done_parts(id, &outcome);
                 let fds = match &outcome {
                     Outcome::Value(e) => crate::codec::borrowed(&e.fds),
                     _ => Vec::new(),
                 };
-                if wire::send(sock, Kind::Done, &[&header, body], &fds).is_err() {
+                let usage = usage.map(|u| task::with_usage(&mut header, u));
+                let output = match (&capture, frame_kind) {
+                    (Some(c), Kind::Task) => Some(c.take()),
+                    (Some(c), _) => {
+                        c.pass_through();
+                        None
+                    }
+                    (None, _) => None,
+                };
+                let lengths = output.as_ref().map(|(out, err)| task::with_output(&mut header, out, err));
+                let mut parts: Vec<&[u8]> = vec![&header];
+                if let Some(usage) = &usage {
+                    parts.push(usage);
+                }
+                if let (Some(lengths), Some((out, err))) = (&lengths, &output) {
+                    parts.extend([&lengths[..], out, err]);
+                }
+                parts.push(body);
+                let sent = wire::send(sock, Kind::Done, &parts, &fds);
+                if sent.is_err() {
                     return EXIT_PARENT_GONE;
                 }
                 #[cfg(feature = "chaos")]

@@ -190,7 +190,7 @@ impl Server {
         match (Pid::from_raw(pid as i32), fds.next(), fds.next()) {
             (Some(pid), Some(socket), Some(pidfd)) => {
                 let child = ChildProcess::reported(pid, pidfd, self.book.clone(), &REAPER);
-                Ok(Worker { child, socket })
+                Ok(Worker { child, socket, stderr: None })
             }
             _ => {
                 let errno = payload

@@ -59,17 +59,28 @@ pub enum StartMethod {
 pub(crate) struct Worker {
     pub socket: OwnedFd,
     pub child: ChildProcess,
+    /// With capture on: the parent's copy of the worker's stderr memfd
+    /// (see `output`), read when the worker dies under a task.
+    pub stderr: Option<OwnedFd>,
 }
 
 /// Start a worker by `method` and send it `config`.
 pub(crate) fn start(method: StartMethod, config: WorkerConfig) -> Result<Worker, Error> {
-    let worker = match method {
+    let mut worker = match method {
         StartMethod::Spawn => reexec::start()?,
         StartMethod::ForkServer => forkserver::start()?,
     };
     if config != WorkerConfig::default() {
-        wire::send(worker.socket.as_fd(), Kind::Config, &[&config.to_bytes()], &[])
+        let memfds = match config.capture {
+            true => Vec::from(
+                crate::output::memfds().map_err(|e| Error::os("making a worker's output memfds", e))?,
+            ),
+            false => Vec::new(),
+        };
+        let fds: Vec<_> = memfds.iter().map(|f| f.as_fd()).collect();
+        wire::send(worker.socket.as_fd(), Kind::Config, &[&config.to_bytes()], &fds)
             .map_err(|e| Error::os("configuring a new worker", e))?;
+        worker.stderr = memfds.into_iter().nth(1);
     }
     Ok(worker)
 }
@@ -85,14 +96,22 @@ pub(crate) struct WorkerConfig {
     /// Set `PR_SET_NO_NEW_PRIVS`: programs the tasks `exec` gain no
     /// privileges (setuid bits and file capabilities are ignored).
     pub no_new_privs: bool,
+    /// Measure each task's CPU time and peak memory and send them with its
+    /// result (`PoolBuilder::reports`).
+    pub reports: bool,
+    /// Capture each task's stdout and stderr in the two memfds that come
+    /// with the Config frame (`PoolBuilder::capture_output`; see `output`).
+    pub capture: bool,
 }
 
 impl WorkerConfig {
-    pub(crate) fn to_bytes(self) -> [u8; 17] {
-        let mut b = [0u8; 17];
+    pub(crate) fn to_bytes(self) -> [u8; 19] {
+        let mut b = [0u8; 19];
         b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
         b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
         b[16] = u8::from(self.no_new_privs);
+        b[17] = u8::from(self.reports);
+        b[18] = u8::from(self.capture);
         b
     }
 
@@ -101,6 +120,8 @@ impl WorkerConfig {
             memory_limit: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
             max_message: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
             no_new_privs: *b.get(16)? != 0,
+            reports: *b.get(17)? != 0,
+            capture: *b.get(18)? != 0,
         })
     }
 

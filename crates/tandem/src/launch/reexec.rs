@@ -48,7 +48,7 @@ pub(crate) fn start() -> Result<Worker, Error> {
         .map_err(|e| Error::os("opening a pidfd for a new worker", e))?;
     send_token(ours.as_fd(), &token, lifeline_theirs)
         .map_err(|e| Error::os("sending the token to a new worker", e))?;
-    Ok(Worker { child, socket: ours })
+    Ok(Worker { child, socket: ours, stderr: None })
 }
 
 /// Send the token and the worker's end of its lifeline, in one message.

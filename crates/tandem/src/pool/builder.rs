@@ -18,11 +18,16 @@ pub(crate) struct Config {
     pub(crate) method: StartMethod,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_tasks_per_worker: Option<u64>,
+    /// The address-space cap (RLIMIT_AS), 0 for none.
     pub(crate) memory_limit: u64,
+    /// The resident-memory limit (`worker_memory_limit`), 0 for none.
+    pub(crate) resident_limit: u64,
     pub(crate) retries: u32,
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_message: u64,
     pub(crate) no_new_privs: bool,
+    pub(crate) reports: bool,
+    pub(crate) capture: bool,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
@@ -62,10 +67,13 @@ impl PoolBuilder {
                 task_timeout: None,
                 max_tasks_per_worker: None,
                 memory_limit: 0,
+                resident_limit: 0,
                 retries: 0,
                 initializer: None,
                 max_message: 0,
                 no_new_privs: false,
+                reports: false,
+                capture: false,
                 sandbox: None,
             },
         }
@@ -140,9 +148,16 @@ impl PoolBuilder {
         self.config.max_tasks_per_worker = Some(n.max(1));
         self
     }
-    /// Cap each process worker's address space (RLIMIT_AS) at `bytes`. A task
-    /// that allocates past it fails with `WorkerDied` naming the limit and the
-    /// worker is replaced. Thread mode cannot limit a thread: ignored there.
+    /// Limit each process worker's resident memory (what its task
+    /// touches, not the address space it reserves) to `bytes`. A worker
+    /// past it is killed; its task fails with `WorkerDied` naming the limit,
+    /// the resident memory seen and the mechanism, and the worker is
+    /// replaced. The pool samples each running worker's resident memory
+    /// every 5 ms (`/proc/PID/statm`), so a fast allocation can overshoot
+    /// by what it touches in one interval (BENCHMARKS.md, "Reports and
+    /// output"); a cgroup v2 `memory.max` is not used yet. With a limit, tasks
+    /// go through the pool's loop rather than straight to an idle worker.
+    /// Thread mode cannot limit a thread: ignored there.
     ///
     /// ```
     /// tandem::init();
@@ -153,9 +168,32 @@ impl PoolBuilder {
     ///     .build()
     ///     .unwrap();
     /// let hog = pool.submit(1usize << 30, |n| vec![1u8; n].len());
-    /// assert!(hog.join().unwrap_err().to_string().contains("memory limit"));
+    /// assert!(hog.join().unwrap_err().to_string().contains("memory limit of 268435456 bytes"));
     /// ```
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.config.resident_limit = bytes;
+        self
+    }
+
+    /// Cap each process worker's address space (RLIMIT_AS) at `bytes`: the
+    /// old `worker_memory_limit`. Allocators and runtimes that reserve
+    /// address space they never touch fail under it; prefer
+    /// [`worker_memory_limit`](Self::worker_memory_limit). A task that
+    /// allocates past it fails with `WorkerDied` naming the limit. Thread
+    /// mode: ignored.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder()
+    ///     .mode(tandem::Mode::Process)
+    ///     .workers(1)
+    ///     .worker_address_space_limit(256 << 20)
+    ///     .build()
+    ///     .unwrap();
+    /// let hog = pool.submit(1usize << 30, |n| vec![1u8; n].len());
+    /// assert!(hog.join().unwrap_err().to_string().contains("address-space"));
+    /// ```
+    pub fn worker_address_space_limit(mut self, bytes: u64) -> Self {
         self.config.memory_limit = bytes;
         self
     }
@@ -201,6 +239,53 @@ impl PoolBuilder {
     /// ```
     pub fn max_message_size(mut self, bytes: u64) -> Self {
         self.config.max_message = bytes;
+        self
+    }
+
+    /// Capture what each submitted task writes to its standard output and
+    /// error (process mode; default off: output goes to the streams the
+    /// pool's process inherited). Each worker's descriptors 1 and 2 are
+    /// memfds of its own, emptied after every task, so a task's output is
+    /// never mixed with another's, and programs the task runs (which
+    /// inherit 1 and 2) are captured with it. It comes back in
+    /// [`TaskReport::stdout`](crate::TaskReport::stdout) and `stderr` (the
+    /// last 16 MiB of each); when a worker dies under a task, the last lines
+    /// of its stderr (at most 4 KiB) are in the error
+    /// ([`Error::output_tail`](crate::Error::output_tail)), so a panic under
+    /// `panic = "abort"` shows its message. Map batches are not captured:
+    /// their output is passed on to the inherited streams after each batch.
+    /// Thread mode cannot give one thread its own descriptors: ignored there.
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).capture_output(true).build().unwrap();
+    /// let report = pool.submit(7u8, |x| { println!("seven"); eprintln!("to stderr"); x }).join_report();
+    /// assert_eq!(report.result.unwrap(), 7);
+    /// assert_eq!(report.stdout.unwrap(), b"seven\n");
+    /// assert_eq!(report.stderr.unwrap(), b"to stderr\n");
+    /// ```
+    pub fn capture_output(mut self, on: bool) -> Self {
+        self.config.capture = on;
+        self
+    }
+
+    /// Have each process worker measure what every submitted task costs
+    /// (default off): its CPU time and the worker's peak resident memory
+    /// while it ran, in [`TaskHandle::join_report`](crate::TaskHandle::join_report).
+    /// The worker resets its peak (`/proc/self/clear_refs`) and reads the
+    /// CPU clock before the task, and reads both after it: a few
+    /// microseconds per task (BENCHMARKS.md, "Reports and output"). Map
+    /// items are not measured. Thread mode measures nothing (`None`).
+    ///
+    /// ```
+    /// tandem::init();
+    /// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).reports(true).build().unwrap();
+    /// let report = pool.submit(16u32 << 20, |n| vec![1u8; n as usize].iter().map(|&b| b as u64).sum::<u64>()).join_report();
+    /// assert_eq!(report.result.unwrap(), 16 << 20);
+    /// assert!(report.peak_memory.unwrap() >= 16 << 20); // it touched 16 MiB
+    /// ```
+    pub fn reports(mut self, on: bool) -> Self {
+        self.config.reports = on;
         self
     }
 

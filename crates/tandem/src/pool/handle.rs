@@ -13,10 +13,11 @@ use serde::de::DeserializeOwned;
 use super::batch::RawBatch;
 use super::processes::Processes;
 use super::processes::lanes::Patience;
-use super::shared::Shared;
+use super::shared::{Counters, Shared};
 use super::threads::Threads;
-use crate::Error;
+use crate::usage::Usage;
 use crate::wire::Frame;
+use crate::{Error, UnitId};
 
 /// Something that resolves exactly once: with a result frame or an error.
 pub(crate) trait Resolve: Send + Sync {
@@ -38,6 +39,10 @@ pub(crate) struct Completion<R> {
     /// The largest result accepted from a worker (the pool's
     /// `max_message_size`; see [`Completion::with_max_message`]).
     max_message: u64,
+    /// The pool's counters, told whether the task completed or failed
+    /// when it resolves (a submitted task's; a map batch counts its items
+    /// itself).
+    counters: Option<Arc<Counters>>,
 }
 
 /// A completion's value, and whether anyone sleeps on its condition variable
@@ -48,17 +53,37 @@ struct Slot<R> {
     /// The latest poll's waker, if the handle is awaited: woken once, by
     /// `resolve`.
     waker: Option<Waker>,
+    /// When it resolved (for [`TaskHandle::join_report`]).
+    finished: Option<Instant>,
+    /// What the task cost, if its worker measured it.
+    usage: Option<Usage>,
+    /// What it wrote to stdout and stderr, if its worker captured it.
+    output: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl<R> Completion<R> {
     pub(crate) fn new(notify: Option<(Sender<u64>, u64)>) -> Completion<R> {
         Completion {
-            slot: Mutex::new(Slot { value: None, sleepers: 0, waker: None }),
+            slot: Mutex::new(Slot {
+                value: None,
+                sleepers: 0,
+                waker: None,
+                finished: None,
+                usage: None,
+                output: None,
+            }),
             resolved: AtomicBool::new(false),
             ready: Condvar::new(),
             notify: notify.map(|(tx, key)| (Mutex::new(tx), key)),
             max_message: crate::wire::DEFAULT_MAX_MESSAGE,
+            counters: None,
         }
+    }
+
+    /// Count this task's outcome in `counters` when it resolves.
+    pub(crate) fn counting(mut self, counters: Arc<Counters>) -> Completion<R> {
+        self.counters = Some(counters);
+        self
     }
 
     /// Accept results of at most `max` bytes (a task's result decoded by
@@ -70,9 +95,33 @@ impl<R> Completion<R> {
 
     /// Store the outcome if none is stored yet.
     pub(crate) fn resolve(&self, value: Result<R, Error>) -> bool {
+        self.resolve_with(value, None)
+    }
+
+    /// [`resolve`](Self::resolve), with what the task cost if its worker
+    /// said.
+    fn resolve_with(&self, value: Result<R, Error>, usage: Option<Usage>) -> bool {
+        self.resolve_traced(value, usage, None)
+    }
+
+    /// [`resolve`](Self::resolve), with what the task cost and wrote.
+    fn resolve_traced(
+        &self,
+        value: Result<R, Error>,
+        usage: Option<Usage>,
+        output: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if self.resolved.swap(true, Ordering::SeqCst) {
             return false;
+        }
+        slot.finished = Some(Instant::now());
+        slot.usage = usage;
+        slot.output = output;
+        // Counted before anyone can see the outcome: a joiner that returns
+        // finds its task in the counters.
+        if let Some(counters) = &self.counters {
+            counters.finished(value.is_ok());
         }
         slot.value = Some(value);
         let sleepers = slot.sleepers > 0;
@@ -135,13 +184,16 @@ impl<R> Completion<R> {
     }
 
     fn take(&self) -> Result<R, Error> {
+        self.take_traced().0
+    }
+
+    /// The outcome, when it resolved, and what the task cost if measured.
+    #[allow(clippy::type_complexity)]
+    fn take_traced(&self) -> (Result<R, Error>, Instant, Option<Usage>, Option<(Vec<u8>, Vec<u8>)>) {
         self.wait(None);
-        self.slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .value
-            .take()
-            .expect("a resolved completion holds its value")
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let value = slot.value.take().expect("a resolved completion holds its value");
+        (value, slot.finished.unwrap_or_else(Instant::now), slot.usage, slot.output.take())
     }
 }
 
@@ -150,7 +202,9 @@ impl<R: DeserializeOwned + Send + 'static> Resolve for Completion<R> {
         if self.is_resolved() {
             return false;
         }
-        self.resolve(crate::task::decode_done_within(frame, self.max_message))
+        let usage = crate::task::done_usage(&frame);
+        let output = crate::task::done_output(&frame);
+        self.resolve_traced(crate::task::decode_done_within(frame, self.max_message), usage, output)
     }
     fn resolve_batch(&self, _raw: RawBatch) -> bool {
         super::batch::not_a_batch(self)
@@ -187,20 +241,116 @@ pub(crate) enum Place {
     Finished,
 }
 
+impl Place {
+    /// The worker slot's unit, if this place is on a worker.
+    fn unit(&self) -> Option<UnitId> {
+        match self {
+            Place::InProcess { slot, pool } | Place::Direct { slot, pool } => {
+                pool.upgrade()?.slot(*slot).unit
+            }
+            Place::OnThread { slot, pool, .. } => pool.upgrade()?.slot(*slot).unit,
+            Place::Queued | Place::Finished => None,
+        }
+    }
+}
+
 /// A task's cancel control, shared by its handle and the pool.
 pub(crate) struct Control {
     pub place: Mutex<Place>,
     pub cancelled: AtomicBool,
+    /// Its runs so far, for [`TaskHandle::join_report`].
+    trace: Mutex<Trace>,
+}
+
+/// When a task was submitted and started, how often, and on which worker.
+struct Trace {
+    submitted: Instant,
+    first_start: Option<Instant>,
+    last_start: Option<Instant>,
+    attempts: u32,
+    worker: Option<UnitId>,
 }
 
 impl Control {
     pub(crate) fn new() -> Control {
-        Control { place: Mutex::new(Place::Queued), cancelled: AtomicBool::new(false) }
+        let trace = Trace {
+            submitted: Instant::now(),
+            first_start: None,
+            last_start: None,
+            attempts: 0,
+            worker: None,
+        };
+        Control {
+            place: Mutex::new(Place::Queued),
+            cancelled: AtomicBool::new(false),
+            trace: Mutex::new(trace),
+        }
     }
 
+    /// Move the task to `place`. Leaving the queue for a worker is a start
+    /// (a run; a retry is queued again first), which its trace records.
     pub(crate) fn set(&self, place: Place) {
-        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = place;
+        let mut current = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*current, Place::Queued) {
+            if let Some(unit) = place.unit() {
+                let now = Instant::now();
+                let mut trace = self.trace.lock().unwrap_or_else(|e| e.into_inner());
+                trace.first_start.get_or_insert(now);
+                trace.last_start = Some(now);
+                trace.attempts += 1;
+                trace.worker = Some(unit);
+            }
+        }
+        *current = place;
     }
+}
+
+/// What [`TaskHandle::join_report`] tells about a task: its result, and
+/// how it ran.
+///
+/// `cpu` and `peak_memory` are measured by the worker process around the
+/// task, in process mode on a pool built with
+/// [`reports(true)`](crate::PoolBuilder::reports); `None` otherwise (a
+/// thread shares its process's clock and memory with every other thread).
+///
+/// ```
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).reports(true).build().unwrap();
+/// let report = pool.submit(21u64, |x| x * 2).join_report();
+/// assert_eq!(report.result.unwrap(), 42);
+/// assert_eq!(report.attempts, 1);
+/// assert!(matches!(report.worker, Some(tandem::UnitId::Process(_))));
+/// assert!(report.cpu.is_some() && report.peak_memory.unwrap() > 0);
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TaskReport<R> {
+    /// What [`join`](TaskHandle::join) would have returned.
+    pub result: Result<R, Error>,
+    /// Who ran it last; `None` if it never ran (cancelled while queued,
+    /// refused before it was sent).
+    pub worker: Option<UnitId>,
+    /// Runs, retries included (a send to a worker that was already dead
+    /// counts as one, although the task never started there).
+    pub attempts: u32,
+    /// From submit to its first start (to its end if it never started).
+    pub queued: Duration,
+    /// The last run, from its start until its outcome was in.
+    pub ran: Duration,
+    /// User + system CPU time of the worker process during the task (its
+    /// threads included, programs it ran and waited for not).
+    pub cpu: Option<Duration>,
+    /// The worker process's peak resident memory while the task ran, in
+    /// bytes (`VmHWM`, reset when the task starts; where the kernel cannot
+    /// reset it, the worker's peak since it started).
+    pub peak_memory: Option<u64>,
+    /// What the task wrote to its standard output (it and the programs it
+    /// ran), on a process pool built with
+    /// [`capture_output(true)`](crate::PoolBuilder::capture_output); `None`
+    /// otherwise, and when its worker died (see [`Error::output_tail`]).
+    pub stdout: Option<Vec<u8>>,
+    /// What it wrote to its standard error, likewise.
+    pub stderr: Option<Vec<u8>>,
 }
 
 /// The pending result of a task submitted to a [`Pool`](crate::Pool).
@@ -250,6 +400,39 @@ impl<R> TaskHandle<R> {
     pub fn join(self) -> Result<R, Error> {
         self.read_direct(Patience::Forever);
         self.completion.take()
+    }
+
+    /// Wait for the outcome, like [`join`](Self::join), and say how the
+    /// task ran: which worker, how many attempts, how long it waited and
+    /// ran, and (process mode, with [`reports`](crate::PoolBuilder::reports))
+    /// what it cost. See [`TaskReport`].
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(1).build().unwrap();
+    /// let report = pool.submit(2u8, |x| x + 1).join_report();
+    /// assert_eq!(report.result.unwrap(), 3);
+    /// assert_eq!(report.attempts, 1);
+    /// assert!(matches!(report.worker, Some(tandem::UnitId::Thread(_))));
+    /// assert_eq!((report.cpu, report.peak_memory), (None, None)); // thread mode
+    /// ```
+    pub fn join_report(self) -> TaskReport<R> {
+        self.read_direct(Patience::Forever);
+        let (result, finished, usage, output) = self.completion.take_traced();
+        let (stdout, stderr) = output.unzip();
+        let trace = self.control.trace.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = trace.first_start.unwrap_or(finished).saturating_duration_since(trace.submitted);
+        let ran = trace.last_start.map_or(Duration::ZERO, |s| finished.saturating_duration_since(s));
+        TaskReport {
+            result,
+            worker: trace.worker,
+            attempts: trace.attempts,
+            queued,
+            ran,
+            cpu: usage.map(|u| Duration::from_nanos(u.cpu_nanos)),
+            peak_memory: usage.map(|u| u.peak_bytes),
+            stdout,
+            stderr,
+        }
     }
 
     /// Whether the task has an outcome yet. Never blocks.

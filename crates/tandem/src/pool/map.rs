@@ -24,6 +24,7 @@ use super::backend::Inner;
 use super::batch::{BatchEnd, BatchOutcome, ItemClock, ItemFail, Part, Timed, run_untimed};
 use super::feed::{Cut, Feeder, MAX_BATCH, MAX_BATCH_BYTES, Offsets, Piece, Remainder};
 use super::handle::Completion;
+use super::shared::Counters;
 use super::{BatchJob, Pool, ProcessWork, TaskHandle, ThreadWork};
 use crate::{Error, batch, task};
 
@@ -55,6 +56,42 @@ struct Engine<'p, I: Iterator, A, R> {
     next_key: u64,
     /// map_unordered: told the key of each batch that resolves.
     notify: Option<Sender<u64>>,
+    /// This map so far (see [`Progress`]).
+    progress: Progress,
+    /// The pool's counters, which count this map's items too.
+    counters: Arc<Counters>,
+}
+
+/// How far a map is: [`Map::progress`], [`MapUnordered::progress`].
+///
+/// An item is `done` or `failed` once the map has taken its batch's
+/// outcome (it is then ready to be yielded, or was), and `in_flight` from
+/// when the map pulls it from the input until then. `done + failed +
+/// in_flight` is the number of items pulled so far; a retried item stays
+/// in flight.
+///
+/// ```
+/// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+/// let mut m = pool.map(0..100u32, |x| if x == 5 { panic!("five") } else { x });
+/// assert_eq!(m.progress(), tandem::Progress::default()); // nothing pulled yet
+/// let first = m.next();
+/// assert!(first.unwrap().is_ok());
+/// let p = m.progress();
+/// assert!(p.done >= 1 && p.done + p.failed + p.in_flight <= 100);
+/// m.by_ref().for_each(drop);
+/// let p = m.progress();
+/// assert_eq!((p.done, p.failed, p.in_flight), (99, 1, 0));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Items finished with a value.
+    pub done: u64,
+    /// Items finished with an error.
+    pub failed: u64,
+    /// Items pulled from the input and not finished yet: queued, running,
+    /// or finished in a batch the map has not taken yet.
+    pub in_flight: u64,
 }
 
 /// One item's result, by input index.
@@ -67,7 +104,26 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     fn new(pool: &'p Pool, items: I, f: fn(A) -> R, notify: Option<Sender<u64>>) -> Self {
-        Engine { pool, feeder: Feeder::new(items), f, next_index: 0, next_key: 0, notify }
+        let counters = pool.counters();
+        let progress = Progress::default();
+        Engine { pool, feeder: Feeder::new(items), f, next_index: 0, next_key: 0, notify, progress, counters }
+    }
+
+    /// `n` items pulled from the input: in flight, for this map and its pool.
+    fn pulled(&mut self, n: usize) {
+        self.progress.in_flight += n as u64;
+        Counters::add(&self.counters.submitted, n as u64);
+    }
+
+    /// `ok` items finished with a value and `failed` with an error, for
+    /// this map and its pool (every count of a map's finished items).
+    fn tally(&mut self, ok: usize, failed: usize) {
+        let (ok, failed) = (ok as u64, failed as u64);
+        self.progress.done += ok;
+        self.progress.failed += failed;
+        self.progress.in_flight = self.progress.in_flight.saturating_sub(ok + failed);
+        Counters::add(&self.counters.completed, ok);
+        Counters::add(&self.counters.failed, failed);
     }
 
     fn flags(&self) -> u8 {
@@ -83,10 +139,13 @@ where
         Some(match piece {
             Piece::Failed(e) => {
                 self.next_index += 1;
+                self.pulled(1);
+                self.tally(0, 1);
                 Err((start, Err(e)))
             }
             Piece::Batch(cut) => {
                 self.next_index += cut.len();
+                self.pulled(cut.len());
                 Ok(self.submit(cut, start, 0, false))
             }
         })
@@ -145,15 +204,25 @@ where
     ) -> (Vec<Run<R>>, Vec<Segment<A, R>>) {
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            Err(e) => return (vec![Run::same(start, len, e)], Vec::new()),
+            Err(e) => {
+                self.tally(0, len);
+                return (vec![Run::same(start, len, e)], Vec::new());
+            }
         };
         let BatchOutcome { done, results, end, rest } = outcome;
         let mut out: Vec<Run<R>> = Vec::with_capacity(2);
         let mut next = start;
+        let (mut ok, mut failed) = (0, 0);
         for part in results.into_parts() {
             let (len, kind) = match part {
-                Part::Values(values) => (values.len(), RunKind::Values(values.into_iter())),
-                Part::Fail(why) => (1, RunKind::One(Some(why))),
+                Part::Values(values) => {
+                    ok += values.len();
+                    (values.len(), RunKind::Values(values.into_iter()))
+                }
+                Part::Fail(why) => {
+                    failed += 1;
+                    (1, RunKind::One(Some(why)))
+                }
             };
             out.push(Run { next, kind });
             next += len;
@@ -161,7 +230,10 @@ where
         let mut again = Vec::new();
         match end {
             BatchEnd::Complete { nanos } => self.feeder.sizer.learn(len, nanos),
-            BatchEnd::RestFail(e) => out.push(Run::same(start + done, len - done, e)),
+            BatchEnd::RestFail(e) => {
+                failed += len - done;
+                out.push(Run::same(start + done, len - done, e))
+            }
             BatchEnd::Unstarted => {
                 let mut rest = Remainder::new(rest, &offsets, done);
                 if let Some(cut) = rest.cut(done, len) {
@@ -173,19 +245,36 @@ where
                 let mut rest = Remainder::new(rest, &offsets, done + 1);
                 let retry = matches!(e, Error::WorkerDied { .. }) && attempts < self.pool.config().retries;
                 match rest.cut(done, done + 1).filter(|_| retry) {
-                    Some(cut) => again.push((cut, start + done, attempts + 1)),
-                    None => out.push(Run::same(start + done, 1, e.for_item(start + done))),
+                    Some(cut) => {
+                        Counters::add(&self.counters.retried, 1);
+                        again.push((cut, start + done, attempts + 1))
+                    }
+                    None => {
+                        failed += 1;
+                        out.push(Run::same(start + done, 1, e.for_item(start + done)))
+                    }
                 }
                 if let Some(cut) = rest.cut(done + 1, len) {
                     again.push((cut, start + done + 1, attempts));
                 }
             }
         }
+        self.tally(ok, failed);
         // Queued at the front, last first, so they run in input order.
         let mut sent: Vec<Segment<A, R>> =
             again.into_iter().rev().map(|(cut, at, attempts)| self.submit(cut, at, attempts, true)).collect();
         sent.reverse();
         (out, sent)
+    }
+}
+
+impl<I: Iterator, A, R> Engine<'_, I, A, R> {
+    /// The map is dropped: what it had in flight counts as failed (it
+    /// stops those batches; nobody will take their outcomes).
+    fn stopped(&mut self) {
+        let left = std::mem::take(&mut self.progress.in_flight);
+        self.progress.failed += left;
+        Counters::add(&self.counters.failed, left);
     }
 }
 
@@ -329,6 +418,22 @@ where
         self
     }
 
+    /// How far this map is (see [`Progress`]). Never blocks.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// let mut m = pool.map(0..10u32, |x| x);
+    /// while let Some(r) = m.next() {
+    ///     r.unwrap();
+    ///     let p = m.progress();
+    ///     assert!(p.done >= 1 && p.done + p.in_flight <= 10);
+    /// }
+    /// assert_eq!(m.progress().done, 10);
+    /// ```
+    pub fn progress(&self) -> Progress {
+        self.engine.progress
+    }
+
     fn fill(&mut self) {
         while self.in_flight.len() < 2 * self.engine.pool.workers() {
             let Some(piece) = self.engine.next_piece() else { break };
@@ -406,6 +511,7 @@ where
 
 impl<I: Iterator, A, R> Drop for Map<'_, I, A, R> {
     fn drop(&mut self) {
+        self.engine.stopped();
         for segment in self.in_flight.iter().flatten() {
             segment.stop.store(true, std::sync::atomic::Ordering::SeqCst);
             segment.handle.stop_batch();
@@ -456,6 +562,18 @@ where
     pub fn batch_size(mut self, n: usize) -> Self {
         self.engine.feeder.fixed = Some(n.clamp(1, MAX_BATCH));
         self
+    }
+
+    /// How far this map is (see [`Progress`]). Never blocks.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// let mut m = pool.map_unordered(0..10u32, |x| x);
+    /// m.by_ref().for_each(drop);
+    /// assert_eq!(m.progress().done, 10);
+    /// ```
+    pub fn progress(&self) -> Progress {
+        self.engine.progress
     }
 
     fn fill(&mut self) {
@@ -510,6 +628,7 @@ where
 
 impl<I: Iterator, A, R> Drop for MapUnordered<'_, I, A, R> {
     fn drop(&mut self) {
+        self.engine.stopped();
         for segment in self.in_flight.values() {
             segment.stop.store(true, std::sync::atomic::Ordering::SeqCst);
             segment.handle.stop_batch();

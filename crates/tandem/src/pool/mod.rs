@@ -33,10 +33,11 @@ use serde::de::DeserializeOwned;
 
 use backend::{Backend, Inner};
 pub use builder::PoolBuilder;
-pub use handle::TaskHandle;
 use handle::{Completion, Control, Resolve};
+pub use handle::{TaskHandle, TaskReport};
 pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
-pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream};
+pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream, Progress};
+pub(crate) use processes::BY_SAMPLING;
 use shared::Shared;
 pub use stats::{PoolStats, WorkerStats};
 
@@ -165,8 +166,13 @@ impl Pool {
         O: DeserializeOwned + Send + 'static,
     {
         let id = self.next_task_id();
-        let completion =
-            Arc::new(Completion::<O>::new(None).with_max_message(self.config().max_message_or_default()));
+        let counters = self.counters();
+        shared::Counters::add(&counters.submitted, 1);
+        let completion = Arc::new(
+            Completion::<O>::new(None)
+                .with_max_message(self.config().max_message_or_default())
+                .counting(counters),
+        );
         match &self.inner {
             Inner::Threads(shared) => {
                 let done = completion.clone();
@@ -191,6 +197,14 @@ impl Pool {
                     }
                 }
             }
+        }
+    }
+
+    /// The pool's task counters.
+    pub(crate) fn counters(&self) -> Arc<shared::Counters> {
+        match &self.inner {
+            Inner::Threads(s) => s.counters.clone(),
+            Inner::Processes(s) => s.counters.clone(),
         }
     }
 

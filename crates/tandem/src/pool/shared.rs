@@ -30,6 +30,30 @@ pub(crate) struct SlotStats {
     pub restarts: u64,
 }
 
+/// Pool-wide task counters for [`Pool::stats`](super::Pool::stats):
+/// monotonic, counted per task and per map item. A submitted task counts
+/// as finished when its completion resolves; a map item when its map
+/// takes its batch's outcome (see `map::Engine::tally`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+impl Counters {
+    /// Count `n` more in `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// A finished task or item: completed if it has a value, else failed.
+    pub(crate) fn finished(&self, ok: bool) {
+        Counters::add(if ok { &self.completed } else { &self.failed }, 1);
+    }
+}
+
 /// A pool's common part, and its mode's own (`backend`).
 pub(crate) struct Shared<B: Backend> {
     pub config: Config,
@@ -38,6 +62,8 @@ pub(crate) struct Shared<B: Backend> {
     /// Jobs in the queue, readable without the lock (for spinning workers).
     pub queued: AtomicUsize,
     pub next_id: AtomicU64,
+    /// Tasks submitted, finished, retried (shared with completions).
+    pub counters: std::sync::Arc<Counters>,
     pub backend: B,
 }
 
@@ -57,6 +83,7 @@ impl<B: Backend> Shared<B> {
                 .collect(),
             queued: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            counters: std::sync::Arc::new(Counters::default()),
             backend,
             config,
         }

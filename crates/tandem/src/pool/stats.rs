@@ -1,5 +1,6 @@
 //! What [`Pool::stats`](super::Pool::stats) reports.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use super::backend::Backend;
@@ -31,6 +32,17 @@ pub struct WorkerStats {
 }
 
 /// A snapshot of a pool.
+///
+/// The task counters count submitted tasks and map items alike (a map item
+/// is a task). `submitted`, `completed`, `failed` and `retried` only grow;
+/// `queued` and `running` are what is in the pool now, and
+/// `submitted = completed + failed + queued + running` in a snapshot taken
+/// while nothing else submits or finishes. A submitted task counts as
+/// finished when its handle resolves; a map item when its map takes its
+/// batch's outcome (as its iterator reaches the batch), so a finished item
+/// whose batch the map has not reached yet still counts as running. The
+/// items of a map dropped before it finished count as failed (the map
+/// stopped them).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 ///
@@ -39,12 +51,30 @@ pub struct WorkerStats {
 /// let stats = pool.stats();
 /// assert_eq!(stats.workers.len(), 2);
 /// assert_eq!(stats.queued, 0);
+///
+/// pool.submit(1u8, |x| x).join().unwrap();
+/// assert!(pool.submit((), |()| -> u8 { panic!("no") }).join().is_err());
+/// let ok = pool.map(0..10u32, |x| x).filter(Result::is_ok).count();
+/// let s = pool.stats();
+/// assert_eq!((s.submitted, s.completed, s.failed, s.running), (12, 1 + ok as u64, 1, 0));
 /// ```
 pub struct PoolStats {
     /// One entry per worker slot.
     pub workers: Vec<WorkerStats>,
-    /// Tasks waiting for a worker.
+    /// Tasks (and map items) waiting for a worker.
     pub queued: usize,
+    /// Tasks and map items submitted so far (a re-run is not counted again).
+    pub submitted: u64,
+    /// Of those, how many finished with a value.
+    pub completed: u64,
+    /// Of those, how many finished with an error (a panic, a worker's
+    /// death after its last retry, a time-out, a cancel, the pool's end).
+    pub failed: u64,
+    /// Re-runs after a worker died under a task or item (`retries`).
+    pub retried: u64,
+    /// Submitted, not queued, not finished: running, or (a map item)
+    /// finished in a batch its map has not taken yet.
+    pub running: usize,
 }
 
 /// A snapshot of every slot of `shared`.
@@ -68,7 +98,22 @@ pub(crate) fn snapshot<B: Backend>(shared: &Shared<B>) -> PoolStats {
             }
         })
         .collect();
-    PoolStats { workers, queued: shared.lock().queue.len() }
+    let c = &shared.counters;
+    // Finished first, submitted last: a task that moves during the
+    // snapshot is counted where it was, never twice.
+    let (completed, failed, retried) =
+        (c.completed.load(SeqCst), c.failed.load(SeqCst), c.retried.load(SeqCst));
+    // A queued job already resolved (cancelled) no longer counts.
+    let queued: usize = shared
+        .lock()
+        .queue
+        .iter()
+        .filter(|job| !job.completion.is_resolved())
+        .map(|job| job.batch.as_ref().map_or(1, |b| b.items as usize))
+        .sum();
+    let submitted = c.submitted.load(SeqCst);
+    let running = submitted.saturating_sub(completed + failed + queued as u64) as usize;
+    PoolStats { workers, queued, submitted, completed, failed, retried, running }
 }
 
 /// User + system CPU time from a /proc stat file.

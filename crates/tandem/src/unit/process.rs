@@ -74,7 +74,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let worker = launch::start(method, config)?;
         if let Some(sandbox) = sandbox {
             if let Err(e) = crate::sandbox::impose(worker.socket.as_fd(), sandbox) {
-                let Worker { socket, mut child } = worker;
+                let Worker { socket, mut child, .. } = worker;
                 let _ = child.kill();
                 drop(socket);
                 let _ = child.wait();
@@ -96,7 +96,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize,
     {
-        let Worker { child, socket } = worker;
+        let Worker { child, socket, .. } = worker;
         let unit = ProcessUnit {
             child: Some(child),
             socket: Some(socket),

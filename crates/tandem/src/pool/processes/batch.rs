@@ -164,7 +164,9 @@ pub(super) fn settle(lp: &Loop<'_>, live: &mut Live, reader: &mut FrameReader, r
     let running = live.board.as_ref().and_then(|b| results.read_board(b).ok().flatten());
     let end = match cause {
         Cause::Died => {
-            let err = answer::died(&mut live.child, lp.asked(&job));
+            let err = answer::died(&mut live.child, lp.asked(&job))
+                .with_output_tail(live.stderr.as_ref())
+                .over_memory(live.over_memory, lp.shared.config.resident_limit);
             running.map_or(BatchEnd::Unstarted, |_| BatchEnd::Failed(err))
         }
         Cause::TimedOut => running.map_or(BatchEnd::Unstarted, |_| BatchEnd::Failed(Error::TimedOut)),

@@ -24,7 +24,7 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 
 use super::batch::{self, Run};
 use super::lanes::{self, Closed, InFlight};
-use super::{Job, Live, Shared, UNDELIVERED_TRIES, starter};
+use super::{Job, Live, Shared, UNDELIVERED_TRIES, memory, starter};
 use crate::Error;
 use crate::answer::{self, Answer, Asked};
 use crate::backoff::Backoff;
@@ -213,9 +213,13 @@ impl Loop<'_> {
     /// The `epoll_wait` time-out: until the nearest deadline (none: wait
     /// for an event).
     fn timeout(&self) -> Option<Timespec> {
+        let sampling = self.samples_memory();
         // Without a time limit no slot has a deadline: skip the scan.
-        self.shared.config.task_timeout?;
-        let next = self.slots.iter().filter_map(|s| self.deadline_of(s)).min()?;
+        if self.shared.config.task_timeout.is_none() && !sampling {
+            return None;
+        }
+        let deadline = self.slots.iter().filter_map(|s| self.deadline_of(s)).min();
+        let next = memory::next_wake(deadline, sampling)?;
         let left = next.saturating_duration_since(Instant::now());
         Some(Timespec::try_from(left).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 }))
     }
@@ -731,10 +735,13 @@ impl Loop<'_> {
         self.shared.slot(slot).restarts += 1;
         match dying {
             Dying::Task(mut job) => {
-                let err = answer::died(&mut live.child, self.asked(&job));
+                let err = answer::died(&mut live.child, self.asked(&job))
+                    .with_output_tail(live.stderr.as_ref())
+                    .over_memory(live.over_memory, self.shared.config.resident_limit);
                 let retry = job.attempts < self.shared.config.retries && !self.shared.lock().terminating;
                 if retry {
                     job.attempts += 1;
+                    crate::pool::shared::Counters::add(&self.shared.counters.retried, 1);
                     job.control.set(Place::Queued);
                     self.shared.requeue(job);
                 } else {
@@ -767,8 +774,21 @@ impl Loop<'_> {
         self.become_idle(slot);
     }
 
-    /// Time-outs that are due.
+    /// Whether a worker runs work under a resident-memory limit.
+    fn samples_memory(&self) -> bool {
+        self.shared.config.resident_limit > 0
+            && self.slots.iter().any(|s| matches!(s.work, Work::Task { .. } | Work::Batch(_)))
+    }
+
+    /// Time-outs that are due, and workers past the memory limit.
     fn expire(&mut self) {
+        if self.samples_memory() {
+            for s in &mut self.slots {
+                if let (Work::Task { .. } | Work::Batch(_), Some(live)) = (&s.work, &mut s.live) {
+                    memory::enforce(live, self.shared.config.resident_limit);
+                }
+            }
+        }
         if self.shared.config.task_timeout.is_none() {
             return;
         }

@@ -126,10 +126,14 @@ pub(crate) struct Claim<'a> {
 /// an executor, or is dropped asks the loop to take the task over.
 pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
     let small = job.work.header.len() + job.work.bytes.len() <= DIRECT_MAX;
-    // Recycling counts tasks in the loop, and a deadline is the loop's to
-    // keep (a joiner reading the answer would hold the slot past it): let
-    // the loop send them.
-    if !small || shared.config.max_tasks_per_worker.is_some() || shared.config.task_timeout.is_some() {
+    // Recycling counts tasks in the loop, a deadline is the loop's to keep
+    // (a joiner reading the answer would hold the slot past it), and so is
+    // a resident-memory limit (sampled while the loop watches the task):
+    // let the loop send them.
+    let loop_only = shared.config.max_tasks_per_worker.is_some()
+        || shared.config.task_timeout.is_some()
+        || shared.config.resident_limit > 0;
+    if !small || loop_only {
         return None;
     }
     (0..shared.backend.lanes.len()).find_map(|slot| {

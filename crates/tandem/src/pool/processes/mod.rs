@@ -21,6 +21,8 @@
 
 mod batch;
 mod event_loop;
+mod memory;
+pub(crate) use memory::BY_SAMPLING;
 pub(crate) mod lanes;
 mod starter;
 
@@ -188,6 +190,12 @@ pub(super) struct Live {
     pub(super) tasks: u64,
     /// The board it publishes map batches on, once it has had one.
     pub(super) board: Option<crate::sys::board::Board>,
+    /// With `capture_output`: the parent's copy of its stderr memfd, whose
+    /// end goes into the error of a task it dies under (`output::tail`).
+    pub(super) stderr: Option<std::os::fd::OwnedFd>,
+    /// Killed by the loop for this resident memory, past the pool's
+    /// `worker_memory_limit` (see `memory`).
+    pub(super) over_memory: Option<u64>,
 }
 
 /// Times a task is handed to a fresh worker after the one it was sent to

@@ -146,6 +146,8 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
         memory_limit: shared.config.memory_limit,
         max_message: shared.config.max_message,
         no_new_privs: shared.config.no_new_privs,
+        reports: shared.config.reports,
+        capture: shared.config.capture,
     }
 }
 
@@ -173,11 +175,11 @@ fn kill_now(live: Live) {
 }
 
 fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
-    let Worker { child, socket } = launch::start(shared.config.method, worker_config(shared))?;
+    let Worker { child, socket, stderr } = launch::start(shared.config.method, worker_config(shared))?;
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
     let peer = Peer { socket: Arc::new(socket), pidfd: Arc::new(pidfd) };
-    let live = Live { child, peer, tasks: 0, board: None };
+    let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
