@@ -148,6 +148,11 @@ impl ChildProcess {
         &self.process().pidfd
     }
 
+    /// Whether it has exited (its pidfd is readable), without waiting.
+    pub(crate) fn has_exited(&self) -> bool {
+        poll_ready(self.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))
+    }
+
     /// SIGKILL it and its process group; a process that already exited is
     /// not an error. `kill(2)` on the group, `pidfd_send_signal(2)` on the
     /// process.
@@ -165,8 +170,7 @@ impl ChildProcess {
         // group while the worker's pid is held: our own child is held until
         // we reap it; another process's child until its parent reaps it,
         // which happens only after it exits, so check that it is running.
-        let pid_held = process.origin.is_parent()
-            || !poll_ready(process.pidfd.as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }));
+        let pid_held = process.origin.is_parent() || !self.has_exited();
         if pid_held {
             // ESRCH: no group (the task moved the worker out of it); the
             // pidfd signal below still reaches the worker.

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::answer::{self, Answer, Asked};
-use crate::child::{self, ChildProcess};
+use crate::child::ChildProcess;
 use crate::codec;
 use crate::launch::{self, StartMethod, Worker, WorkerConfig};
 use crate::task;
@@ -138,11 +138,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             Err(e) => Some(Err(e)),
             // Its process exited but the socket lives on in another (a
             // child it left): nothing more will come from the worker.
-            Ok(None)
-                if child::poll_ready(child.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 })) =>
-            {
-                Some(Err(wire::RecvError::Closed))
-            }
+            Ok(None) if child.has_exited() => Some(Err(wire::RecvError::Closed)),
             Ok(None) => None,
         }
     }

@@ -46,7 +46,7 @@ pub(super) fn start(lp: &mut Loop<'_>, slot: usize, job: Job) {
             Err(BoardError::Os(e)) => {
                 job.control.set(Place::Finished);
                 job.completion.resolve_err(Error::os("making a map batch's shared board", e));
-                return lp.idle_again(slot);
+                return lp.become_idle(slot);
             }
             Err(BoardError::Gone) => return lp.undelivered(slot, job),
         }
@@ -98,7 +98,7 @@ pub(super) fn answered(lp: &mut Loop<'_>, slot: usize, answer: Answer) {
                     if recycle {
                         lp.replace(slot, true);
                     } else {
-                        lp.idle_again(slot);
+                        lp.become_idle(slot);
                     }
                 }
                 Err(why) => {

@@ -165,7 +165,7 @@ impl Loop<'_> {
             // A worker running a short task answers within microseconds:
             // look for it without sleeping first, for the answer budget
             // (see `backoff`), so it costs no wake-up of this thread.
-            if self.slots.iter().any(|s| matches!(s.work, Work::Task { .. } | Work::Batch(_))) {
+            if self.any_running() {
                 let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
                 let came = Backoff::ANSWER.spin_until(|| {
                     events.clear();
@@ -385,7 +385,8 @@ impl Loop<'_> {
 
     // ----- idle workers and the queue -----
 
-    fn become_idle(&mut self, slot: usize) {
+    /// The slot's worker is free again: park it on its lane.
+    pub(super) fn become_idle(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         s.work = Work::Idle;
         let Some(live) = &s.live else { return };
@@ -666,11 +667,7 @@ impl Loop<'_> {
     }
 
     fn worker_exited(&self, slot: usize) -> bool {
-        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-        self.slots[slot]
-            .live
-            .as_ref()
-            .is_some_and(|l| crate::child::poll_ready(l.child.pidfd().as_fd(), Some(zero)))
+        self.slots[slot].live.as_ref().is_some_and(|l| l.child.has_exited())
     }
 
     /// The slot's worker exited.
@@ -769,15 +766,14 @@ impl Loop<'_> {
         std::mem::replace(&mut self.slots[slot].work, work)
     }
 
-    /// The slot's worker is free again.
-    pub(super) fn idle_again(&mut self, slot: usize) {
-        self.become_idle(slot);
-    }
-
     /// Whether a worker runs work under a resident-memory limit.
     fn samples_memory(&self) -> bool {
-        self.shared.config.resident_limit > 0
-            && self.slots.iter().any(|s| matches!(s.work, Work::Task { .. } | Work::Batch(_)))
+        self.shared.config.resident_limit > 0 && self.any_running()
+    }
+
+    /// Some worker runs a task or a batch.
+    fn any_running(&self) -> bool {
+        self.slots.iter().any(|s| matches!(s.work, Work::Task { .. } | Work::Batch(_)))
     }
 
     /// Time-outs that are due, and workers past the memory limit.
