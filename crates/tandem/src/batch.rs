@@ -391,6 +391,26 @@ pub(crate) struct Chunk {
     pub fds: Vec<OwnedFd>,
 }
 
+/// A chunk as it crosses machines (feature `cluster`): its record count and
+/// records; the receiving side reads them as a chunk from a worker.
+#[cfg(feature = "cluster")]
+impl Chunk {
+    /// Count and records, unless it carries descriptors (which cannot cross).
+    pub(crate) fn into_wire(self) -> Result<(u32, Vec<u8>), Chunk> {
+        if !self.fds.is_empty() {
+            return Err(self);
+        }
+        let mut data = self.data;
+        data.drain(..self.at.min(data.len()));
+        Ok((self.count, data))
+    }
+
+    /// A chunk of `count` records received from another machine.
+    pub(crate) fn from_wire(count: u32, data: Vec<u8>) -> Chunk {
+        Chunk { count, data, at: 0, fds: Vec::new() }
+    }
+}
+
 impl Chunk {
     /// Step past the next record and return it; `Err` once the data is
     /// malformed (and from then on). The caller counts the records.

@@ -263,6 +263,39 @@ pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
     }
 }
 
+/// The same message with its bytes inline and no descriptors, for a
+/// machine that cannot receive descriptors (a cluster pool's broker): a
+/// bulk message is read out of its memfd (checked as `decode_message`
+/// checks it); a value holding shareable objects cannot cross machines.
+#[cfg(feature = "cluster")]
+pub(crate) fn inline_message(bytes: Vec<u8>, mut fds: Vec<OwnedFd>, max: u64) -> Result<Vec<u8>, Error> {
+    const ACROSS: &str = "a value holding shared-memory objects (ipc, shm, sync) cannot cross machines: pass plain data to a cluster pool's tasks";
+    match bytes.first() {
+        Some(&TAG_INLINE) if fds.is_empty() => Ok(bytes),
+        Some(&TAG_BULK) if fds.len() == 1 => {
+            let len: [u8; 8] = bytes[1..].try_into().map_err(|_| {
+                Error::Codec(format!("a big message's reference is {} bytes, not 8", bytes.len() - 1))
+            })?;
+            let len = u64::from_le_bytes(len);
+            if len > max {
+                return Err(Error::Codec(format!(
+                    "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
+                )));
+            }
+            let fd = fds.pop().expect("one descriptor");
+            let memory = SealedBytes::open(fd, len)
+                .map_err(|e| Error::Codec(format!("refused a big message: {e}")))?;
+            let mut out = Vec::with_capacity(1 + memory.bytes().len());
+            out.push(TAG_INLINE);
+            out.extend_from_slice(memory.bytes());
+            Ok(out)
+        }
+        Some(&TAG_INLINE) | Some(&TAG_BULK) => Err(Error::Codec(ACROSS.into())),
+        Some(tag) => Err(Error::Codec(format!("a message with the unknown tag {tag}"))),
+        None => Err(Error::Codec("an empty message".into())),
+    }
+}
+
 fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
     if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
         return decode(bytes, fds);

@@ -63,6 +63,39 @@ pub enum Error {
         /// cap (`worker_address_space_limit`, `process::Builder::memory_limit`)
         /// or the worker was not killed for memory.
         resident_at_kill: Option<u64>,
+        /// The machine it ran on, for a task of a cluster pool (the name of
+        /// the [`Agent`](crate::cluster) whose local worker died); `None`
+        /// on this machine.
+        node: Option<String>,
+    },
+    /// A cluster pool's task was on a node that was lost (its agent died,
+    /// its machine went away, or it fell silent past its lease) more times
+    /// than the pool's `node_losses` allows, or the broker could not be
+    /// reached for longer than the lease. Its work may have run, in part or
+    /// whole, on the lost nodes.
+    ///
+    /// ```
+    /// let e = tandem::Error::NodeLost { node: "node-a".into() };
+    /// assert!(e.to_string().contains("node-a"));
+    /// ```
+    NodeLost {
+        /// The last node it was on (an agent's name), or the broker's
+        /// address when the broker was lost.
+        node: String,
+    },
+    /// A cluster agent refused the task: a frame without a valid tag for
+    /// the agent's key (the driver and the agent were given different
+    /// keys), or from a different build of the program. Nothing ran.
+    ///
+    /// ```
+    /// let e = tandem::Error::Refused { node: "node-a".into(), reason: "a different build".into() };
+    /// assert!(e.to_string().contains("refused"));
+    /// ```
+    Refused {
+        /// The agent that refused it.
+        node: String,
+        /// Why, in the agent's words.
+        reason: String,
     },
     /// The task ran past its time limit.
     ///
@@ -174,6 +207,7 @@ impl Error {
             memory_limit: None,
             output_tail: None,
             resident_at_kill: None,
+            node: None,
         }
     }
 
@@ -268,7 +302,9 @@ impl Error {
                 memory_limit,
                 output_tail,
                 resident_at_kill,
+                node,
             } => Error::WorkerDied {
+                node: node.clone(),
                 resident_at_kill: *resident_at_kill,
                 signal: *signal,
                 code: *code,
@@ -286,6 +322,8 @@ impl Error {
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
             Error::TooLarge { size, max } => Error::TooLarge { size: *size, max: *max },
             Error::Broken(m) => Error::Broken(m.clone()),
+            Error::NodeLost { node } => Error::NodeLost { node: node.clone() },
+            Error::Refused { node, reason } => Error::Refused { node: node.clone(), reason: reason.clone() },
         }
     }
 
@@ -343,8 +381,12 @@ impl fmt::Display for Error {
                 memory_limit,
                 output_tail,
                 resident_at_kill,
+                node,
             } => {
-                write!(f, "worker pid {pid} ")?;
+                match node {
+                    Some(node) => write!(f, "worker pid {pid} on node {node} ")?,
+                    None => write!(f, "worker pid {pid} ")?,
+                }
                 match (signal, code) {
                     (Some(sig), _) => write!(f, "was killed by signal {sig} ({})", signal_name(*sig))?,
                     (None, Some(code)) => write!(f, "exited with code {code}")?,
@@ -396,6 +438,14 @@ impl fmt::Display for Error {
                 "a message of {size} bytes is over the limit of {max} bytes and was not sent: raise the limit where the channel or queue is made, or send less per message"
             ),
             Error::Broken(what) => write!(f, "{what}"),
+            Error::NodeLost { node } => write!(
+                f,
+                "the task's node {node} was lost (its agent died, its machine went away, or the broker lost sight of it past its lease) more often than the pool's node_losses allows: check that agents are running and can reach the broker, or raise node_losses or the lease"
+            ),
+            Error::Refused { node, reason } => write!(
+                f,
+                "agent {node} refused the task ({reason}): give the driver and every agent the same key, and run the same build of the program on every machine"
+            ),
         }
     }
 }

@@ -43,9 +43,13 @@ pub mod __fuzz;
 mod answer;
 mod backoff;
 mod batch;
+#[cfg(feature = "cluster")]
+mod broker;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 mod child;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod codec;
 mod error;
 pub mod ipc;

@@ -208,6 +208,22 @@ pub(crate) fn decode_done_within<R: DeserializeOwned + 'static>(frame: Frame, ma
     }
 }
 
+/// A Done frame's payload with its result inline (`codec::inline_message`),
+/// for a machine that cannot receive its descriptors.
+#[cfg(feature = "cluster")]
+pub(crate) fn done_inline(frame: Frame, max: u64) -> Result<Vec<u8>, Error> {
+    if frame.fds.is_empty() {
+        return Ok(frame.payload);
+    }
+    let Some((STATUS_VALUE, _, _, at)) = done_layout(&frame.payload) else {
+        return Err(Error::Codec("the worker sent descriptors with a result that is not a value".into()));
+    };
+    let mut payload = frame.payload;
+    let body = payload.split_off(at);
+    payload.extend_from_slice(&codec::inline_message(body, frame.fds, max)?);
+    Ok(payload)
+}
+
 /// What a worker hands a map batch's entry: the task as received, its id,
 /// and where each item's result goes.
 pub(crate) struct BatchCall {

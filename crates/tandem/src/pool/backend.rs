@@ -7,8 +7,9 @@
 //! `Shared` of either mode behind [`Inner`]. Nothing of one mode is a field
 //! of the other, and neither mode's code meets the other's work.
 //!
-//! A new mode (the cluster backend, for one) implements [`Backend`], adds a
-//! variant to [`Inner`], and starts its workers in `PoolBuilder::build`.
+//! A new mode implements [`Backend`], adds a variant to [`Inner`], and
+//! starts its workers in `PoolBuilder::build`, as the cluster mode
+//! (`remote`, feature `cluster`) does.
 
 use std::sync::{Arc, MutexGuard};
 
@@ -41,4 +42,7 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
 pub(crate) enum Inner {
     Threads(Arc<Shared<Threads>>),
     Processes(Arc<Shared<Processes>>),
+    /// Cluster mode: the queue goes to agents on other machines.
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<Shared<super::remote::Remote>>),
 }

@@ -29,6 +29,9 @@ pub(crate) struct Config {
     pub(crate) reports: bool,
     pub(crate) capture: bool,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
+    /// Cluster mode: the broker and how to treat lost nodes.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<super::remote::Settings>,
 }
 
 impl Config {
@@ -75,6 +78,8 @@ impl PoolBuilder {
                 reports: false,
                 capture: false,
                 sandbox: None,
+                #[cfg(feature = "cluster")]
+                cluster: None,
             },
         }
     }
@@ -328,6 +333,35 @@ impl PoolBuilder {
         self
     }
 
+    /// Run the pool's tasks on a cluster of machines (feature `cluster`):
+    /// each task goes through the broker to an [`Agent`](crate::cluster::Agent),
+    /// which runs it in a local process worker. Everything else is as in
+    /// process mode: `submit`, `map`, `map_unordered`, `cancel`, `join`,
+    /// `.await`, `stats`, `task_timeout` (enforced by the agent) and
+    /// `retries`; see [`cluster`](crate::cluster) for what a lost node does.
+    /// The pool's [`workers`](crate::Pool::workers) is the agents' worker
+    /// count when it was built (at least the count given here), which sizes
+    /// how many map batches are in flight.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tandem::cluster::Cluster;
+    /// tandem::init();
+    /// let cluster = Cluster::connect("redis://10.0.0.5:6379/0").unwrap().key(b"secret");
+    /// let pool = tandem::Pool::builder()
+    ///     .cluster(cluster.lease(Duration::from_secs(10)).node_losses(3))
+    ///     .task_timeout(Duration::from_secs(60))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.submit(21u64, |x| x * 2).join().unwrap(), 42);
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.config.mode = Mode::Process;
+        self.config.cluster = Some(cluster.settings());
+        self
+    }
+
     /// Start the workers.
     ///
     /// ```
@@ -346,6 +380,15 @@ impl PoolBuilder {
             return Err(Error::Unsupported(
                 "a sandbox in thread mode: a thread shares its process, so nothing can be taken away from it alone; use Mode::Process",
             ));
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(settings) = config.cluster.clone() {
+            let mut config = config;
+            config.workers = super::remote::agent_workers(&settings, config.workers)?;
+            let (remote, flights) = super::remote::Remote::new(settings)?;
+            let shared = Arc::new(Shared::new(config, flights, remote));
+            super::remote::start(&shared)?;
+            return Ok(Pool { inner: Inner::Cluster(shared) });
         }
         let n = config.workers;
         let inner = match config.mode {

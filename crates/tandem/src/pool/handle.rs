@@ -238,6 +238,11 @@ pub(crate) enum Place {
         generation: u64,
         pool: Weak<Shared<Threads>>,
     },
+    /// Sent to a cluster's broker (feature `cluster`).
+    #[cfg(feature = "cluster")]
+    Remote {
+        pool: Weak<Shared<super::remote::Remote>>,
+    },
     Finished,
 }
 
@@ -250,6 +255,8 @@ impl Place {
             }
             Place::OnThread { slot, pool, .. } => pool.upgrade()?.slot(*slot).unit,
             Place::Queued | Place::Finished => None,
+            #[cfg(feature = "cluster")]
+            Place::Remote { .. } => None,
         }
     }
 }
@@ -512,27 +519,43 @@ impl<R> TaskHandle<R> {
     /// assert!(matches!(slow.join(), Err(tandem::Error::Cancelled)));
     /// ```
     pub fn cancel(&self) -> bool {
-        let place = self.control.place.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*place, Place::Finished) || self.completion.resolved.load(Ordering::SeqCst) {
-            return false;
-        }
-        self.control.cancelled.store(true, Ordering::SeqCst);
-        if !self.completion.resolve(Err(Error::Cancelled)) {
-            return false;
-        }
-        match &*place {
-            Place::InProcess { slot, pool } | Place::Direct { slot, pool } => {
-                super::processes::attend(pool, *slot)
-            }
-            Place::OnThread { slot, generation, pool } => {
-                if let Some(pool) = pool.upgrade() {
-                    super::threads::abandon(&pool, *slot, *generation);
-                }
-            }
-            Place::Queued | Place::Finished => {}
-        }
-        true
+        cancel_task(&self.control, self.id, || self.completion.resolve(Err(Error::Cancelled)))
     }
+}
+
+/// Cancel task `id` of `control`, which `resolve` resolves `Cancelled`
+/// (false if it was resolved already): a queued task never runs, a running
+/// one is stopped where it runs. True if this call resolved it.
+pub(crate) fn cancel_task(control: &Control, id: u64, resolve: impl FnOnce() -> bool) -> bool {
+    let place = control.place.lock().unwrap_or_else(|e| e.into_inner());
+    if matches!(*place, Place::Finished) {
+        return false;
+    }
+    control.cancelled.store(true, Ordering::SeqCst);
+    if !resolve() {
+        return false;
+    }
+    match &*place {
+        Place::InProcess { slot, pool } | Place::Direct { slot, pool } => {
+            super::processes::attend(pool, *slot)
+        }
+        Place::OnThread { slot, generation, pool } => {
+            if let Some(pool) = pool.upgrade() {
+                super::threads::abandon(&pool, *slot, *generation);
+            }
+        }
+        #[cfg(feature = "cluster")]
+        Place::Remote { pool } => {
+            // The pool's lock is taken after the place's is let go (its
+            // dispatcher sets places under the pool's lock).
+            let pool = pool.clone();
+            drop(place);
+            super::remote::withdraw(&pool, id);
+        }
+        Place::Queued | Place::Finished => {}
+    }
+    let _ = id;
+    true
 }
 
 impl<R> TaskHandle<R> {
@@ -549,6 +572,12 @@ impl<R> TaskHandle<R> {
             }
             Place::InProcess { slot, pool } | Place::Direct { slot, pool } => {
                 super::processes::attend(pool, *slot)
+            }
+            #[cfg(feature = "cluster")]
+            Place::Remote { pool } => {
+                let pool = pool.clone();
+                drop(place);
+                super::remote::withdraw(&pool, self.id);
             }
             Place::OnThread { .. } | Place::Finished => {}
         }

@@ -175,6 +175,14 @@ where
                 let job = BatchJob { stop: stop.clone(), items: len as u32, clock: None };
                 (super::enqueue_process(shared, id, completion, work, Some(job), front), offsets)
             }
+            #[cfg(feature = "cluster")]
+            (Cut::Remote { argument, fds, offsets }, Inner::Cluster(shared)) => {
+                let header =
+                    task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
+                let work = ProcessWork { header, bytes: argument, fds };
+                let job = BatchJob { stop: stop.clone(), items: len as u32, clock: None };
+                (super::enqueue(shared, id, completion, work, Some(job), front), offsets)
+            }
             // The feeder cuts batches in the pool's own shape; anything else
             // is a bug here, reported on the batch's items, never a panic.
             (_, _) => {

@@ -20,6 +20,8 @@ mod handle;
 mod job;
 mod map;
 mod processes;
+#[cfg(feature = "cluster")]
+pub(crate) mod remote;
 mod shared;
 mod stats;
 mod threads;
@@ -32,8 +34,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use backend::{Backend, Inner};
+#[cfg(feature = "cluster")]
+pub(crate) use batch::{BatchEnd, RawBatch};
 pub use builder::PoolBuilder;
-use handle::{Completion, Control, Resolve};
+#[cfg(not(feature = "cluster"))]
+use handle::Resolve;
+use handle::{Completion, Control};
+#[cfg(feature = "cluster")]
+pub(crate) use handle::{Control as TaskControl, Resolve, cancel_task};
 pub use handle::{TaskHandle, TaskReport};
 pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
 pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream, Progress};
@@ -103,6 +111,8 @@ impl Pool {
         match &self.inner {
             Inner::Threads(s) => &s.config,
             Inner::Processes(s) => &s.config,
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(s) => &s.config,
         }
     }
 
@@ -184,19 +194,21 @@ impl Pool {
                 });
                 enqueue(shared, id, completion, work, None, false)
             }
-            Inner::Processes(shared) => {
-                match crate::codec::encode_message(&arg, self.config().max_message_or_default()) {
-                    Ok(encoded) => {
-                        let header = task::header_for(id, call, crate::sys::code::offset_of(f));
-                        let work = ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds };
-                        enqueue_process(shared, id, completion, work, None, false)
-                    }
-                    Err(e) => {
-                        completion.resolve(Err(e));
-                        handle(id, completion)
-                    }
+            Inner::Processes(shared) => match process_work(&arg, id, f, call, self.config()) {
+                Ok(work) => enqueue_process(shared, id, completion, work, None, false),
+                Err(e) => {
+                    completion.resolve(Err(e));
+                    handle(id, completion)
                 }
-            }
+            },
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(shared) => match process_work(&arg, id, f, call, self.config()) {
+                Ok(work) => enqueue(shared, id, completion, work, None, false),
+                Err(e) => {
+                    completion.resolve(Err(e));
+                    handle(id, completion)
+                }
+            },
         }
     }
 
@@ -205,6 +217,8 @@ impl Pool {
         match &self.inner {
             Inner::Threads(s) => s.counters.clone(),
             Inner::Processes(s) => s.counters.clone(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(s) => s.counters.clone(),
         }
     }
 
@@ -212,6 +226,8 @@ impl Pool {
         match &self.inner {
             Inner::Threads(s) => s.next_id.fetch_add(1, Ordering::Relaxed),
             Inner::Processes(s) => s.next_id.fetch_add(1, Ordering::Relaxed),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(s) => s.next_id.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -279,6 +295,8 @@ impl Pool {
         match &self.inner {
             Inner::Threads(s) => stats::snapshot(s),
             Inner::Processes(s) => stats::snapshot(s),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(s) => stats::snapshot(s),
         }
     }
 
@@ -300,6 +318,8 @@ impl Pool {
         match &self.inner {
             Inner::Threads(_) => Vec::new(),
             Inner::Processes(s) => s.backend.sandbox_report(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => Vec::new(),
         }
     }
 
@@ -317,6 +337,8 @@ impl Pool {
         match &self.inner {
             Inner::Threads(s) => s.shutdown(),
             Inner::Processes(s) => s.shutdown(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(s) => s.shutdown(),
         }
     }
 
@@ -339,8 +361,24 @@ impl Pool {
         match &self.inner {
             Inner::Threads(s) => s.terminate(),
             Inner::Processes(s) => s.terminate(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(s) => s.terminate(),
         }
     }
+}
+
+/// A task's frame for a worker process (here or on an agent): its header
+/// and encoded argument.
+fn process_work<X: Serialize + 'static, A: 'static, R: 'static>(
+    arg: &X,
+    id: u64,
+    f: fn(A) -> R,
+    call: Trampoline,
+    config: &builder::Config,
+) -> Result<ProcessWork, crate::Error> {
+    let encoded = crate::codec::encode_message(arg, config.max_message_or_default())?;
+    let header = task::header_for(id, call, crate::sys::code::offset_of(f));
+    Ok(ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds })
 }
 
 /// A handle for task `id` resolving through `completion`.
@@ -418,6 +456,38 @@ where
     }
     shared.push(state, job, front);
     handle
+}
+
+#[cfg(feature = "cluster")]
+impl Pool {
+    /// A cluster agent's way in: run a task or map batch (`items` > 0) that
+    /// came from another machine on this process pool, resolving `sink`.
+    /// The header's task id is replaced by this pool's. Its control and id,
+    /// for [`cancel_task`].
+    pub(crate) fn submit_frame(
+        &self,
+        mut header: [u8; 24],
+        bytes: Vec<u8>,
+        items: u32,
+        sink: Arc<dyn Resolve>,
+    ) -> Result<(Arc<Control>, u64), crate::Error> {
+        let Inner::Processes(shared) = &self.inner else {
+            return Err(crate::Error::Unsupported("a cluster agent runs its tasks on a process pool"));
+        };
+        let id = self.next_task_id();
+        header[..8].copy_from_slice(&id.to_le_bytes());
+        let batch = (items > 0).then(|| BatchJob {
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            items,
+            clock: None,
+        });
+        let control = Arc::new(Control::new());
+        let work = ProcessWork { header, bytes, fds: Vec::new() };
+        let job =
+            Job { id, control: control.clone(), completion: sink, work, attempts: 0, undelivered: 0, batch };
+        shared.push(shared.lock(), job, false);
+        Ok((control, id))
+    }
 }
 
 impl Drop for Pool {

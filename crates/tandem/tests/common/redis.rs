@@ -1,0 +1,166 @@
+//! A real Redis server for the cluster tests and benches, started and
+//! stopped by them (`redis-server`, installed by scripts/setup.sh), and
+//! agents: this same test binary re-executed to run one test entry that
+//! serves.
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of our own, on a unix socket in a fresh directory,
+/// with persistence off.
+pub struct Redis {
+    child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub url: String,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tandem-redis-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("r.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run scripts/setup.sh");
+        let url = format!("redis+unix://{}", socket.display());
+        let redis = Redis { child, dir, socket, url };
+        redis.wait_ready();
+        redis
+    }
+
+    /// Until the server accepts a connection (bounded).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start listening on {:?}", self.socket);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL the server now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An agent process: this test binary re-executed to run test `entry`
+/// (an ignored test that serves when `TANDEM_AGENT_URL` is set), in its own
+/// process group so the group can be stopped or killed as one machine.
+pub struct AgentProcess {
+    child: Child,
+    pub name: String,
+}
+
+impl AgentProcess {
+    pub fn start(entry: &str, url: &str, name: &str, key: &str, workers: usize) -> AgentProcess {
+        let exe = std::env::current_exe().unwrap();
+        AgentProcess::start_exe(
+            &exe,
+            &[entry, "--exact", "--ignored", "--nocapture", "--test-threads=1"],
+            url,
+            name,
+            key,
+            workers,
+        )
+    }
+
+    pub fn start_exe(
+        exe: &std::path::Path,
+        args: &[&str],
+        url: &str,
+        name: &str,
+        key: &str,
+        workers: usize,
+    ) -> AgentProcess {
+        let child = Command::new(exe)
+            .args(args)
+            .env("TANDEM_AGENT_URL", url)
+            .env("TANDEM_AGENT_NAME", name)
+            .env("TANDEM_AGENT_KEY", key)
+            .env("TANDEM_AGENT_WORKERS", workers.to_string())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        AgentProcess { child, name: name.to_owned() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` to the agent and its workers (its process group).
+    pub fn signal_group(&self, signal: rustix::process::Signal) {
+        let group = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(group, signal);
+    }
+
+    /// Whether it has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.signal_group(rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Serve as an agent if this process was started as one (see
+/// [`AgentProcess`]); the body of the ignored entry test.
+pub fn serve_if_agent() {
+    let Ok(url) = std::env::var("TANDEM_AGENT_URL") else { return };
+    tandem::init();
+    let name = std::env::var("TANDEM_AGENT_NAME").unwrap();
+    let key = std::env::var("TANDEM_AGENT_KEY").unwrap();
+    let workers: usize = std::env::var("TANDEM_AGENT_WORKERS").unwrap().parse().unwrap();
+    tandem::cluster::Agent::connect(&url)
+        .unwrap()
+        .key(key.as_bytes())
+        .name(name)
+        .workers(workers)
+        .serve()
+        .unwrap();
+}
+
+/// Wait until `done()` holds, at most `limit`; false if it never did.
+pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
