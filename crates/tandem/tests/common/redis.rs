@@ -22,7 +22,7 @@ impl Redis {
     pub fn start() -> Redis {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tandem-redis-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("redis-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("r.sock");
@@ -140,6 +140,8 @@ impl Drop for AgentProcess {
 /// [`AgentProcess`]); the body of the ignored entry test.
 pub fn serve_if_agent() {
     let Ok(url) = std::env::var("TANDEM_AGENT_URL") else { return };
+    // A test that dies (or is killed) takes its agents with it.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).unwrap();
     tandem::init();
     let name = std::env::var("TANDEM_AGENT_NAME").unwrap();
     let key = std::env::var("TANDEM_AGENT_KEY").unwrap();
