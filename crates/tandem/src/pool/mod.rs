@@ -37,7 +37,6 @@ use handle::{Completion, Control, Resolve};
 pub use handle::{TaskHandle, TaskReport};
 pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
 pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream, Progress};
-pub(crate) use processes::BY_SAMPLING;
 use shared::Shared;
 pub use stats::{PoolStats, WorkerStats};
 
