@@ -19,7 +19,7 @@
 //!   what was seen and the mechanism. Between two samples a fast
 //!   allocation can overshoot by what it touches in one interval (about
 //!   `SAMPLE_EVERY` x the touch rate: measured in tests/reports.rs,
-//!   `sampling_a_task_touching_1_gib_fails_naming_the_limit_and_the_sampler`),
+//!   `a_task_touching_1_gib_fails_naming_the_limit_and_its_mechanism`),
 //!   and programs the worker runs are not counted. Tasks take the loop's
 //!   path, not the lanes (the loop samples only what it watches).
 
