@@ -159,6 +159,38 @@ fn replace_dead_worker(c: &mut Criterion) {
     g.finish();
 }
 
+/// `worker_memory_limit(256 MiB)` kept by a memory cgroup per worker (what
+/// the pool picks where it can make one) or by sampling (forced): a
+/// worker's replacement (the cgroup adds a `mkdir`, two or three writes
+/// and an `rmdir` per worker) and a trivial task's round trip (the sampler
+/// keeps tasks off the lanes).
+fn memory_limit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_limit");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for sampled in [false, true] {
+        let by = if sampled { "sampling" } else { "picked" };
+        let builder = Pool::builder().mode(Mode::Process).workers(1).worker_memory_limit(256 << 20);
+        let pool = if sampled { builder.__worker_memory_by_sampling() } else { builder }.build().unwrap();
+        pool.submit(0u8, |x| x).join().unwrap();
+        g.bench_function(format!("{by}/death_to_next_result"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    assert!(pool.submit((), |()| -> u8 { std::process::abort() }).join().is_err());
+                    let start = Instant::now();
+                    pool.submit(0u8, |x| x).join().unwrap();
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        g.bench_function(format!("{by}/submit_join"), |b| {
+            b.iter(|| pool.submit(1u64, |x| x + 1).join().unwrap())
+        });
+    }
+    g.finish();
+}
+
 /// A task that takes 10 ms of wall time and no CPU: the I/O-bound work a
 /// wide pool is for.
 fn ten_ms(i: u32) -> u32 {
@@ -258,6 +290,7 @@ criterion_group!(
     reports_round_trip,
     map_throughput,
     replace_dead_worker,
+    memory_limit,
     build,
     wide_pool,
     round_trip_pinned

@@ -57,12 +57,19 @@ pub enum Error {
         /// The last lines the task wrote to stderr (at most 4 KiB), on a
         /// pool with `capture_output(true)`; see [`Error::output_tail`].
         output_tail: Option<Box<str>>,
-        /// The resident memory (bytes) the pool saw when it killed the
-        /// worker for exceeding `worker_memory_limit` (its sampler enforced
-        /// `memory_limit`); `None` when `memory_limit` is an address-space
-        /// cap (`worker_address_space_limit`, `process::Builder::memory_limit`)
-        /// or the worker was not killed for memory.
+        /// The memory (bytes) seen when the worker was killed for
+        /// exceeding `worker_memory_limit`: the resident memory the pool's
+        /// sampler read, or the peak its memory cgroup recorded (v1
+        /// `memory.max_usage_in_bytes`, v2 `memory.peak`); `None` when
+        /// `memory_limit` is an address-space cap
+        /// (`worker_address_space_limit`, `process::Builder::memory_limit`),
+        /// the worker was not killed for memory, or the cgroup keeps no peak.
         resident_at_kill: Option<u64>,
+        /// What killed the worker for exceeding `worker_memory_limit`
+        /// (then `memory_limit` is that limit): its memory cgroup or the
+        /// pool's sampler. `None` when it was not killed for the resident
+        /// limit.
+        memory_limit_by: Option<MemoryLimitBy>,
         /// The machine it ran on, for a task of a cluster pool (the name of
         /// the [`Agent`](crate::cluster) whose local worker died); `None`
         /// on this machine.
@@ -195,6 +202,52 @@ pub enum Error {
     Broken(String),
 }
 
+/// What enforced a process pool's resident-memory limit
+/// ([`PoolBuilder::worker_memory_limit`](crate::PoolBuilder::worker_memory_limit))
+/// when it killed a worker: see [`Error::WorkerDied`]'s `memory_limit_by`.
+/// A pool picks one when it starts: a memory cgroup per worker if it can
+/// make one (v2, then v1), otherwise sampling.
+///
+/// ```
+/// use tandem::{Error, MemoryLimitBy, Mode, Pool};
+/// tandem::init();
+/// let pool = Pool::builder().mode(Mode::Process).workers(1).worker_memory_limit(256 << 20).build().unwrap();
+/// let err = pool.submit(1usize << 30, |n| vec![1u8; n].len()).join().unwrap_err();
+/// let Error::WorkerDied { memory_limit_by: Some(by), .. } = &err else { panic!("{err}") };
+/// // A cgroup where the process may make one, the pool's sampler otherwise.
+/// assert!(matches!(by, MemoryLimitBy::CgroupV2 | MemoryLimitBy::CgroupV1 | MemoryLimitBy::Sampling));
+/// assert!(err.to_string().contains(&by.to_string()));
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLimitBy {
+    /// A cgroup v2 `memory.max` on the worker's own cgroup: the kernel
+    /// charges every page the worker and the programs it runs touch, and
+    /// its OOM killer kills the worker at the limit (no overshoot).
+    CgroupV2,
+    /// A cgroup v1 `memory.limit_in_bytes` (and `memory.memsw.limit_in_bytes`
+    /// where swap is accounted) on the worker's own cgroup: as `CgroupV2`,
+    /// on a v1 (or hybrid) cgroup layout.
+    CgroupV1,
+    /// The pool read the worker's resident memory every 5 ms and killed it
+    /// past the limit: a fast allocation overshoots between two samples,
+    /// and programs the worker runs are not counted. Used when no memory
+    /// cgroup can be made.
+    Sampling,
+}
+
+impl fmt::Display for MemoryLimitBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemoryLimitBy::CgroupV2 => "a cgroup v2 memory.max on the worker's own cgroup",
+            MemoryLimitBy::CgroupV1 => "a cgroup v1 memory.limit_in_bytes on the worker's own cgroup",
+            MemoryLimitBy::Sampling => {
+                "the pool sampling the worker's resident memory every 5 ms, used when no memory cgroup can be made"
+            }
+        })
+    }
+}
+
 impl Error {
     /// A `WorkerDied` error for process `pid`.
     pub(crate) fn died(pid: u32, signal: Option<i32>, code: Option<i32>) -> Error {
@@ -207,6 +260,7 @@ impl Error {
             memory_limit: None,
             output_tail: None,
             resident_at_kill: None,
+            memory_limit_by: None,
             node: None,
         }
     }
@@ -234,12 +288,24 @@ impl Error {
         }
     }
 
-    /// The same error as a kill for resident memory `seen` past `limit`
-    /// (the pool's sampler killed the worker; see `pool::processes::memory`).
-    pub(crate) fn over_memory(mut self, seen: Option<u64>, limit: u64) -> Error {
-        if let (Error::WorkerDied { memory_limit, resident_at_kill, .. }, Some(seen)) = (&mut self, seen) {
+    /// The same error as a kill for the resident limit `limit`, if `kill`
+    /// says the worker was killed for it (by the pool's sampler or its
+    /// memory cgroup; see `pool::processes::memory`) and it died of SIGKILL.
+    pub(crate) fn over_memory(mut self, kill: Option<(Option<u64>, MemoryLimitBy)>, limit: u64) -> Error {
+        if let (
+            Error::WorkerDied {
+                signal: Some(libc::SIGKILL),
+                memory_limit,
+                resident_at_kill,
+                memory_limit_by,
+                ..
+            },
+            Some((seen, by)),
+        ) = (&mut self, kill)
+        {
             *memory_limit = Some(limit);
-            *resident_at_kill = Some(seen);
+            *resident_at_kill = seen;
+            *memory_limit_by = Some(by);
         }
         self
     }
@@ -302,10 +368,12 @@ impl Error {
                 memory_limit,
                 output_tail,
                 resident_at_kill,
+                memory_limit_by,
                 node,
             } => Error::WorkerDied {
                 node: node.clone(),
                 resident_at_kill: *resident_at_kill,
+                memory_limit_by: *memory_limit_by,
                 signal: *signal,
                 code: *code,
                 pid: *pid,
@@ -381,6 +449,7 @@ impl fmt::Display for Error {
                 memory_limit,
                 output_tail,
                 resident_at_kill,
+                memory_limit_by,
                 node,
             } => {
                 match node {
@@ -398,12 +467,22 @@ impl fmt::Display for Error {
                     (None, Some(t)) => write!(f, " while running task {t}")?,
                     (None, None) => write!(f, " while running its task")?,
                 }
-                if let (Some(limit), Some(seen)) = (memory_limit, resident_at_kill) {
-                    write!(
-                        f,
-                        "; it was killed for using {seen} bytes of resident memory, over its memory limit of {limit} bytes (worker_memory_limit, enforced by {}): raise the limit or make the task use less memory",
-                        crate::pool::BY_SAMPLING
-                    )?;
+                if let (Some(limit), Some(by)) = (memory_limit, memory_limit_by) {
+                    match (by, resident_at_kill) {
+                        (MemoryLimitBy::Sampling, Some(seen)) => write!(
+                            f,
+                            "; the pool killed it for using {seen} bytes of resident memory, over its memory limit of {limit} bytes (worker_memory_limit, enforced by {by})"
+                        )?,
+                        (_, Some(peak)) => write!(
+                            f,
+                            "; the kernel's OOM killer killed it for its memory limit of {limit} bytes (worker_memory_limit, enforced by {by}; peak {peak} bytes charged to its cgroup)"
+                        )?,
+                        (_, None) => write!(
+                            f,
+                            "; it was killed for its memory limit of {limit} bytes (worker_memory_limit, enforced by {by})"
+                        )?,
+                    }
+                    write!(f, ": raise the limit or make the task use less memory")?;
                 } else if let Some(limit) = memory_limit {
                     write!(
                         f,

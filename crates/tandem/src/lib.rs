@@ -69,7 +69,7 @@ mod watch;
 mod wire;
 mod worker;
 
-pub use error::{Error, signal_name};
+pub use error::{Error, MemoryLimitBy, signal_name};
 pub use pool::{
     Map, MapStream, MapUnordered, MapUnorderedStream, Pool, PoolBuilder, PoolStats, Progress, TaskHandle,
     TaskReport, WorkerStats,

@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::{Fifo, METHODS};
-use tandem::{Error, Mode, Pool, PoolStats, Progress};
+use tandem::{Error, MemoryLimitBy, Mode, Pool, PoolStats, Progress, StartMethod};
 
 /// With batches of 10: first, last and middle of a batch, two side by side.
 const CRASHERS: [u64; 6] = [0, 9, 14, 37, 38, 99];
@@ -411,6 +413,122 @@ fn a_task_that_writes_to_stderr_then_segfaults_has_its_last_lines_in_the_error()
 }
 
 // ---- worker_memory_limit: resident memory, not address space ----
+//
+// Each test runs twice: with the mechanism the pool picks (a memory cgroup
+// per worker where the process may make one: it must on a machine like the
+// dev one and CI, root with cgroup v1's memory controller writable), and
+// with sampling forced (`__worker_memory_by_sampling`, hidden, tests only).
+
+const LIMIT: u64 = 256 << 20;
+
+/// How a test pool enforces its limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Enforced {
+    /// What the pool picks here.
+    Picked,
+    /// Sampling, forced.
+    Sampled,
+}
+
+const ENFORCED: [Enforced; 2] = [Enforced::Picked, Enforced::Sampled];
+
+fn limited_pool(how: Enforced, method: StartMethod, workers: usize) -> Pool {
+    let builder =
+        Pool::builder().mode(Mode::Process).workers(workers).start_method(method).worker_memory_limit(LIMIT);
+    match how {
+        Enforced::Picked => builder,
+        Enforced::Sampled => builder.__worker_memory_by_sampling(),
+    }
+    .build()
+    .unwrap()
+}
+
+/// The calling process's cgroup paths, from `/proc/self/cgroup`: in the v1
+/// memory hierarchy and in the v2 one.
+fn cgroups_of_self(_: ()) -> (Option<String>, Option<String>) {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut v1 = None;
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (id, controllers, path) =
+            (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path.to_string());
+        } else if controllers.split(',').any(|c| c == "memory") {
+            v1 = Some(path.to_string());
+        }
+    }
+    (v1, v2)
+}
+
+/// Where a hierarchy is mounted (`cgroup2`, or the v1 one with `memory`).
+fn mount_of(v2: bool) -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| {
+            let after = l.split_once(" - ").unwrap().1;
+            if v2 {
+                after.starts_with("cgroup2 ")
+            } else {
+                after.starts_with("cgroup ") && after.contains("memory")
+            }
+        })
+        .expect("the hierarchy is mounted");
+    PathBuf::from(line.split(' ').nth(4).unwrap())
+}
+
+/// The directory of a worker's memory cgroup, and what enforces its pool's
+/// limit (a cgroup named after this process, `tandem-<pid>-<n>`, or else
+/// the sampler).
+fn worker_cgroup(pool: &Pool) -> (Option<PathBuf>, MemoryLimitBy) {
+    let (v1, v2) = pool.submit((), cgroups_of_self).join().unwrap();
+    let mine = format!("/tandem-{}-", std::process::id());
+    let under = |path: &Option<String>, v2: bool| {
+        let path = path.as_ref().filter(|p| p.contains(&mine))?;
+        Some(mount_of(v2).join(path.trim_start_matches('/')))
+    };
+    match (under(&v2, true), under(&v1, false)) {
+        (Some(dir), _) => (Some(dir), MemoryLimitBy::CgroupV2),
+        (None, Some(dir)) => (Some(dir), MemoryLimitBy::CgroupV1),
+        (None, None) => (None, MemoryLimitBy::Sampling),
+    }
+}
+
+/// Whether a pool here must get a memory cgroup: running as root, with
+/// cgroup v1's memory controller at /sys/fs/cgroup/memory and this
+/// process's cgroup in it writable (a child can be made).
+fn cgroup_v1_must_work() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let Some(path) = cgroups_of_self(()).0 else { return false };
+    let home = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+    let probe = home.join(format!("tandem-test-probe-{}", std::process::id()));
+    let writable = std::fs::create_dir(&probe).is_ok() && probe.join("memory.limit_in_bytes").exists();
+    let _ = std::fs::remove_dir(&probe);
+    root && writable
+}
+
+/// What enforces `pool`'s limit, checked: sampling when forced; a cgroup
+/// where one must work; otherwise whatever the pool could get, and if that
+/// is sampling, said on stderr (the cgroup checks then check the sampler).
+fn mechanism(pool: &Pool, how: Enforced, what: &str) -> (Option<PathBuf>, MemoryLimitBy) {
+    let (dir, by) = worker_cgroup(pool);
+    match how {
+        Enforced::Sampled => assert_eq!(by, MemoryLimitBy::Sampling, "{what}: sampling was forced"),
+        Enforced::Picked if cgroup_v1_must_work() => assert_eq!(
+            by,
+            MemoryLimitBy::CgroupV1,
+            "{what}: root with a writable cgroup v1 memory controller must get a cgroup"
+        ),
+        Enforced::Picked if by == MemoryLimitBy::Sampling => eprintln!(
+            "{what}: NOTE no memory cgroup could be made here (not root, or no writable memory controller): checking the sampling path instead"
+        ),
+        Enforced::Picked => {}
+    }
+    (dir, by)
+}
 
 /// Reserve 64 GiB of address space (16 untouched 4 GiB vectors: each is
 /// one mapping, never touched) and touch one page; the worker's VmSize.
@@ -430,9 +548,12 @@ fn reserve_64_gib_touch_one_page(_: ()) -> Result<u64, String> {
 
 #[test]
 fn a_task_reserving_64_gib_and_touching_one_page_runs_under_a_256_mib_limit() {
-    let pool = Pool::builder().mode(Mode::Process).workers(1).worker_memory_limit(256 << 20).build().unwrap();
-    let vm_size = pool.submit((), reserve_64_gib_touch_one_page).join().unwrap().unwrap();
-    assert!(vm_size >= 64 << 30, "VmSize {vm_size}");
+    for how in ENFORCED {
+        let pool = limited_pool(how, StartMethod::Spawn, 1);
+        mechanism(&pool, how, &format!("{how:?}"));
+        let vm_size = pool.submit((), reserve_64_gib_touch_one_page).join().unwrap().unwrap();
+        assert!(vm_size >= 64 << 30, "{how:?}: VmSize {vm_size}");
+    }
     // The address-space cap refuses the same task.
     let capped =
         Pool::builder().mode(Mode::Process).workers(1).worker_address_space_limit(256 << 20).build().unwrap();
@@ -440,41 +561,129 @@ fn a_task_reserving_64_gib_and_touching_one_page_runs_under_a_256_mib_limit() {
     assert!(refused.unwrap_err().contains("could not reserve"));
 }
 
+/// Check a death for the limit: SIGKILL, the limit, the mechanism and what
+/// was seen (a cgroup: its peak, at most the limit; the sampler: past it).
+fn check_killed_for_the_limit(err: &Error, by: MemoryLimitBy, what: &str) -> u64 {
+    let Error::WorkerDied { signal, memory_limit, resident_at_kill, memory_limit_by, .. } = err else {
+        panic!("{what}: {err:?}")
+    };
+    assert_eq!((*signal, *memory_limit, *memory_limit_by), (Some(9), Some(LIMIT), Some(by)), "{what}: {err}");
+    let message = err.to_string();
+    assert!(message.contains("memory limit of 268435456 bytes"), "{what}: {message}");
+    assert!(message.contains(&by.to_string()), "{what}: {message}");
+    let seen = resident_at_kill.expect("what was seen at the kill");
+    if by == MemoryLimitBy::Sampling {
+        assert!(seen > LIMIT && seen < 1 << 30, "{what}: {seen}");
+        assert!(message.contains("resident memory"), "{what}: {message}");
+    } else {
+        // The kernel charges each page before it is used: no overshoot.
+        assert!(seen <= LIMIT && seen > LIMIT / 2, "{what}: peak {seen}");
+        assert!(message.contains("OOM killer"), "{what}: {message}");
+    }
+    seen
+}
+
 #[test]
-fn a_task_touching_1_gib_fails_naming_the_resident_limit() {
+fn a_task_touching_1_gib_fails_naming_the_limit_and_its_mechanism() {
+    for how in ENFORCED {
+        for method in METHODS {
+            let what = format!("{how:?}, {method:?}");
+            let pool = limited_pool(how, method, 1);
+            let (_, by) = mechanism(&pool, how, &what);
+            let err = pool.submit(1024usize, touch).join().unwrap_err();
+            let seen = check_killed_for_the_limit(&err, by, &what);
+            // How far past the limit it got (sampling: between two samples).
+            eprintln!("{what}: {by:?} saw {} MiB at the kill, limit {} MiB: {err}", seen >> 20, LIMIT >> 20);
+            // The pool goes on, below the limit.
+            assert_ne!(pool.submit(64usize, touch).join().unwrap(), 0);
+            // A map item over the limit fails alone.
+            let out: Vec<_> = pool.map([1usize, 1024, 1], touch).collect();
+            assert!(out[0].is_ok() && out[2].is_ok(), "{what}: {out:?}");
+            check_killed_for_the_limit(out[1].as_ref().unwrap_err(), by, &what);
+            // And the next task works.
+            assert_eq!(pool.submit(7u8, |x| x).join().unwrap(), 7);
+        }
+    }
+}
+
+/// Run `dd`, which reads 1 GiB from /dev/zero into one buffer (touching
+/// every page); how it ended, and this worker's pid.
+fn run_a_program_touching_1_gib(_: ()) -> (Option<i32>, Option<i32>, u32) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1G", "count=1"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("dd runs");
+    (status.code(), status.signal(), std::process::id())
+}
+
+#[test]
+fn a_program_a_worker_runs_is_under_the_workers_cgroup_limit() {
+    for how in ENFORCED {
+        let pool = limited_pool(how, StartMethod::Spawn, 1);
+        let (_, by) = mechanism(&pool, how, &format!("{how:?}"));
+        let (code, signal, worker) = pool.submit((), run_a_program_touching_1_gib).join().unwrap();
+        if by == MemoryLimitBy::Sampling {
+            // The sampler reads the worker alone (documented): dd runs to the end.
+            assert_eq!((code, signal), (Some(0), None), "{how:?}");
+        } else {
+            // The program was born in the worker's cgroup: the kernel's OOM
+            // killer killed it (the biggest process there), not the worker.
+            assert_eq!((code, signal), (None, Some(9)), "{how:?}");
+            assert_eq!(pool.submit((), |()| std::process::id()).join().unwrap(), worker, "the worker lives");
+        }
+    }
+}
+
+/// Start `sleep` in the background (it outlives this worker); its pid.
+fn leave_a_process_behind(_: ()) -> u32 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $!"])
+        .output()
+        .expect("sh runs");
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn no_memory_cgroup_is_left_behind_when_the_pool_is_dropped() {
     for method in METHODS {
-        let limit = 256u64 << 20;
+        let what = format!("{method:?}");
+        // Recycled every 2 tasks: workers come and go, each with its cgroup.
         let pool = Pool::builder()
             .mode(Mode::Process)
-            .workers(1)
+            .workers(2)
             .start_method(method)
-            .worker_memory_limit(limit)
+            .worker_memory_limit(LIMIT)
+            .max_tasks_per_worker(2)
             .build()
             .unwrap();
-        let err = pool.submit(1024usize, touch).join().unwrap_err();
-        let Error::WorkerDied { signal, memory_limit, resident_at_kill, .. } = &err else {
-            panic!("{method:?}: {err:?}")
+        let (first, by) = mechanism(&pool, Enforced::Picked, &what);
+        let Some(first) = first else {
+            eprintln!("{what}: NOTE no memory cgroup here, so none to leave behind");
+            return;
         };
-        assert_eq!((*signal, *memory_limit), (Some(9), Some(limit)), "{method:?}: {err}");
-        let seen = resident_at_kill.expect("what the sampler saw");
-        assert!(seen > limit && seen < 1 << 30, "{method:?}: {seen}");
-        assert!(err.to_string().contains("sampling each worker's resident memory"), "{err}");
-        let message = err.to_string();
-        assert!(
-            message.contains("memory limit of 268435456 bytes") && message.contains("resident memory"),
-            "{message}"
-        );
-        // How far past the limit it got between two samples.
-        eprintln!("{method:?}: overshoot {} MiB past a {} MiB limit", (seen - limit) >> 20, limit >> 20);
-        // The pool goes on, below the limit.
-        assert_ne!(pool.submit(64usize, touch).join().unwrap(), 0);
-        // A map item over the limit fails alone.
-        let out: Vec<_> = pool.map([1usize, 1024, 1], touch).collect();
-        assert!(out[0].is_ok() && out[2].is_ok(), "{method:?}: {out:?}");
-        assert!(
-            matches!(&out[1], Err(Error::WorkerDied { resident_at_kill: Some(_), .. })),
-            "{method:?}: {:?}",
-            out[1]
-        );
+        let pool_dir = first.parent().unwrap().to_path_buf();
+        assert!(pool_dir.file_name().unwrap().to_str().unwrap().starts_with("tandem-"), "{pool_dir:?}");
+        let mut leaves = vec![first];
+        for _ in 0..5 {
+            leaves.push(worker_cgroup(&pool).0.expect("every worker has a cgroup"));
+        }
+        // A worker killed for the limit, and one that leaves a process in its cgroup.
+        check_killed_for_the_limit(&pool.submit(1024usize, touch).join().unwrap_err(), by, &what);
+        let stray = pool.submit((), leave_a_process_behind).join().unwrap();
+        leaves.push(worker_cgroup(&pool).0.unwrap());
+        leaves.sort();
+        leaves.dedup();
+        assert!(leaves.len() >= 3, "{what}: recycled workers get cgroups of their own: {leaves:?}");
+        assert!(leaves.iter().all(|l| l.parent() == Some(&pool_dir)), "{what}: {leaves:?}");
+        drop(pool);
+        assert!(!pool_dir.exists(), "{what}: {pool_dir:?} is left behind");
+        // The process that outlived its worker went back to ours.
+        let stray_cgroup = std::fs::read_to_string(format!("/proc/{stray}/cgroup")).unwrap_or_default();
+        let _ = std::process::Command::new("kill").args(["-9", &stray.to_string()]).status();
+        let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let memory_line = |text: &str| text.lines().find(|l| l.contains(":memory:")).map(str::to_string);
+        assert_eq!(memory_line(&stray_cgroup), memory_line(&ours), "{what}: the stray sleep");
     }
 }

@@ -20,7 +20,7 @@
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Error, MemoryLimitBy};
 
 const VERSION: u8 = 1;
 const TAG_LEN: usize = 32;
@@ -262,6 +262,8 @@ pub(crate) enum WireError {
         memory_limit: Option<u64>,
         output_tail: Option<String>,
         resident_at_kill: Option<u64>,
+        /// `MemoryLimitBy`: 1 cgroup v2, 2 cgroup v1, 3 sampling.
+        memory_limit_by: Option<u8>,
     },
     TimedOut,
     Cancelled,
@@ -288,8 +290,14 @@ impl WireError {
                 memory_limit,
                 output_tail,
                 resident_at_kill,
+                memory_limit_by,
                 ..
             } => WireError::WorkerDied {
+                memory_limit_by: memory_limit_by.map(|by| match by {
+                    MemoryLimitBy::CgroupV2 => 1,
+                    MemoryLimitBy::CgroupV1 => 2,
+                    _ => 3,
+                }),
                 signal: *signal,
                 code: *code,
                 pid: *pid,
@@ -321,7 +329,13 @@ impl WireError {
                 memory_limit,
                 output_tail,
                 resident_at_kill,
+                memory_limit_by,
             } => Error::WorkerDied {
+                memory_limit_by: memory_limit_by.map(|by| match by {
+                    1 => MemoryLimitBy::CgroupV2,
+                    2 => MemoryLimitBy::CgroupV1,
+                    _ => MemoryLimitBy::Sampling,
+                }),
                 signal,
                 code,
                 pid,

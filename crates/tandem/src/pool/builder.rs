@@ -22,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) memory_limit: u64,
     /// The resident-memory limit (`worker_memory_limit`), 0 for none.
     pub(crate) resident_limit: u64,
+    /// Enforce it by sampling even where a cgroup could be made (tests).
+    pub(crate) sample_memory: bool,
     pub(crate) retries: u32,
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_message: u64,
@@ -71,6 +73,7 @@ impl PoolBuilder {
                 max_tasks_per_worker: None,
                 memory_limit: 0,
                 resident_limit: 0,
+                sample_memory: false,
                 retries: 0,
                 initializer: None,
                 max_message: 0,
@@ -155,14 +158,34 @@ impl PoolBuilder {
     }
     /// Limit each process worker's resident memory (what its task
     /// touches, not the address space it reserves) to `bytes`. A worker
-    /// past it is killed; its task fails with `WorkerDied` naming the limit,
-    /// the resident memory seen and the mechanism, and the worker is
-    /// replaced. The pool samples each running worker's resident memory
-    /// every 5 ms (`/proc/PID/statm`), so a fast allocation can overshoot
-    /// by what it touches in one interval (BENCHMARKS.md, "Reports and
-    /// output"); a cgroup v2 `memory.max` is not used yet. With a limit, tasks
-    /// go through the pool's loop rather than straight to an idle worker.
-    /// Thread mode cannot limit a thread: ignored there.
+    /// past it is killed; its task fails with `WorkerDied` naming the
+    /// limit, the memory seen and the mechanism
+    /// ([`MemoryLimitBy`](crate::MemoryLimitBy), in `memory_limit_by` and
+    /// the message), and the worker is replaced. Thread mode cannot limit
+    /// a thread: ignored there.
+    ///
+    /// The pool picks the mechanism once, when it is built:
+    ///
+    /// - **A memory cgroup per worker**, when the process can make one: a
+    ///   cgroup v2 `memory.max` (where the process's cgroup, or its
+    ///   parent, hands the `memory` controller to its children), otherwise
+    ///   a cgroup v1 `memory.limit_in_bytes` (plus `memory.memsw.limit_in_bytes`
+    ///   where swap is accounted, so swap does not dodge it). The kernel
+    ///   charges every page the worker touches, and the programs it runs
+    ///   too, and its OOM killer kills the worker at the limit: no
+    ///   overshoot, and nothing for the pool to do while tasks run. The
+    ///   worker joins its cgroup as soon as it exists, before its
+    ///   initializer (what it touched starting up stays charged to the
+    ///   pool process's cgroup); the pool's cgroups, `tandem-<pid>-<n>/`
+    ///   beside or below the process's own, are removed as workers are
+    ///   reaped and when the pool ends. Usually this needs root (or a
+    ///   delegated cgroup).
+    /// - **Sampling** otherwise: the pool reads each running worker's
+    ///   resident memory every 5 ms (`/proc/PID/statm`), so a fast
+    ///   allocation can overshoot by what it touches in one interval
+    ///   (BENCHMARKS.md, "Reports and output"), programs the worker runs
+    ///   are not counted, and tasks go through the pool's loop rather than
+    ///   straight to an idle worker.
     ///
     /// ```
     /// tandem::init();
@@ -177,6 +200,16 @@ impl PoolBuilder {
     /// ```
     pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
         self.config.resident_limit = bytes;
+        self
+    }
+
+    /// Tests only: enforce `worker_memory_limit` by sampling even where a
+    /// memory cgroup could be made, so both mechanisms are tested on one
+    /// machine. Not part of the API.
+    #[cfg(feature = "chaos")]
+    #[doc(hidden)]
+    pub fn __worker_memory_by_sampling(mut self) -> Self {
+        self.config.sample_memory = true;
         self
     }
 
@@ -399,7 +432,8 @@ impl PoolBuilder {
                 Inner::Threads(shared)
             }
             Mode::Process => {
-                let shared = Arc::new(Shared::new(config, (), Processes::new(n)?));
+                let memory = processes::Memory::new(config.resident_limit, config.sample_memory);
+                let shared = Arc::new(Shared::new(config, (), Processes::new(n, memory)?));
                 processes::start(&shared)?;
                 Inner::Processes(shared)
             }

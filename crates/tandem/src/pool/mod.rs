@@ -45,7 +45,6 @@ pub(crate) use handle::{Control as TaskControl, Resolve, cancel_task};
 pub use handle::{TaskHandle, TaskReport};
 pub(crate) use job::{BatchJob, Job, LocalRun, ProcessWork, ThreadWork};
 pub use map::{Map, MapStream, MapUnordered, MapUnorderedStream, Progress};
-pub(crate) use processes::BY_SAMPLING;
 use shared::Shared;
 pub use stats::{PoolStats, WorkerStats};
 

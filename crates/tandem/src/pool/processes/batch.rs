@@ -166,7 +166,7 @@ pub(super) fn settle(lp: &Loop<'_>, live: &mut Live, reader: &mut FrameReader, r
         Cause::Died => {
             let err = answer::died(&mut live.child, lp.asked(&job))
                 .with_output_tail(live.stderr.as_ref())
-                .over_memory(live.over_memory, lp.shared.config.resident_limit);
+                .over_memory(super::memory::kill_of(live), lp.shared.config.resident_limit);
             running.map_or(BatchEnd::Unstarted, |_| BatchEnd::Failed(err))
         }
         Cause::TimedOut => running.map_or(BatchEnd::Unstarted, |_| BatchEnd::Failed(Error::TimedOut)),

@@ -23,6 +23,7 @@ use rustix::event::Timespec;
 use rustix::event::epoll::{self, EventData, EventFlags};
 
 use super::batch::{self, Run};
+use super::cgroup::Leaf;
 use super::lanes::{self, Closed, InFlight};
 use super::{Job, Live, Shared, UNDELIVERED_TRIES, memory, starter};
 use crate::Error;
@@ -136,8 +137,9 @@ pub(super) struct Loop<'a> {
     slots: Vec<Slot>,
     /// Slots believed idle with a worker, most recent last.
     idle: Vec<usize>,
-    /// Retired workers not yet exited: reaped when their pidfd fires.
-    retiring: HashMap<u64, ChildProcess>,
+    /// Retired workers not yet exited: reaped when their pidfd fires
+    /// (then their memory cgroup, if any, is removed).
+    retiring: HashMap<u64, (ChildProcess, Option<Leaf>)>,
     next_retiring: u64,
     pub(super) max: u64,
     /// Slots with a worker, and slots whose worker is being started.
@@ -240,9 +242,10 @@ impl Loop<'_> {
         }
         let what = key & 3;
         if what == RETIRING {
-            if let Some(mut child) = self.retiring.remove(&(key >> 2)) {
+            if let Some((mut child, cgroup)) = self.retiring.remove(&(key >> 2)) {
                 let _ = epoll::delete(&self.epoll, child.pidfd());
                 let _ = child.wait();
+                drop(cgroup);
             }
             return;
         }
@@ -351,7 +354,7 @@ impl Loop<'_> {
         let s = &mut self.slots[slot];
         s.work = Work::Idle;
         s.reader = FrameReader::new();
-        let Some(Live { child, peer, .. }) = s.live.take() else { return };
+        let Some(Live { child, peer, cgroup, .. }) = s.live.take() else { return };
         self.live -= 1;
         let _ = epoll::delete(&self.epoll, &*peer.socket);
         let _ = epoll::delete(&self.epoll, child.pidfd());
@@ -359,18 +362,21 @@ impl Loop<'_> {
             let _ = child.kill();
         }
         drop(peer);
-        self.reap_later(child);
+        self.reap_later(child, cgroup);
     }
 
-    fn reap_later(&mut self, child: ChildProcess) {
+    /// Reap `child` when it exits, then remove its memory cgroup.
+    fn reap_later(&mut self, child: ChildProcess, cgroup: Option<Leaf>) {
         let number = self.next_retiring;
         self.next_retiring += 1;
         let data = EventData::new_u64((number << 2) | RETIRING);
         if epoll::add(&self.epoll, child.pidfd(), data, EventFlags::IN).is_ok() {
-            self.retiring.insert(number, child);
+            self.retiring.insert(number, (child, cgroup));
         } else {
-            // Unwatchable: the crate's reaper takes it.
+            // Unwatchable: the crate's reaper takes it, and the pool's end
+            // removes its cgroup (`cgroup::Tree::sweep`).
             drop(child);
+            drop(cgroup);
         }
     }
 
@@ -734,7 +740,7 @@ impl Loop<'_> {
             Dying::Task(mut job) => {
                 let err = answer::died(&mut live.child, self.asked(&job))
                     .with_output_tail(live.stderr.as_ref())
-                    .over_memory(live.over_memory, self.shared.config.resident_limit);
+                    .over_memory(memory::kill_of(&live), self.shared.config.resident_limit);
                 let retry = job.attempts < self.shared.config.retries && !self.shared.lock().terminating;
                 if retry {
                     job.attempts += 1;
@@ -748,9 +754,9 @@ impl Loop<'_> {
             }
             Dying::Batch(run, cause) => batch::settle(self, &mut live, &mut reader, *run, cause),
         }
-        let Live { child, peer, .. } = live;
+        let Live { child, peer, cgroup, .. } = live;
         drop(peer);
-        self.reap_later(child);
+        self.reap_later(child, cgroup);
         if !self.shared.lock().terminating {
             self.start(slot);
         }
@@ -766,9 +772,10 @@ impl Loop<'_> {
         std::mem::replace(&mut self.slots[slot].work, work)
     }
 
-    /// Whether a worker runs work under a resident-memory limit.
+    /// Whether a worker runs work under a resident-memory limit that the
+    /// loop samples (not a cgroup's, which the kernel keeps).
     fn samples_memory(&self) -> bool {
-        self.shared.config.resident_limit > 0 && self.any_running()
+        self.shared.backend.memory.samples() && self.any_running()
     }
 
     /// Some worker runs a task or a batch.
@@ -888,17 +895,23 @@ impl Loop<'_> {
             let mut buf = [0u8; 8];
             let _ = rustix::io::read(&bell.fd, &mut buf);
             for (_, started) in starter::take_done(self.shared) {
-                if let Ok(Live { mut child, peer, .. }) = started {
+                if let Ok(Live { mut child, peer, cgroup, .. }) = started {
                     if terminating {
                         let _ = child.kill();
                     }
                     drop(peer);
                     let _ = child.wait();
+                    drop(cgroup);
                 }
             }
         }
-        for (_, mut child) in self.retiring.drain() {
+        for (_, (mut child, cgroup)) in self.retiring.drain() {
             let _ = child.wait();
+            drop(cgroup);
+        }
+        // Every worker is reaped: the pool's memory cgroups go.
+        if let Some(tree) = self.shared.backend.memory.tree() {
+            tree.sweep();
         }
         // Jobs queued after the end (a requeue racing it) still resolve.
         let rest: Vec<_> = self.shared.lock().queue.drain(..).collect();

@@ -128,11 +128,11 @@ pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim
     let small = job.work.header.len() + job.work.bytes.len() <= DIRECT_MAX;
     // Recycling counts tasks in the loop, a deadline is the loop's to keep
     // (a joiner reading the answer would hold the slot past it), and so is
-    // a resident-memory limit (sampled while the loop watches the task):
-    // let the loop send them.
+    // a sampled resident-memory limit (sampled while the loop watches the
+    // task; a cgroup's limit is the kernel's): let the loop send them.
     let loop_only = shared.config.max_tasks_per_worker.is_some()
         || shared.config.task_timeout.is_some()
-        || shared.config.resident_limit > 0;
+        || shared.backend.memory.samples();
     if !small || loop_only {
         return None;
     }

@@ -12,6 +12,8 @@
 //!   like a bare pipe round trip). The loop takes the task over whenever
 //!   anything but a plain answer happens.
 //! - [`batch`]: a map batch in a worker, as the loop drives it.
+//! - [`memory`]: `worker_memory_limit`, by a memory cgroup per worker
+//!   ([`cgroup`]) or by sampling.
 //! - [`starter`]: starting a worker (launch, initializer, sandbox) blocks
 //!   for a while, so a few starter threads do it and hand the worker to
 //!   the loop.
@@ -20,9 +22,10 @@
 //! starters, for 1 or 1,000 workers.
 
 mod batch;
+mod cgroup;
 mod event_loop;
 mod memory;
-pub(crate) use memory::BY_SAMPLING;
+pub(crate) use memory::Memory;
 pub(crate) mod lanes;
 mod starter;
 
@@ -49,6 +52,8 @@ pub(crate) struct Processes {
     pub(crate) lanes: Vec<Lane>,
     pub(super) bell: Bell,
     starters: starter::Starters,
+    /// How the resident-memory limit is enforced, chosen once.
+    pub(super) memory: Memory,
     /// Sandboxed pools: what the first worker to finish starting enforced,
     /// or why it could not start.
     sandbox_outcome: Mutex<Option<Result<Vec<String>, Error>>>,
@@ -56,8 +61,9 @@ pub(crate) struct Processes {
 }
 
 impl Processes {
-    pub(crate) fn new(workers: usize) -> Result<Processes, Error> {
+    pub(crate) fn new(workers: usize, memory: Memory) -> Result<Processes, Error> {
         Ok(Processes {
+            memory,
             lanes: (0..workers).map(|_| Lane::default()).collect(),
             bell: Bell::new(workers)?,
             starters: starter::Starters::default(),
@@ -196,6 +202,9 @@ pub(super) struct Live {
     /// Killed by the loop for this resident memory, past the pool's
     /// `worker_memory_limit` (see `memory`).
     pub(super) over_memory: Option<u64>,
+    /// Its memory cgroup, when the pool's limit is a cgroup's: dropped
+    /// (removed) only once the worker has been reaped.
+    pub(super) cgroup: Option<cgroup::Leaf>,
 }
 
 /// Times a task is handed to a fresh worker after the one it was sent to

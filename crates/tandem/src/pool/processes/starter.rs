@@ -168,18 +168,29 @@ pub(super) fn start_worker(shared: &Shared, slot: usize) -> Result<Live, Error> 
 }
 
 fn kill_now(live: Live) {
-    let Live { mut child, peer, .. } = live;
+    let Live { mut child, peer, cgroup, .. } = live;
     let _ = child.kill();
     drop(peer);
     let _ = child.wait();
+    // Reaped: its cgroup can go.
+    drop(cgroup);
 }
 
 fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
-    let Worker { child, socket, stderr } = launch::start(shared.config.method, worker_config(shared))?;
+    let Worker { mut child, socket, stderr } = launch::start(shared.config.method, worker_config(shared))?;
+    // Under the memory limit before it is handed anything to run.
+    let cgroup = match shared.backend.memory.tree().map(|tree| tree.join(child.pid())).transpose() {
+        Ok(cgroup) => cgroup,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
     let peer = Peer { socket: Arc::new(socket), pidfd: Arc::new(pidfd) };
-    let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None };
+    let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None, cgroup };
     if let Some(init) = shared.config.initializer {
         let header =
             crate::task::header_for(0, crate::task::init_trampoline, crate::sys::code::offset_of(init));
