@@ -139,6 +139,7 @@ impl Agent {
                 .map_err(|e| Error::os("starting the agent's answer thread", e))?
         };
         let mut pools: HashMap<u64, Pool> = HashMap::new();
+        let mut seen_alive: HashMap<u128, Instant> = HashMap::new();
         let mut next_beat = Instant::now() + BEAT;
         let result = loop {
             if Instant::now() >= next_beat {
@@ -164,7 +165,7 @@ impl Agent {
             if entries.is_empty() {
                 continue;
             }
-            if let Err(e) = self.take(&node, &state, &mut reader, &mut pools, &tx, entries) {
+            if let Err(e) = self.take(&node, &state, &mut reader, &mut pools, &mut seen_alive, &tx, entries) {
                 if let Error::Io(_) = e {
                     reconnect(&mut reader, &self.url);
                 } else {
@@ -189,6 +190,7 @@ impl Agent {
         state: &Arc<Served>,
         broker: &mut Broker,
         pools: &mut HashMap<u64, Pool>,
+        seen_alive: &mut HashMap<u128, Instant>,
         tx: &Sender<(String, Local)>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
@@ -209,13 +211,28 @@ impl Agent {
         if !refusals.is_empty() {
             broker.answer(&refusals, Duration::from_secs(600))?;
         }
-        let mut drivers: Vec<u128> = frames.iter().map(|(_, f)| f.to.driver).collect();
-        drivers.sort_unstable();
-        drivers.dedup();
-        let alive: HashMap<u128, bool> =
-            drivers.iter().copied().zip(broker.drivers_alive(&drivers)?).collect();
+        // A driver seen alive within the last beat is not asked again (a
+        // round trip off every task's path); the renewals look again.
+        let mut unknown: Vec<u128> = frames
+            .iter()
+            .map(|(_, f)| f.to.driver)
+            .filter(|d| seen_alive.get(d).is_none_or(|at| at.elapsed() >= BEAT))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            let now = Instant::now();
+            for (driver, alive) in unknown.iter().zip(broker.drivers_alive(&unknown)?) {
+                if alive {
+                    seen_alive.insert(*driver, now);
+                } else {
+                    seen_alive.remove(driver);
+                }
+            }
+            seen_alive.retain(|_, at| at.elapsed() < BEAT * 10);
+        }
         for (entry, frame) in frames {
-            if !alive.get(&frame.to.driver).copied().unwrap_or(false) {
+            if !seen_alive.contains_key(&frame.to.driver) {
                 garbage.push(entry); // its driver is gone: nobody waits for it
                 continue;
             }

@@ -19,22 +19,37 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// On a unix socket only.
     pub fn start() -> Redis {
+        Redis::start_on(None)
+    }
+
+    /// Also on TCP loopback (`127.0.0.1`, a free port); `url` is the TCP one.
+    pub fn start_tcp() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Redis::start_on(Some(port))
+    }
+
+    fn start_on(port: Option<u16>) -> Redis {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("redis-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("r.sock");
+        let port_arg = port.map_or("0".to_owned(), |p| p.to_string());
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .args(["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--unixsocket"])
             .arg(&socket)
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run scripts/setup.sh");
-        let url = format!("redis+unix://{}", socket.display());
+        let url = match port {
+            Some(p) => format!("redis://127.0.0.1:{p}/0"),
+            None => format!("redis+unix://{}", socket.display()),
+        };
         let redis = Redis { child, dir, socket, url };
         redis.wait_ready();
         redis
