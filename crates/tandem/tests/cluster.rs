@@ -352,3 +352,45 @@ fn a_dead_drivers_tasks_are_dropped_by_its_agents() {
     );
     assert!(markers(&dir, "end-").is_empty());
 }
+
+#[test]
+fn cancel_and_time_limits_stop_work_on_the_agent() {
+    let redis = Redis::start();
+    let _agents = agents(&redis, &["node-a"], 2);
+    let dir = scratch(&redis);
+    let pool = driver(&redis.url, KEY, Duration::from_millis(600));
+    let running = pool.submit((dir.display().to_string(), 0, 60_000), mark_and_sleep);
+    assert!(eventually(BOUND, || markers(&dir, "start-0-").len() == 1));
+    let pid: u32 = std::fs::read_to_string(dir.join(&markers(&dir, "start-0-")[0])).unwrap().parse().unwrap();
+    assert!(running.cancel());
+    assert!(matches!(within(running, BOUND), Err(Error::Cancelled)));
+    // The agent finds the entry withdrawn at its next renewal and kills the
+    // local worker.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z ") || s.contains(") X "))
+    };
+    assert!(eventually(Duration::from_secs(5), gone), "the cancelled task's worker {pid} still runs");
+    drop(pool);
+
+    let timed = Pool::builder()
+        .cluster(Cluster::connect(&redis.url).unwrap().key(KEY.as_bytes()))
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let endless = timed.submit((), |()| -> u8 {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    assert!(matches!(within(endless, BOUND), Err(Error::TimedOut)));
+    let items: Vec<Result<u64, Error>> = timed
+        .map(0..20u64, |x| {
+            if x == 5 {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            x
+        })
+        .collect();
+    assert!(matches!(items[5], Err(Error::TimedOut)), "{:?}", items[5]);
+    assert_eq!(items.iter().filter(|r| r.is_ok()).count(), 19, "the endless item times out alone");
+}
