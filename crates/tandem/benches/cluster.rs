@@ -51,7 +51,9 @@ fn loopback(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("cluster_round_trip");
     g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    g.bench_function("floor/redis_ping", |b| b.iter(|| redis::cmd("PING").query::<String>(&mut con).unwrap()));
+    g.bench_function("floor/redis_ping", |b| {
+        b.iter(|| redis::cmd("PING").query::<String>(&mut con).unwrap())
+    });
     g.bench_function("tandem/submit_join", |b| b.iter(|| pool.submit(1u64, |x| x + 1).join().unwrap()));
     g.finish();
 
@@ -66,7 +68,8 @@ fn loopback(c: &mut Criterion) {
                 push.cmd("RPUSH").arg("bench:list").arg(batch.as_slice()).ignore();
             }
             push.query::<()>(&mut con).unwrap();
-            let popped: Vec<Vec<u8>> = redis::cmd("LPOP").arg("bench:list").arg(1000).query(&mut con).unwrap();
+            let popped: Vec<Vec<u8>> =
+                redis::cmd("LPOP").arg("bench:list").arg(1000).query(&mut con).unwrap();
             assert_eq!(popped.len(), 1000);
         })
     });
@@ -109,7 +112,8 @@ fn agent_death(c: &mut Criterion) {
                 let h = pool.submit((dir.display().to_string(), 800), mark_and_sleep);
                 assert!(eventually(Duration::from_secs(30), || starts(&dir).len() == 1));
                 let first = starts(&dir).remove(0);
-                let victim = agents.iter().position(|a| first.starts_with(&format!("start-{}-", a.name))).unwrap();
+                let victim =
+                    agents.iter().position(|a| first.starts_with(&format!("start-{}-", a.name))).unwrap();
                 agents[victim].signal_group(rustix::process::Signal::KILL);
                 let killed = Instant::now();
                 assert!(eventually(Duration::from_secs(30), || starts(&dir).len() == 2));

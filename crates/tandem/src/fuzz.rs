@@ -13,6 +13,14 @@ use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, socketpair}
 
 use crate::wire::{self, Frame, Kind};
 
+/// Feed `bytes` to the cluster's frame decoders (feature `cluster`), both
+/// as they come and signed with a test key, so a hostile agent or broker
+/// holding the key is covered too.
+#[cfg(feature = "cluster")]
+pub fn cluster_frames(bytes: &[u8]) {
+    crate::broker::frame::decode_signed(bytes);
+}
+
 /// Set the size above which this process sends a task's argument or result
 /// in a sealed memfd (the benches measure both sides of it). Workers keep
 /// their own (the default).

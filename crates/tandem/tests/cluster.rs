@@ -367,7 +367,8 @@ fn cancel_and_time_limits_stop_work_on_the_agent() {
     // The agent finds the entry withdrawn at its next renewal and kills the
     // local worker.
     let gone = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z ") || s.contains(") X "))
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z ") || s.contains(") X "))
     };
     assert!(eventually(Duration::from_secs(5), gone), "the cancelled task's worker {pid} still runs");
     drop(pool);

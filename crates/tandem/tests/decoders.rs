@@ -113,6 +113,7 @@ fn everything(bytes: &[u8]) {
     __fuzz::done_payload(bytes);
     __fuzz::fixed_layouts(bytes);
     __fuzz::codec(bytes);
+    __fuzz::cluster_frames(bytes);
     if bytes.len() > 12 {
         __fuzz::done_payload(&bytes[12..]);
         __fuzz::codec(&bytes[12..]);

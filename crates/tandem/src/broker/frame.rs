@@ -240,6 +240,27 @@ pub(crate) struct WireBatch {
     pub end: WireEnd,
 }
 
+impl WireBatch {
+    /// Whether its counts add up for a batch of `items` items: at most
+    /// `items` done, the chunks holding exactly `done` records, a failed
+    /// item within the batch. An agent with the key can still lie; it
+    /// cannot make the driver read past what it sent.
+    pub(crate) fn check(&self, items: u32) -> Result<(), String> {
+        let records: u64 = self.chunks.iter().map(|(count, _)| u64::from(*count)).sum();
+        let failed = u32::from(matches!(self.end, WireEnd::Failed(_)));
+        if self.done > items || records != u64::from(self.done) || self.done + failed > items {
+            return Err(format!(
+                "a batch answer of {} results in chunks of {records} records, for a batch of {items} items",
+                self.done
+            ));
+        }
+        if matches!(self.end, WireEnd::Complete { .. }) && self.done != items {
+            return Err(format!("a batch answer complete after {} of {items} items", self.done));
+        }
+        Ok(())
+    }
+}
+
 /// `pool::batch::BatchEnd` on the wire.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum WireEnd {
@@ -378,6 +399,22 @@ impl Reader<'_> {
     }
 }
 
+/// Decode `body` as a task frame and as an answer frame signed with a fixed
+/// key (so what comes after the tag is parsed too), checking a batch answer
+/// as the driver does (`__fuzz::cluster_frames`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_signed(body: &[u8]) {
+    let key = Key::new(b"fuzz");
+    let mut signed = key.tag(body).to_vec();
+    signed.extend_from_slice(body);
+    let _ = TaskFrame::decode(&signed, &key);
+    if let Ok(AnswerFrame { reply: Reply::Batch(batch), .. }) = AnswerFrame::decode(&signed, &key) {
+        let _ = batch.check(16);
+    }
+    let _ = TaskFrame::decode(body, &key);
+    let _ = AnswerFrame::decode(body, &key);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +463,24 @@ mod tests {
         let mut bytes = failed.encode(Some(&key)).unwrap();
         bytes[TAG_LEN + 30] ^= 1;
         assert!(AnswerFrame::decode(&bytes, &key).is_err());
+    }
+
+    #[test]
+    fn a_batch_answer_whose_counts_do_not_add_up_is_refused() {
+        let chunk = |n: u32| (n, serde_bytes::ByteBuf::from(vec![0u8; 4]));
+        let batch = |done, chunks: Vec<(u32, serde_bytes::ByteBuf)>, end| WireBatch { done, chunks, end };
+        assert!(batch(10, vec![chunk(4), chunk(6)], WireEnd::Complete { nanos: 1 }).check(10).is_ok());
+        assert!(batch(3, vec![chunk(3)], WireEnd::Failed(WireError::TimedOut)).check(10).is_ok());
+        assert!(
+            batch(11, vec![chunk(11)], WireEnd::Complete { nanos: 1 }).check(10).is_err(),
+            "more than its items"
+        );
+        assert!(batch(5, vec![chunk(4)], WireEnd::Unstarted).check(10).is_err(), "records short of done");
+        assert!(
+            batch(9, vec![chunk(9)], WireEnd::Complete { nanos: 1 }).check(10).is_err(),
+            "complete early"
+        );
+        assert!(batch(10, vec![chunk(10)], WireEnd::Failed(WireError::TimedOut)).check(10).is_err());
+        assert!(batch(u32::MAX, vec![chunk(u32::MAX), chunk(1)], WireEnd::Unstarted).check(10).is_err());
     }
 }

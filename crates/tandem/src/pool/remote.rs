@@ -419,6 +419,12 @@ fn take_answer(shared: &RShared, bytes: &[u8]) {
             job.completion.resolve_frame(Frame { kind: Kind::Done, payload, fds: Vec::new() });
         }
         Reply::Batch(batch) => {
+            let items = job.batch.as_ref().map_or(0, |b| b.items);
+            if let Err(why) = batch.check(items) {
+                job.completion.resolve_err(Error::Codec(format!("agent {node} sent a broken answer: {why}")));
+                remote.work_ready.notify_all();
+                return;
+            }
             let end = match batch.end {
                 WireEnd::Complete { nanos } => BatchEnd::Complete { nanos },
                 WireEnd::Unstarted => BatchEnd::Unstarted,

@@ -39,7 +39,17 @@ impl Redis {
         let socket = dir.join("r.sock");
         let port_arg = port.map_or("0".to_owned(), |p| p.to_string());
         let child = Command::new("redis-server")
-            .args(["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .args([
+                "--port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
             .arg(&socket)
             .arg("--dir")
             .arg(&dir)
