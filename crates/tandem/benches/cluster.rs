@@ -96,7 +96,7 @@ fn agent_death(c: &mut Criterion) {
     let redis = Redis::start();
     let mut con = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
     let lease = Duration::from_millis(500);
-    let mut agents = vec![agent(&redis, "death-a"), agent(&redis, "death-b")];
+    let mut agents = [agent(&redis, "death-a"), agent(&redis, "death-b")];
     assert!(eventually(Duration::from_secs(30), || agents_seen(&mut con) == 2));
     let pool = pool(&redis, lease);
     let dir = redis.dir.join("marks");

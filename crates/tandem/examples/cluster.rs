@@ -17,7 +17,7 @@ use tandem::{Error, Pool};
 
 /// The work: is `n` prime (by trial division, on purpose slow).
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 fn main() -> Result<(), Error> {

@@ -59,10 +59,10 @@ pub(crate) fn result<R: serde::de::DeserializeOwned + 'static>(
     asked: Asked,
     max: u64,
 ) -> Result<R, Error> {
-    if let Some(id) = asked.task {
-        if task::done_id(&frame) != Some(id) {
-            return Err(wrong_task(id));
-        }
+    if let Some(id) = asked.task
+        && task::done_id(&frame) != Some(id)
+    {
+        return Err(wrong_task(id));
     }
     task::decode_done_within(frame, max)
 }
@@ -99,10 +99,10 @@ pub(crate) fn died_with(pid: u32, status: child::ExitStatus, asked: Asked) -> Er
     if let Some(id) = asked.task {
         err = err.in_task(id);
     }
-    if let Error::WorkerDied { memory_limit, .. } = &mut err {
-        if asked.memory_limit > 0 {
-            *memory_limit = Some(asked.memory_limit);
-        }
+    if let Error::WorkerDied { memory_limit, .. } = &mut err
+        && asked.memory_limit > 0
+    {
+        *memory_limit = Some(asked.memory_limit);
     }
     err
 }

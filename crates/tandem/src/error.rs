@@ -73,7 +73,7 @@ pub enum Error {
         /// The machine it ran on, for a task of a cluster pool (the name of
         /// the [`Agent`](crate::cluster) whose local worker died); `None`
         /// on this machine.
-        node: Option<String>,
+        node: Option<Box<str>>,
     },
     /// A cluster pool's task was on a node that was lost (its agent died,
     /// its machine went away, or it fell silent past its lease) more times

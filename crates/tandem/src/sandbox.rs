@@ -367,15 +367,15 @@ impl Sandbox {
             });
         }
         let limit = |r| rustix::process::getrlimit(r).current;
-        if let Some(n) = limit(Resource::Nofile) {
-            if self.max_open_files.is_some() {
-                report.push(format!("rlimit nofile {n}"));
-            }
+        if let Some(n) = limit(Resource::Nofile)
+            && self.max_open_files.is_some()
+        {
+            report.push(format!("rlimit nofile {n}"));
         }
-        if let Some(n) = limit(Resource::Fsize) {
-            if self.max_file_size.is_some() {
-                report.push(format!("rlimit fsize {n}"));
-            }
+        if let Some(n) = limit(Resource::Fsize)
+            && self.max_file_size.is_some()
+        {
+            report.push(format!("rlimit fsize {n}"));
         }
         if limit(Resource::Core) == Some(0) {
             report.push("rlimit core 0".into());

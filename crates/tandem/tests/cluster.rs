@@ -163,7 +163,7 @@ fn a_crashing_task_fails_alone_naming_its_node_and_runs_again_only_with_retries(
     let err = within(crash, BOUND).unwrap_err();
     match &err {
         Error::WorkerDied { node: Some(node), signal: Some(6), task: Some(_), .. } => {
-            assert_eq!(node, "node-a")
+            assert_eq!(&**node, "node-a")
         }
         other => panic!("not a death on node-a: {other:?}"),
     }
@@ -212,7 +212,7 @@ fn an_agent_sigkilled_mid_task_loses_only_its_running_tasks() {
     let took = killed.elapsed();
     assert!(took < lease + Duration::from_secs(5), "the lost tasks took {took:?} after the kill");
     for i in 0..8 {
-        assert!(markers(&dir, &format!("end-{i}-")).len() >= 1, "task {i} never finished anywhere");
+        assert!(!markers(&dir, &format!("end-{i}-")).is_empty(), "task {i} never finished anywhere");
     }
     let stats = pool.stats();
     assert_eq!((stats.submitted, stats.completed, stats.failed), (8, 8, 0), "each resolved once: {stats:?}");

@@ -365,7 +365,7 @@ impl WireError {
                 memory_limit,
                 output_tail: output_tail.map(String::into_boxed_str),
                 resident_at_kill,
-                node: Some(node.to_owned()),
+                node: Some(node.into()),
             },
             WireError::TimedOut => Error::TimedOut,
             WireError::Cancelled => Error::Cancelled,

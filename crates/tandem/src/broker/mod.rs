@@ -63,6 +63,9 @@ if ARGV[3] == '' then return 'dropped' end
 return redis.call('XADD', KEYS[1], '*', 't', ARGV[3])
 ";
 
+/// An answer to send: (driver, answer frame, the task's stream entry).
+pub(crate) type Outgoing = (u128, Vec<u8>, String);
+
 /// An entry idle past the lease, as `XPENDING` tells it.
 #[derive(Debug)]
 pub(crate) struct Stale {

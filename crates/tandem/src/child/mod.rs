@@ -260,10 +260,10 @@ pub(crate) fn poll_ready(fd: BorrowedFd<'_>, timeout: Option<Timespec>) -> bool 
 /// (a detached unit finishes its task) and is reaped when it exits.
 impl Drop for ChildProcess {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            if let Some(process) = self.inner.take() {
-                self.orphanage.adopt(process);
-            }
+        if self.status.is_none()
+            && let Some(process) = self.inner.take()
+        {
+            self.orphanage.adopt(process);
         }
     }
 }

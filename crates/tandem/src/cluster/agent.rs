@@ -16,9 +16,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::broker::Broker;
 use crate::broker::build_id::build_id;
 use crate::broker::frame::{Address, AnswerFrame, Key, Reply, TaskFrame, WireBatch, WireEnd, WireError};
+use crate::broker::{Broker, Outgoing};
 use crate::pool::{BatchEnd, RawBatch, Resolve, cancel_task};
 use crate::wire::Frame;
 use crate::{Error, Mode, Pool, PoolBuilder};
@@ -138,8 +138,7 @@ impl Agent {
                 .spawn(move || answer_loop(&node, &state, answerer, rx))
                 .map_err(|e| Error::os("starting the agent's answer thread", e))?
         };
-        let mut pools: HashMap<u64, Pool> = HashMap::new();
-        let mut seen_alive: HashMap<u128, Instant> = HashMap::new();
+        let mut local = Pools::default();
         let mut next_beat = Instant::now() + BEAT;
         let result = loop {
             if Instant::now() >= next_beat {
@@ -165,7 +164,7 @@ impl Agent {
             if entries.is_empty() {
                 continue;
             }
-            if let Err(e) = self.take(&node, &state, &mut reader, &mut pools, &mut seen_alive, &tx, entries) {
+            if let Err(e) = self.take(&node, &state, &mut reader, &mut local, &tx, entries) {
                 if let Error::Io(_) = e {
                     reconnect(&mut reader, &self.url);
                 } else {
@@ -174,7 +173,7 @@ impl Agent {
             }
         };
         state.stopping.store(true, Ordering::SeqCst);
-        for (_, pool) in pools.drain() {
+        for (_, pool) in local.pools.drain() {
             pool.terminate();
         }
         drop(tx);
@@ -189,8 +188,7 @@ impl Agent {
         node: &Node,
         state: &Arc<Served>,
         broker: &mut Broker,
-        pools: &mut HashMap<u64, Pool>,
-        seen_alive: &mut HashMap<u128, Instant>,
+        local: &mut Pools,
         tx: &Sender<(String, Local)>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
@@ -216,7 +214,7 @@ impl Agent {
         let mut unknown: Vec<u128> = frames
             .iter()
             .map(|(_, f)| f.to.driver)
-            .filter(|d| seen_alive.get(d).is_none_or(|at| at.elapsed() >= BEAT))
+            .filter(|d| local.seen_alive.get(d).is_none_or(|at| at.elapsed() >= BEAT))
             .collect();
         unknown.sort_unstable();
         unknown.dedup();
@@ -224,19 +222,19 @@ impl Agent {
             let now = Instant::now();
             for (driver, alive) in unknown.iter().zip(broker.drivers_alive(&unknown)?) {
                 if alive {
-                    seen_alive.insert(*driver, now);
+                    local.seen_alive.insert(*driver, now);
                 } else {
-                    seen_alive.remove(driver);
+                    local.seen_alive.remove(driver);
                 }
             }
-            seen_alive.retain(|_, at| at.elapsed() < BEAT * 10);
+            local.seen_alive.retain(|_, at| at.elapsed() < BEAT * 10);
         }
         for (entry, frame) in frames {
-            if !seen_alive.contains_key(&frame.to.driver) {
+            if !local.seen_alive.contains_key(&frame.to.driver) {
                 garbage.push(entry); // its driver is gone: nobody waits for it
                 continue;
             }
-            let pool = match pools.entry(frame.timeout_ms) {
+            let pool = match local.pools.entry(frame.timeout_ms) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let mut builder = self.pool.clone().mode(Mode::Process).workers(self.workers);
@@ -267,6 +265,14 @@ impl Agent {
     }
 }
 
+/// The reader's own: local pools by task time-out (ms, 0 for none), and
+/// when each driver was last seen alive.
+#[derive(Default)]
+struct Pools {
+    pools: HashMap<u64, Pool>,
+    seen_alive: HashMap<u128, Instant>,
+}
+
 /// What the agent's two threads know of the node.
 #[derive(Clone)]
 struct Node {
@@ -279,13 +285,7 @@ struct Node {
 impl Node {
     /// A refusal of entry `entry` for its driver (signed only if the frame
     /// verified: an agent cannot sign for a key it does not have).
-    fn refusal(
-        &self,
-        to: Address,
-        why: String,
-        signed: bool,
-        entry: String,
-    ) -> Result<(u128, Vec<u8>, String), Error> {
+    fn refusal(&self, to: Address, why: String, signed: bool, entry: String) -> Result<Outgoing, Error> {
         let frame = AnswerFrame { to, node: self.name.clone(), reply: Reply::Refused(why) };
         Ok((to.driver, frame.encode(signed.then_some(&self.key))?, entry))
     }
@@ -381,7 +381,7 @@ fn reconnect(broker: &mut Broker, url: &str) {
 fn answer_loop(node: &Node, state: &Served, mut broker: Broker, rx: Receiver<(String, Local)>) {
     let mut last_renewed = Instant::now();
     let mut next_renew = Instant::now();
-    let mut unsent: Vec<(Instant, (u128, Vec<u8>, String))> = Vec::new();
+    let mut unsent: Vec<(Instant, Outgoing)> = Vec::new();
     loop {
         let mut ready = Vec::new();
         match rx.recv_timeout(next_renew.saturating_duration_since(Instant::now())) {

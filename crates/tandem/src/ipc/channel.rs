@@ -386,10 +386,10 @@ impl<T: DeserializeOwned> Future for RecvFuture<'_, T> {
 
 impl<T> Drop for RecvFuture<'_, T> {
     fn drop(&mut self) {
-        if let Some((key, ready)) = &self.watch {
-            if !ready.fired() {
-                WATCHER.unwatch(*key);
-            }
+        if let Some((key, ready)) = &self.watch
+            && !ready.fired()
+        {
+            WATCHER.unwatch(*key);
         }
     }
 }

@@ -439,13 +439,13 @@ impl PoolBuilder {
             }
         };
         let pool = Pool { inner };
-        if let Inner::Processes(shared) = &pool.inner {
-            if shared.config.sandbox.is_some() {
-                // Fail closed: the pool exists only if a worker could apply it.
-                if let Err(e) = shared.backend.wait_sandbox_outcome() {
-                    pool.terminate();
-                    return Err(e);
-                }
+        if let Inner::Processes(shared) = &pool.inner
+            && shared.config.sandbox.is_some()
+        {
+            // Fail closed: the pool exists only if a worker could apply it.
+            if let Err(e) = shared.backend.wait_sandbox_outcome() {
+                pool.terminate();
+                return Err(e);
             }
         }
         Ok(pool)

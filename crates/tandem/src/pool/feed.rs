@@ -177,10 +177,10 @@ where
     /// argument grows past `max_bytes` or would carry more descriptors than
     /// a message can.
     fn encode(&mut self, want: usize, flags: u8, max_bytes: usize) -> Option<Piece<I::Item>> {
-        if self.fixed_width {
-            if let Some(piece) = self.encode_fixed(want, flags, max_bytes) {
-                return Some(piece);
-            }
+        if self.fixed_width
+            && let Some(piece) = self.encode_fixed(want, flags, max_bytes)
+        {
+            return Some(piece);
         }
         let mut scope = codec::OutgoingScope::enter(batch::prefix(flags, 0).to_vec());
         let mut offsets: Vec<u32> = Vec::with_capacity(want.min(MAX_BATCH) + 1);

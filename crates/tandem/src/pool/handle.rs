@@ -298,15 +298,15 @@ impl Control {
     /// (a run; a retry is queued again first), which its trace records.
     pub(crate) fn set(&self, place: Place) {
         let mut current = self.place.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*current, Place::Queued) {
-            if let Some(unit) = place.unit() {
-                let now = Instant::now();
-                let mut trace = self.trace.lock().unwrap_or_else(|e| e.into_inner());
-                trace.first_start.get_or_insert(now);
-                trace.last_start = Some(now);
-                trace.attempts += 1;
-                trace.worker = Some(unit);
-            }
+        if matches!(*current, Place::Queued)
+            && let Some(unit) = place.unit()
+        {
+            let now = Instant::now();
+            let mut trace = self.trace.lock().unwrap_or_else(|e| e.into_inner());
+            trace.first_start.get_or_insert(now);
+            trace.last_start = Some(now);
+            trace.attempts += 1;
+            trace.worker = Some(unit);
         }
         *current = place;
     }
@@ -657,12 +657,11 @@ impl<R> Drop for TaskHandle<R> {
             self.cancel();
         }
         // Nobody will read a direct task's answer here: the loop must.
-        if !self.completion.resolved.load(Ordering::SeqCst) {
-            if let Place::Direct { slot, pool } =
+        if !self.completion.resolved.load(Ordering::SeqCst)
+            && let Place::Direct { slot, pool } =
                 &*self.control.place.lock().unwrap_or_else(|e| e.into_inner())
-            {
-                super::processes::attend(pool, *slot);
-            }
+        {
+            super::processes::attend(pool, *slot);
         }
     }
 }

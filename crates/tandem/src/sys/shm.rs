@@ -116,7 +116,10 @@ impl Region {
             "shared-memory access {offset}..{end} outside a region of {} bytes",
             self.len
         );
-        assert!((self.base.as_ptr() as usize + offset) % align == 0, "misaligned shared-memory access");
+        assert!(
+            (self.base.as_ptr() as usize + offset).is_multiple_of(align),
+            "misaligned shared-memory access"
+        );
     }
 
     /// A raw pointer `offset` bytes into the region (bounds checked; no

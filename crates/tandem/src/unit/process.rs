@@ -35,10 +35,10 @@ pub(crate) struct ProcessUnit<R> {
 
 impl<R> Drop for ProcessUnit<R> {
     fn drop(&mut self) {
-        if self.kill_on_drop {
-            if let Some(child) = &self.child {
-                let _ = child.kill();
-            }
+        if self.kill_on_drop
+            && let Some(child) = &self.child
+        {
+            let _ = child.kill();
         }
     }
 }
@@ -72,14 +72,14 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         R: Serialize,
     {
         let worker = launch::start(method, config)?;
-        if let Some(sandbox) = sandbox {
-            if let Err(e) = crate::sandbox::impose(worker.socket.as_fd(), sandbox) {
-                let Worker { socket, mut child, .. } = worker;
-                let _ = child.kill();
-                drop(socket);
-                let _ = child.wait();
-                return Err(e);
-            }
+        if let Some(sandbox) = sandbox
+            && let Err(e) = crate::sandbox::impose(worker.socket.as_fd(), sandbox)
+        {
+            let Worker { socket, mut child, .. } = worker;
+            let _ = child.kill();
+            drop(socket);
+            let _ = child.wait();
+            return Err(e);
         }
         Self::start(worker, config, arg, f)
     }
@@ -252,10 +252,10 @@ impl<R> Drop for WatchedHandle<R> {
     fn drop(&mut self) {
         // The watcher still holds the unit: kill it if asked, and the
         // watcher finishes (reaps) it when it dies.
-        if let Some(unit) = &*self.watched.unit.lock().unwrap_or_else(|e| e.into_inner()) {
-            if unit.kill_on_drop {
-                let _ = unit.kill();
-            }
+        if let Some(unit) = &*self.watched.unit.lock().unwrap_or_else(|e| e.into_inner())
+            && unit.kill_on_drop
+        {
+            let _ = unit.kill();
         }
     }
 }

@@ -120,11 +120,12 @@ pub(super) fn look_at(lp: &mut Loop<'_>, slot: usize) {
         return lp.dying(slot, Dying::Batch(run, Cause::Cancelled));
     }
     let stop = run.job.batch.as_ref().is_some_and(|b| b.stop.load(Ordering::SeqCst));
-    if stop && !run.stop_sent {
-        if let Some(board) = &lp.live(slot).board {
-            batch::request_stop(board, run.job.id);
-            run.stop_sent = true;
-        }
+    if stop
+        && !run.stop_sent
+        && let Some(board) = &lp.live(slot).board
+    {
+        batch::request_stop(board, run.job.id);
+        run.stop_sent = true;
     }
     lp.set_work(slot, Work::Batch(run));
 }
@@ -156,10 +157,10 @@ pub(super) fn settle(lp: &Loop<'_>, live: &mut Live, reader: &mut FrameReader, r
         }
     }
     // The batch answered whole before its worker died: it is complete.
-    if let (Cause::Died, Some(frame)) = (&cause, done_frame) {
-        if let Ok((done, end)) = read_done(&mut results, live, &job, frame) {
-            return resolve(job, RawBatch { done, chunks: results.into_chunks(), end, argument: None });
-        }
+    if let (Cause::Died, Some(frame)) = (&cause, done_frame)
+        && let Ok((done, end)) = read_done(&mut results, live, &job, frame)
+    {
+        return resolve(job, RawBatch { done, chunks: results.into_chunks(), end, argument: None });
     }
     let running = live.board.as_ref().and_then(|b| results.read_board(b).ok().flatten());
     let end = match cause {

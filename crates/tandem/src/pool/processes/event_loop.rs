@@ -563,10 +563,10 @@ impl Loop<'_> {
                 Closed::Busy => {
                     // A joiner reads; a cancelled task's worker is killed so
                     // that the read ends (the joiner then rings again).
-                    if lanes::in_flight_cancelled(self.shared, slot) {
-                        if let Some(live) = &self.slots[slot].live {
-                            let _ = live.child.kill();
-                        }
+                    if lanes::in_flight_cancelled(self.shared, slot)
+                        && let Some(live) = &self.slots[slot].live
+                    {
+                        let _ = live.child.kill();
                     }
                 }
             },
@@ -851,10 +851,8 @@ impl Loop<'_> {
         starter::stop(self.shared);
         for slot in 0..self.slots.len() {
             if self.slots[slot].live.is_some() {
-                if terminating {
-                    if let Some(live) = &self.slots[slot].live {
-                        let _ = live.child.kill();
-                    }
+                if terminating && let Some(live) = &self.slots[slot].live {
+                    let _ = live.child.kill();
                 }
                 if let Closed::Taken(flight) = lanes::close(self.shared, slot, true) {
                     flight.job.control.set(Place::Finished);
