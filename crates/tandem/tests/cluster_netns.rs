@@ -194,10 +194,16 @@ impl Hosts {
             .stdout(Stdio::null())
             .process_group(0)
             .spawn()
-            .expect("redis-server is not installed: run scripts/setup.sh");
-        self.redis = Some(child);
+            .expect("ip (iproute2) is not installed");
+        let redis = self.redis.insert(child);
         for ns in [self.a.clone(), self.b.clone()] {
             let answers = || {
+                if let Some(status) = redis.try_wait().unwrap() {
+                    panic!(
+                        "redis-server exited ({status}) in {}: is it installed (scripts/setup.sh)?",
+                        self.a
+                    );
+                }
                 Command::new("ip")
                     .args(["netns", "exec", &ns, "redis-cli", "-h", &self.ip_a, "-p", &PORT.to_string()])
                     .arg("ping")
