@@ -107,7 +107,9 @@ fn run(scenario: &str) {
 
 /// Two network namespaces joined by a veth pair, and what runs in them.
 /// Its drop kills everything started in them and deletes them, so a
-/// failing test leaves nothing behind.
+/// failing test leaves nothing behind. A test killed outright leaves its
+/// namespaces (its processes die with it, by their parent-death signal):
+/// the next run deletes them.
 struct Hosts {
     /// Namespaces made so far (A, then B).
     made: Vec<String>,
@@ -186,7 +188,7 @@ impl Hosts {
     fn start_redis(&mut self) {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.a])
-            // Dies with the thread that started it, should the test die unwinding-free.
+            // Dies with the thread that started it if the test is killed (no drop runs then).
             .args(["setpriv", "--pdeathsig", "KILL", "redis-server"])
             .args(["--bind", &self.ip_a, "--port", &PORT.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"])
