@@ -109,7 +109,7 @@ fn run(scenario: &str) {
 /// Its drop kills everything started in them and deletes them, so a
 /// failing test leaves nothing behind. A test killed outright leaves its
 /// namespaces (its processes die with it, by their parent-death signal):
-/// the next run deletes them.
+/// the next run deletes them (and its directory).
 struct Hosts {
     /// Namespaces made so far (A, then B).
     made: Vec<String>,
@@ -139,7 +139,7 @@ impl Hosts {
             );
             return None;
         }
-        remove_stale_namespaces();
+        remove_stale_hosts();
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -323,12 +323,20 @@ fn ns_owner(ns: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Delete the namespaces of an earlier run of this test whose process is
-/// gone (killed before its drops ran).
-fn remove_stale_namespaces() {
+/// Delete the namespaces and directories of an earlier run of this test
+/// whose process is gone (killed before its drops ran).
+fn remove_stale_hosts() {
+    let dead = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
     for ns in namespaces() {
-        if ns_owner(&ns).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+        if ns_owner(&ns).is_some_and(dead) {
             let _ = ip(&["netns", "delete", &ns]);
+        }
+    }
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.strip_prefix("tdm-netns-").and_then(|rest| rest.split_once('-')?.0.parse().ok());
+        if owner.is_some_and(dead) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
