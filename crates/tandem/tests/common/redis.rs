@@ -121,8 +121,35 @@ impl AgentProcess {
         key: &str,
         workers: usize,
     ) -> AgentProcess {
-        let child = Command::new(exe)
-            .args(args)
+        let mut command = Command::new(exe);
+        command.args(args);
+        AgentProcess::spawn(command, url, name, key, workers)
+    }
+
+    /// As [`start`](AgentProcess::start), inside network namespace `netns`
+    /// (`ip netns exec NETNS <this test binary> ENTRY ...`: `ip` execs the
+    /// binary, so the child is the agent itself).
+    pub fn start_in_netns(
+        netns: &str,
+        entry: &str,
+        url: &str,
+        name: &str,
+        key: &str,
+        workers: usize,
+    ) -> AgentProcess {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(std::env::current_exe().unwrap()).args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        AgentProcess::spawn(command, url, name, key, workers)
+    }
+
+    fn spawn(mut command: Command, url: &str, name: &str, key: &str, workers: usize) -> AgentProcess {
+        let child = command
             .env("TANDEM_AGENT_URL", url)
             .env("TANDEM_AGENT_NAME", name)
             .env("TANDEM_AGENT_KEY", key)
