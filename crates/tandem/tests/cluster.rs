@@ -231,7 +231,7 @@ fn an_agent_stopped_past_its_lease_then_resumed_resolves_nothing_twice() {
     assert!(eventually(Duration::from_secs(30), || markers(&dir, "start-")
         .iter()
         .any(|m| m.ends_with("node-a"))));
-    agents[0].signal_group(Signal::STOP);
+    agents[0].signal_tree(Signal::STOP);
     let on_a: Vec<String> = markers(&dir, "start-").into_iter().filter(|m| m.ends_with("node-a")).collect();
     // The stopped node's tasks run again on node-b and resolve from there.
     for (i, h) in handles.into_iter().enumerate() {
@@ -244,7 +244,7 @@ fn an_agent_stopped_past_its_lease_then_resumed_resolves_nothing_twice() {
             "task {i} (stopped on node-a) never ran on node-b"
         );
     }
-    agents[0].signal_group(Signal::CONT);
+    agents[0].signal_tree(Signal::CONT);
     // Node-a wakes, finds its leases gone, and its late answers (if any)
     // are dropped: nothing resolves twice, and it serves again.
     let stats = pool.stats();
@@ -394,4 +394,66 @@ fn cancel_and_time_limits_stop_work_on_the_agent() {
         .collect();
     assert!(matches!(items[5], Err(Error::TimedOut)), "{:?}", items[5]);
     assert_eq!(items.iter().filter(|r| r.is_ok()).count(), 19, "the endless item times out alone");
+}
+
+#[test]
+fn with_no_agent_alive_for_a_lease_every_handle_resolves_and_the_pool_drops() {
+    let redis = Redis::start();
+    let lease = Duration::from_millis(500);
+    let pool = driver(&redis.url, KEY, lease);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..3u8).map(|i| pool.submit(i, |x| x)).collect();
+    for h in handles {
+        match within(h, BOUND) {
+            Err(Error::Io(e)) => assert!(e.to_string().contains("no agent"), "{e}"),
+            other => panic!("not failed for want of agents: {other:?}"),
+        }
+    }
+    assert!(started.elapsed() < lease + Duration::from_secs(3), "took {:?}", started.elapsed());
+    drop(pool);
+    assert!(started.elapsed() < lease + Duration::from_secs(5), "the pool's drop waited");
+}
+
+#[test]
+fn a_driver_clears_pending_entries_nobody_waits_for_any_more() {
+    let redis = Redis::start();
+    // An entry of a driver that is gone, taken by an agent that died: pending
+    // for a consumer nobody is, forever, unless someone clears it.
+    let mut con = redis::Client::open(redis.url.as_str()).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("tandem:tasks")
+        .arg("agents")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut con)
+        .unwrap();
+    let mut ghost = vec![0u8; 200];
+    ghost[33..49].copy_from_slice(&0xdead_u128.to_le_bytes());
+    let _: String =
+        redis::cmd("XADD").arg("tandem:tasks").arg("*").arg("t").arg(ghost).query(&mut con).unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("agents")
+        .arg("ghost-agent")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("tandem:tasks")
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    let pending = |con: &mut redis::Connection| {
+        let summary: redis::Value =
+            redis::cmd("XPENDING").arg("tandem:tasks").arg("agents").query(con).unwrap();
+        match summary {
+            redis::Value::Array(parts) => matches!(parts.first(), Some(redis::Value::Int(n)) if *n > 0),
+            _ => true,
+        }
+    };
+    assert!(pending(&mut con));
+    let _agents = agents(&redis, &["node-a"], 1);
+    let pool = driver(&redis.url, KEY, Duration::from_millis(300));
+    assert!(eventually(Duration::from_secs(10), || !pending(&mut con)), "the ghost entry is still pending");
+    assert_eq!(within(pool.submit(5u8, |x| x + 1), BOUND).unwrap(), 6);
 }

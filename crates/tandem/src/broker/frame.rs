@@ -105,6 +105,13 @@ impl TaskFrame {
         out
     }
 
+    /// The driver a task frame names, unverified (to clear the entries of a
+    /// driver that is gone).
+    pub(crate) fn driver_of(bytes: &[u8]) -> Option<u128> {
+        let at = TAG_LEN + 1 + 32;
+        Some(u128::from_le_bytes(bytes.get(at..at + 16)?.try_into().ok()?))
+    }
+
     /// Read a task frame. `Err` says why it is refused, with its address
     /// when the frame is long enough to have one.
     pub(crate) fn decode(bytes: &[u8], key: &Key) -> Result<TaskFrame, (Option<Address>, String)> {

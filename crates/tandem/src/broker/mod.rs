@@ -261,6 +261,36 @@ impl Broker {
         pipe.query::<()>(&mut self.con).map_err(|e| unreachable(&self.url, e))
     }
 
+    /// Of the entries `ids`, those that no driver waits for any more: gone
+    /// from the stream (still pending), or of a driver whose heartbeat is gone.
+    pub(crate) fn orphaned(&mut self, ids: &[String]) -> Result<Vec<String>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XRANGE").arg(STREAM).arg(id).arg(id).arg("COUNT").arg(1);
+        }
+        let entries: Vec<Value> = pipe.query(&mut self.con).map_err(|e| unreachable(&self.url, e))?;
+        let drivers: Vec<Option<u128>> = entries
+            .into_iter()
+            .map(|entry| {
+                let Value::Array(mut found) = entry else { return None };
+                let Some(Value::Array(mut entry)) = found.pop() else { return None };
+                let frame = bulk_strings(entry.pop()?).into_iter().nth(1)?;
+                frame::TaskFrame::driver_of(&frame)
+            })
+            .collect();
+        let known: Vec<u128> = drivers.iter().flatten().copied().collect();
+        let mut alive = self.drivers_alive(&known)?.into_iter();
+        Ok(ids
+            .iter()
+            .zip(drivers)
+            .filter(|(_, driver)| driver.is_none() || !alive.next().unwrap_or(false))
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     /// Worker slots of the agents alive now (from their heartbeats).
     pub(crate) fn agent_workers(&mut self) -> Result<usize, Error> {
         let names: Vec<String> = self.query(redis::cmd("KEYS").arg("tandem:agent:*"))?;

@@ -313,23 +313,7 @@ fn trouble(shared: &RShared, broker: &mut Broker, err: Error) {
             "the cluster's broker could not be reached for longer than the lease ({:?}): {err}",
             remote.settings.lease
         );
-        let (queued, flights) = {
-            let mut state = shared.lock();
-            let queued: Vec<_> = state.queue.drain(..).collect();
-            shared.queued.store(0, Ordering::SeqCst);
-            state.mode.entries.clear();
-            (queued, std::mem::take(&mut state.mode.flights))
-        };
-        let fail = |c: &Arc<dyn Resolve>| {
-            c.resolve_err(Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, why.clone())))
-        };
-        queued.iter().for_each(|j| {
-            fail(&j.completion);
-        });
-        flights.values().for_each(|f| {
-            fail(&f.job.completion);
-        });
-        remote.work_ready.notify_all();
+        fail_open(shared, &why);
     }
     std::thread::sleep(
         (remote.settings.lease / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
@@ -345,6 +329,7 @@ fn collect(shared: Arc<RShared>, mut broker: Broker) {
     let beat_every = (lease / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut next_beat = Instant::now();
     let mut recovering = false;
+    let mut no_agents_since = None;
     loop {
         {
             let state = shared.lock();
@@ -360,7 +345,8 @@ fn collect(shared: Arc<RShared>, mut broker: Broker) {
             let checked = broker
                 .heartbeat(remote.driver, lease)
                 .and_then(|()| if recovering { recheck(&shared, &mut broker) } else { Ok(()) })
-                .and_then(|()| check_leases(&shared, &mut broker));
+                .and_then(|()| check_leases(&shared, &mut broker))
+                .and_then(|()| check_agents(&shared, &mut broker, &mut no_agents_since));
             match checked {
                 Ok(()) => recovering = false,
                 Err(err) => {
@@ -470,45 +456,99 @@ fn take_answer(shared: &RShared, bytes: &[u8]) {
 fn check_leases(shared: &RShared, broker: &mut Broker) -> Result<(), Error> {
     let remote = &shared.backend;
     let lease = remote.settings.lease;
+    let mut foreign = Vec::new();
     for stale in broker.stale(lease, 1000)? {
         let next = {
             let state = shared.lock();
-            let Some(&task) = state.mode.entries.get(&stale.id) else { continue };
-            let flight = &state.mode.flights[&task];
+            let flight =
+                state.mode.entries.get(&stale.id).and_then(|t| Some((*t, state.mode.flights.get(t)?)));
+            let Some((task, flight)) = flight else {
+                foreign.push(stale.id);
+                continue;
+            };
             if flight.job.undelivered < remote.settings.node_losses {
                 let send = remote.sends.fetch_add(1, Ordering::Relaxed);
-                Some((task, Some((send, frame_of(remote, &shared.config, &flight.job, send)))))
+                (task, Some((send, frame_of(remote, &shared.config, &flight.job, send))))
             } else {
-                Some((task, None))
+                (task, None)
             }
         };
-        let Some((task, again)) = next else { continue };
+        let (task, again) = next;
         let frame = again.as_ref().map(|(_, f)| f.as_slice());
-        match broker.reassign(&stale.id, lease, frame)? {
-            None => {} // renewed or answered meanwhile
-            Some(new_entry) => {
-                let mut state = shared.lock();
-                state.mode.entries.remove(&stale.id);
-                let Some(flight) = state.mode.flights.get_mut(&task) else { continue };
-                match (again, new_entry) {
-                    (Some((send, _)), Some(entry)) => {
-                        flight.send = send;
-                        flight.job.undelivered += 1;
-                        flight.entry = Some(entry.clone());
-                        state.mode.entries.insert(entry, task);
-                    }
-                    _ => {
-                        let flight = state.mode.flights.remove(&task).expect("just seen");
-                        drop(state);
-                        flight.job.control.set(Place::Finished);
-                        flight.job.completion.resolve_err(Error::NodeLost { node: stale.node });
-                        remote.work_ready.notify_all();
-                    }
-                }
+        let Some(new_entry) = broker.reassign(&stale.id, lease, frame)? else {
+            continue; // renewed or answered meanwhile
+        };
+        let mut state = shared.lock();
+        state.mode.entries.remove(&stale.id);
+        let Some(flight) = state.mode.flights.get_mut(&task) else {
+            // Cancelled while it was being reassigned: take the new try back.
+            state.mode.withdraw.extend(new_entry);
+            remote.work_ready.notify_all();
+            continue;
+        };
+        match (again, new_entry) {
+            (Some((send, _)), Some(entry)) => {
+                flight.send = send;
+                flight.job.undelivered += 1;
+                flight.entry = Some(entry.clone());
+                state.mode.entries.insert(entry, task);
+            }
+            _ => {
+                let flight = state.mode.flights.remove(&task).expect("just seen");
+                drop(state);
+                flight.job.control.set(Place::Finished);
+                flight.job.completion.resolve_err(Error::NodeLost { node: stale.node });
+                remote.work_ready.notify_all();
             }
         }
     }
+    // Entries of other drivers, idle past this lease: those of a driver
+    // that is gone (and of an agent that died) would be nobody's to clear,
+    // and would crowd the next look at the pending list.
+    foreign.truncate(100);
+    let orphans = broker.orphaned(&foreign)?;
+    broker.withdraw(&orphans)
+}
+
+/// With no agent alive for a whole lease nothing can run: fail what is
+/// open rather than wait for ever (an agent's heartbeat lasts 3 s).
+fn check_agents(shared: &RShared, broker: &mut Broker, since: &mut Option<Instant>) -> Result<(), Error> {
+    let remote = &shared.backend;
+    if broker.agent_workers()? > 0 {
+        *since = None;
+        return Ok(());
+    }
+    let since = *since.get_or_insert_with(Instant::now);
+    if since.elapsed() < remote.settings.lease {
+        return Ok(());
+    }
+    let why = format!(
+        "no agent has served the broker at {} for longer than the lease ({:?}): start agents (Agent::serve) with this pool's key",
+        remote.settings.url, remote.settings.lease
+    );
+    fail_open(shared, &why);
     Ok(())
+}
+
+/// Resolve every queued job and flight with an `Io` error saying `why`.
+fn fail_open(shared: &RShared, why: &str) {
+    let (queued, flights) = {
+        let mut state = shared.lock();
+        let queued: Vec<_> = state.queue.drain(..).collect();
+        shared.queued.store(0, Ordering::SeqCst);
+        state.mode.entries.clear();
+        let flights = std::mem::take(&mut state.mode.flights);
+        state.mode.withdraw.extend(flights.values().filter_map(|f| f.entry.clone()));
+        (queued, flights)
+    };
+    let err = || Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, why.to_owned()));
+    for job in queued {
+        job.completion.resolve_err(err());
+    }
+    for flight in flights.into_values() {
+        flight.job.completion.resolve_err(err());
+    }
+    shared.backend.work_ready.notify_all();
 }
 
 /// After the broker was out of reach: a flight whose entry is gone from the

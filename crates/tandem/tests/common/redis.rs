@@ -171,6 +171,31 @@ impl AgentProcess {
         let _ = rustix::process::kill_process_group(group, signal);
     }
 
+    /// Send `signal` to the agent and every process below it (its workers
+    /// are in process groups of their own): the whole "machine".
+    pub fn signal_tree(&self, signal: rustix::process::Signal) {
+        let mut pids = vec![self.child.id()];
+        let mut i = 0;
+        while i < pids.len() {
+            let parent = pids[i];
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+                let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
+                if ppid.and_then(|p| p.parse::<u32>().ok()) == Some(parent) && !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+            i += 1;
+        }
+        for pid in pids {
+            let _ =
+                rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), signal);
+        }
+    }
+
     /// Whether it has exited (without waiting).
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
