@@ -457,3 +457,32 @@ fn a_driver_clears_pending_entries_nobody_waits_for_any_more() {
     assert!(eventually(Duration::from_secs(10), || !pending(&mut con)), "the ghost entry is still pending");
     assert_eq!(within(pool.submit(5u8, |x| x + 1), BOUND).unwrap(), 6);
 }
+
+#[test]
+fn a_task_whose_node_is_lost_more_often_than_node_losses_allows_fails_node_lost() {
+    let redis = Redis::start();
+    let agents = agents(&redis, &["node-a"], 2);
+    let dir = scratch(&redis);
+    let lease = Duration::from_millis(500);
+    let pool = Pool::builder()
+        .cluster(Cluster::connect(&redis.url).unwrap().key(KEY.as_bytes()).lease(lease).node_losses(0))
+        .build()
+        .unwrap();
+    let handles: Vec<_> =
+        (0..2u64).map(|i| pool.submit((dir.display().to_string(), i, 30_000), mark_and_sleep)).collect();
+    assert!(eventually(BOUND, || markers(&dir, "start-").len() == 2), "both tasks started");
+    // A second agent, for the re-run that node_losses(0) must not make.
+    let _b = AgentProcess::start("agent_entry", &redis.url, "node-b", KEY, 2);
+    assert!(eventually(BOUND, || agents_seen(&redis.url) == 2));
+    agents[0].signal_group(Signal::KILL);
+    let killed = Instant::now();
+    for h in handles {
+        match within(h, BOUND) {
+            Err(Error::NodeLost { node }) => assert_eq!(node, "node-a"),
+            other => panic!("not NodeLost: {other:?}"),
+        }
+    }
+    assert!(killed.elapsed() < lease + Duration::from_secs(3), "took {:?}", killed.elapsed());
+    assert_eq!(markers(&dir, "start-").len(), 2, "node_losses(0): never run again");
+    assert!(Error::NodeLost { node: "node-a".into() }.to_string().contains("node_losses"));
+}

@@ -56,8 +56,12 @@
 //!
 //! **Broker trouble.** If the broker cannot be reached for longer than the
 //! lease, every open handle resolves with `Error::Io`, and new tasks fail
-//! until it is back. The driver beats a heartbeat in the broker; agents drop
-//! the tasks of a driver whose heartbeat has stopped (it died).
+//! until it is back. With no agent alive for longer than the lease (an
+//! agent's heartbeat lasts 3 s), every open handle likewise resolves with
+//! `Error::Io` saying so: nothing waits for ever, and dropping the pool
+//! returns. The driver beats a heartbeat in the broker; agents drop the
+//! tasks of a driver whose heartbeat has stopped (it died), and drivers clear
+//! the pending entries of drivers that are gone.
 //!
 //! Arguments and results cross machines as bytes: a value holding a
 //! shareable object (`ipc`, `shm`, `sync`) is refused with `Error::Codec`.
