@@ -486,3 +486,35 @@ fn a_task_whose_node_is_lost_more_often_than_node_losses_allows_fails_node_lost(
     assert_eq!(markers(&dir, "start-").len(), 2, "node_losses(0): never run again");
     assert!(Error::NodeLost { node: "node-a".into() }.to_string().contains("node_losses"));
 }
+
+#[test]
+fn the_agents_memory_limit_and_sandbox_apply_to_cluster_tasks() {
+    let redis = Redis::start();
+    let limit = (256u64 << 20).to_string();
+    let _limited = AgentProcess::start_with_env(
+        "agent_entry",
+        &redis.url,
+        "limited",
+        KEY,
+        1,
+        &[("TANDEM_AGENT_MEMORY_LIMIT", &limit), ("TANDEM_AGENT_SANDBOX", "1")],
+    );
+    assert!(eventually(BOUND, || agents_seen(&redis.url) == 1));
+    let pool = driver(&redis.url, KEY, Duration::from_secs(5));
+    let err =
+        within(pool.submit(1usize << 30, |n| vec![1u8; n].iter().map(|&b| b as usize).sum::<usize>()), BOUND)
+            .unwrap_err();
+    match &err {
+        Error::WorkerDied { memory_limit: Some(l), memory_limit_by: Some(_), node: Some(node), .. } => {
+            assert_eq!((*l, &**node), (256 << 20, "limited"));
+        }
+        other => panic!("not killed for the agent's memory limit: {other:?}"),
+    }
+    let read = within(
+        pool.submit((), |()| std::fs::read("/etc/hostname").map(|b| b.len()).map_err(|e| e.raw_os_error())),
+        BOUND,
+    )
+    .unwrap();
+    assert!(read.is_err(), "the agent's sandbox let a task read /etc/hostname");
+    assert_eq!(within(pool.submit(4u8, |x| x * 2), BOUND).unwrap(), 8, "the agent goes on");
+}

@@ -32,7 +32,8 @@ pub(crate) struct Job<W> {
     pub work: W,
     /// Times the task was re-run after its worker died.
     pub attempts: u32,
-    /// Times it could not be sent because its worker was already gone.
+    /// Times it could not be sent because its worker was already gone
+    /// (process mode), or its node was lost (cluster mode: `node_losses`).
     pub undelivered: u32,
     /// A map batch: its items report one by one (see `batch`).
     pub batch: Option<BatchJob>,

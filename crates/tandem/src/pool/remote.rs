@@ -30,7 +30,7 @@ use super::handle::{Place, Resolve};
 use super::job::{Job, ProcessWork};
 use super::shared::{Counters, Shared, State};
 use crate::Error;
-use crate::broker::frame::{Address, AnswerFrame, Key, Reply, TaskFrame, WireEnd};
+use crate::broker::frame::{Address, AnswerFrame, Key, Reply, TaskFrame, WireEnd, WireError};
 use crate::broker::{Broker, build_id::build_id};
 use crate::wire::{Frame, Kind};
 
@@ -391,9 +391,25 @@ fn take_answer(shared: &RShared, bytes: &[u8]) {
             Some(f) if f.send == answer.to.attempt => {}
             _ => return, // a late answer of a lost try, or of a cancelled task
         }
-        let flight = state.mode.flights.remove(&answer.to.task).expect("just seen");
+        let mut flight = state.mode.flights.remove(&answer.to.task).expect("just seen");
         if let Some(entry) = &flight.entry {
             state.mode.entries.remove(entry);
+        }
+        // A retry goes back in the queue under the same lock that took its
+        // flight, so a closing pool never sees it nowhere (and stops early).
+        let retry = matches!(&answer.reply, Reply::Failed(WireError::WorkerDied { .. }))
+            && flight.job.batch.is_none()
+            && flight.job.attempts < shared.config.retries
+            && !state.terminating;
+        if retry {
+            flight.job.attempts += 1;
+            Counters::add(&shared.counters.retried, 1);
+            flight.job.control.set(Place::Queued);
+            state.queue.push_front(flight.job);
+            shared.queued.store(state.queue.len(), Ordering::SeqCst);
+            drop(state);
+            remote.work_ready.notify_all();
+            return;
         }
         flight
     };
@@ -429,20 +445,7 @@ fn take_answer(shared: &RShared, bytes: &[u8]) {
             job.completion.resolve_batch(RawBatch { done: batch.done, chunks, end, argument });
         }
         Reply::Failed(e) => {
-            let err = e.into_error(&node).in_task(job.id);
-            let retry = matches!(err, Error::WorkerDied { .. })
-                && job.batch.is_none()
-                && job.attempts < shared.config.retries
-                && !shared.lock().terminating;
-            if retry {
-                let mut job = job;
-                job.attempts += 1;
-                Counters::add(&shared.counters.retried, 1);
-                job.control.set(Place::Queued);
-                shared.requeue(job);
-            } else {
-                job.completion.resolve_err(err);
-            }
+            job.completion.resolve_err(e.into_error(&node).in_task(job.id));
         }
         Reply::Refused(reason) => {
             job.completion.resolve_err(Error::Refused { node, reason });

@@ -126,6 +126,24 @@ impl AgentProcess {
         AgentProcess::spawn(command, url, name, key, workers)
     }
 
+    /// As [`start`](AgentProcess::start), with more environment
+    /// (`TANDEM_AGENT_MEMORY_LIMIT`, `TANDEM_AGENT_SANDBOX`: what the agent's
+    /// local pool enforces).
+    pub fn start_with_env(
+        entry: &str,
+        url: &str,
+        name: &str,
+        key: &str,
+        workers: usize,
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args([entry, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .envs(env.iter().copied());
+        AgentProcess::spawn(command, url, name, key, workers)
+    }
+
     /// As [`start`](AgentProcess::start), inside network namespace `netns`
     /// (`ip netns exec NETNS <this test binary> ENTRY ...`: `ip` execs the
     /// binary, so the child is the agent itself).
@@ -223,11 +241,20 @@ pub fn serve_if_agent() {
     let name = std::env::var("TANDEM_AGENT_NAME").unwrap();
     let key = std::env::var("TANDEM_AGENT_KEY").unwrap();
     let workers: usize = std::env::var("TANDEM_AGENT_WORKERS").unwrap().parse().unwrap();
+    // What the local pool enforces, for the tests of limits that apply on the agent.
+    let mut local = tandem::Pool::builder();
+    if let Some(bytes) = std::env::var("TANDEM_AGENT_MEMORY_LIMIT").ok().and_then(|b| b.parse().ok()) {
+        local = local.worker_memory_limit(bytes);
+    }
+    if std::env::var("TANDEM_AGENT_SANDBOX").is_ok() {
+        local = local.sandbox(tandem::sandbox::Sandbox::new());
+    }
     tandem::cluster::Agent::connect(&url)
         .unwrap()
         .key(key.as_bytes())
         .name(name)
         .workers(workers)
+        .pool(local)
         .serve()
         .unwrap();
 }
