@@ -39,6 +39,10 @@ use crate::sys::robust::Spin;
 ///     futex::wait(word, seen, deadline)?; // announce first, then sleep
 /// }
 /// ```
+/// How long a waiter for a peer's answer looks before it sleeps (a polled
+/// future: before it hands the wait to the pool's loop).
+pub(crate) const ANSWER_BUDGET: Duration = Duration::from_micros(50);
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Backoff {
     spins: u32,
@@ -55,7 +59,7 @@ impl Backoff {
     /// For a word in shared memory (see the module docs).
     pub const MEMORY: Backoff = Backoff { spins: 32, yields: Yields::Count(20) };
     /// For a peer's answer (see the module docs).
-    pub const ANSWER: Backoff = Backoff { spins: 0, yields: Yields::For(Duration::from_micros(50)) };
+    pub const ANSWER: Backoff = Backoff { spins: 0, yields: Yields::For(ANSWER_BUDGET) };
 
     /// Poll `ready` until it says `true` (then `true`) or the budget is
     /// spent (`false`: the caller should now sleep in the kernel).

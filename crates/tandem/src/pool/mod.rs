@@ -388,6 +388,7 @@ fn handle<O>(id: u64, completion: Arc<Completion<O>>) -> TaskHandle<O> {
         id,
         cancel_on_drop: false,
         handed_over: false,
+        first_pending: None,
         _result: PhantomData,
     }
 }
