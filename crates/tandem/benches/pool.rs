@@ -144,16 +144,7 @@ fn replace_dead_worker(c: &mut Criterion) {
         // Death (the crash task's result) to the next task's result, minus a
         // plain task's round trip measured alongside.
         g.bench_function(format!("{method:?}/death_to_next_result"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    assert!(pool.submit((), |()| -> u8 { std::process::abort() }).join().is_err());
-                    let start = Instant::now();
-                    pool.submit(0u8, |x| x).join().unwrap();
-                    total += start.elapsed();
-                }
-                total
-            })
+            b.iter_custom(|iters| death_to_next_result(&pool, iters))
         });
     }
     g.finish();
@@ -173,22 +164,26 @@ fn memory_limit(c: &mut Criterion) {
         let pool = if sampled { builder.__worker_memory_by_sampling() } else { builder }.build().unwrap();
         pool.submit(0u8, |x| x).join().unwrap();
         g.bench_function(format!("{by}/death_to_next_result"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    assert!(pool.submit((), |()| -> u8 { std::process::abort() }).join().is_err());
-                    let start = Instant::now();
-                    pool.submit(0u8, |x| x).join().unwrap();
-                    total += start.elapsed();
-                }
-                total
-            })
+            b.iter_custom(|iters| death_to_next_result(&pool, iters))
         });
         g.bench_function(format!("{by}/submit_join"), |b| {
             b.iter(|| pool.submit(1u64, |x| x + 1).join().unwrap())
         });
     }
     g.finish();
+}
+
+/// `iters` times: a task crashes its worker, then the time until the next
+/// task's result (the replacement's start plus one round trip).
+fn death_to_next_result(pool: &Pool, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        assert!(pool.submit((), |()| -> u8 { std::process::abort() }).join().is_err());
+        let start = Instant::now();
+        pool.submit(0u8, |x| x).join().unwrap();
+        total += start.elapsed();
+    }
+    total
 }
 
 /// A task that takes 10 ms of wall time and no CPU: the I/O-bound work a
