@@ -120,7 +120,11 @@ fn agent_death(c: &mut Criterion) {
                 total += killed.elapsed();
                 // A fresh agent in its place for the next round.
                 let name = agents[victim].name.clone();
-                redis::cmd("DEL").arg(format!("tandem:agent:{name}")).query::<()>(&mut con).unwrap();
+                redis::cmd("DEL")
+                    .arg(format!("tandem:agent:{name}"))
+                    .arg(format!("tandem:name:{name}"))
+                    .query::<()>(&mut con)
+                    .unwrap();
                 agents[victim] = agent(&redis, &name);
                 assert!(eventually(Duration::from_secs(30), || agents_seen(&mut con) == 2));
                 h.join().unwrap();

@@ -518,3 +518,16 @@ fn the_agents_memory_limit_and_sandbox_apply_to_cluster_tasks() {
     assert!(read.is_err(), "the agent's sandbox let a task read /etc/hostname");
     assert_eq!(within(pool.submit(4u8, |x| x * 2), BOUND).unwrap(), 8, "the agent goes on");
 }
+
+#[test]
+fn a_second_agent_of_the_same_name_is_refused_with_a_clear_error() {
+    let redis = Redis::start();
+    let _first = agents(&redis, &["twin"], 1);
+    tandem::init();
+    let second =
+        tandem::cluster::Agent::connect(&redis.url).unwrap().key(KEY.as_bytes()).name("twin").serve();
+    match second {
+        Err(Error::Io(e)) => assert!(e.to_string().contains("already serving"), "{e}"),
+        other => panic!("a second agent named twin served: {other:?}"),
+    }
+}

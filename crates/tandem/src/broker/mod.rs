@@ -12,7 +12,9 @@
 //!   which it pops; it expires if the driver stops popping.
 //! - `tandem:driver:<driver>`: the driver's heartbeat, a key that expires a
 //!   lease after its last beat; agents drop the tasks of a driver without one.
-//! - `tandem:agent:<name>`: an agent's heartbeat (its worker count).
+//! - `tandem:agent:<name>`: an agent's heartbeat (its worker count), and
+//!   `tandem:name:<name>`: its claim on the name (two agents of one name
+//!   would renew each other's leases).
 //! - `tandem:stop`: a counter; agents stop serving when it moves.
 //!
 //! A node is judged lost by the driver, not by another agent: it finds its
@@ -90,6 +92,10 @@ fn driver_key(driver: u128) -> String {
 
 fn agent_key(name: &str) -> String {
     format!("tandem:agent:{name}")
+}
+
+fn claim_key(name: &str) -> String {
+    format!("tandem:name:{name}")
 }
 
 impl Broker {
@@ -390,11 +396,26 @@ impl Broker {
         pipe.query::<()>(&mut self.con).map_err(|e| unreachable(&self.url, e))
     }
 
-    /// Beat agent `node`'s heartbeat (`workers` slots, lasting `ttl`) and
-    /// read the stop counter.
+    /// Claim the name `node` for this agent (`token`) if no live agent
+    /// holds it; false if one does.
+    pub(crate) fn claim_name(&mut self, node: &str, token: u128, ttl: Duration) -> Result<bool, Error> {
+        let set: Option<String> = self.query(
+            redis::cmd("SET")
+                .arg(claim_key(node))
+                .arg(token.to_string())
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl)),
+        )?;
+        Ok(set.is_some())
+    }
+
+    /// Beat agent `node`'s heartbeat (`workers` slots) and its name's claim,
+    /// both lasting `ttl`, and read the stop counter.
     pub(crate) fn agent_beat(&mut self, node: &str, workers: usize, ttl: Duration) -> Result<i64, Error> {
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(agent_key(node)).arg(workers).arg("PX").arg(millis(ttl)).ignore();
+        pipe.cmd("PEXPIRE").arg(claim_key(node)).arg(millis(ttl)).ignore();
         pipe.cmd("GET").arg(STOP);
         let (stop,): (Option<i64>,) = pipe.query(&mut self.con).map_err(|e| unreachable(&self.url, e))?;
         Ok(stop.unwrap_or(0))
@@ -402,7 +423,7 @@ impl Broker {
 
     /// Agent `node` is going.
     pub(crate) fn agent_leaves(&mut self, node: &str) -> Result<(), Error> {
-        self.query::<()>(redis::cmd("DEL").arg(agent_key(node)))
+        self.query::<()>(redis::cmd("DEL").arg(agent_key(node)).arg(claim_key(node)))
     }
 }
 

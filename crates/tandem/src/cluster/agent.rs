@@ -76,7 +76,9 @@ impl Agent {
     }
 
     /// The node's name in errors and in the broker (default: the host
-    /// name). Two agents must not share one.
+    /// name). Each agent needs its own: [`serve`](Agent::serve) fails with
+    /// `Error::Io` while another agent of the same name serves the broker
+    /// (after waiting up to 4 s for the claim of one that just died).
     ///
     /// ```no_run
     /// let agent = tandem::cluster::Agent::connect("redis://127.0.0.1:6379/0").unwrap().name("node-a");
@@ -127,6 +129,7 @@ impl Agent {
         let build = build_id()?;
         let mut reader = Broker::connect(&self.url, COMMAND_TIMEOUT)?;
         let answerer = Broker::connect(&self.url, COMMAND_TIMEOUT)?;
+        self.claim_name(&mut reader)?;
         let stop_at_start = reader.agent_beat(&self.name, self.workers, BEAT * 3)?;
         let state = Arc::new(Served::default());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -180,6 +183,28 @@ impl Agent {
         let _ = answering.join();
         let _ = reader.agent_leaves(&self.name);
         result
+    }
+
+    /// Take this agent's name, waiting out the claim of an agent of the
+    /// same name that just died (it lasts `3 x BEAT`).
+    fn claim_name(&self, broker: &mut Broker) -> Result<(), Error> {
+        let mut token = [0u8; 16];
+        let _ = rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty());
+        let token = u128::from_le_bytes(token);
+        let deadline = Instant::now() + BEAT * 4;
+        while !broker.claim_name(&self.name, token, BEAT * 3)? {
+            if Instant::now() >= deadline {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "an agent named {:?} is already serving this broker: give each agent its own name (Agent::name)",
+                        self.name
+                    ),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Check and start the entries read.
