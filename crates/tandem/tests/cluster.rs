@@ -190,6 +190,11 @@ fn a_crashing_task_fails_alone_naming_its_node_and_runs_again_only_with_retries(
     let err = within(crash, BOUND).unwrap_err();
     assert!(matches!(err, Error::WorkerDied { .. }));
     assert_eq!(tries(&dir2), 3, "retries(2): three runs");
+    let crash = retrying.submit((), |()| -> u8 { std::process::abort() });
+    assert!(crash.wait_timeout(BOUND));
+    assert_eq!(crash.join_report().attempts, 3, "join_report counts every run on the cluster");
+    let report = retrying.submit(1u8, |x| x + 1).join_report();
+    assert_eq!((report.result.unwrap(), report.attempts, report.worker), (2, 1, None));
 }
 
 #[test]

@@ -298,15 +298,20 @@ impl Control {
     /// (a run; a retry is queued again first), which its trace records.
     pub(crate) fn set(&self, place: Place) {
         let mut current = self.place.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*current, Place::Queued)
-            && let Some(unit) = place.unit()
-        {
+        // A cluster task starts when it is sent (the worker is on another
+        // machine: none is named).
+        #[cfg(feature = "cluster")]
+        let sent = matches!(place, Place::Remote { .. });
+        #[cfg(not(feature = "cluster"))]
+        let sent = false;
+        let unit = place.unit();
+        if matches!(*current, Place::Queued) && (unit.is_some() || sent) {
             let now = Instant::now();
             let mut trace = self.trace.lock().unwrap_or_else(|e| e.into_inner());
             trace.first_start.get_or_insert(now);
             trace.last_start = Some(now);
             trace.attempts += 1;
-            trace.worker = Some(unit);
+            trace.worker = unit;
         }
         *current = place;
     }
@@ -335,7 +340,8 @@ pub struct TaskReport<R> {
     /// What [`join`](TaskHandle::join) would have returned.
     pub result: Result<R, Error>,
     /// Who ran it last; `None` if it never ran (cancelled while queued,
-    /// refused before it was sent).
+    /// refused before it was sent), and on a cluster pool (another
+    /// machine's worker: a death's error names its node).
     pub worker: Option<UnitId>,
     /// Runs, retries included (a send to a worker that was already dead
     /// counts as one, although the task never started there).
