@@ -421,8 +421,16 @@ fn unfinished_on(dir: &Path, node: &str) -> Vec<u64> {
     started_on(dir, node).into_iter().filter(|i| !marked(dir, &format!("end-{i}-{node}"))).collect()
 }
 
-fn submit_all(pool: &Pool, dir: &Path) -> Vec<tandem::TaskHandle<(u64, String)>> {
-    (0..TASKS).map(|i| pool.submit((dir.display().to_string(), i, TASK_MS), mark_and_sleep)).collect()
+/// Submit every task, then wait until one has started on host B (the
+/// moment each scenario strikes).
+fn submit_until_host_b_runs_one(pool: &Pool, dir: &Path) -> Vec<tandem::TaskHandle<(u64, String)>> {
+    let handles =
+        (0..TASKS).map(|i| pool.submit((dir.display().to_string(), i, TASK_MS), mark_and_sleep)).collect();
+    assert!(
+        eventually(Duration::from_secs(20), || !started_on(dir, "host-b").is_empty()),
+        "no task started on host B"
+    );
+    handles
 }
 
 /// Join every handle by `deadline` (a hang fails the test); the node each
@@ -452,11 +460,7 @@ fn gone(pid: u32) -> bool {
 fn host_b_cut_off_and_killed(url: &str, dir: &Path, host_b: &HostB) {
     let pool = connect(url);
     let _terminate = TerminateOnPanic(&pool);
-    let handles = submit_all(&pool, dir);
-    assert!(
-        eventually(Duration::from_secs(20), || !started_on(dir, "host-b").is_empty()),
-        "no task started on host B"
-    );
+    let handles = submit_until_host_b_runs_one(&pool, dir);
     host_b.link(false);
     host_b.kill_agent();
     let killed = Instant::now();
@@ -486,11 +490,7 @@ fn host_b_cut_off_and_killed(url: &str, dir: &Path, host_b: &HostB) {
 fn host_b_partitioned_then_back(url: &str, dir: &Path, host_b: &HostB) {
     let pool = connect(url);
     let _terminate = TerminateOnPanic(&pool);
-    let handles = submit_all(&pool, dir);
-    assert!(
-        eventually(Duration::from_secs(20), || !started_on(dir, "host-b").is_empty()),
-        "no task started on host B"
-    );
+    let handles = submit_until_host_b_runs_one(&pool, dir);
     host_b.link(false);
     let cut = Instant::now();
     // Not finished when the link went: their answers cannot have left.
