@@ -536,3 +536,63 @@ fn a_second_agent_of_the_same_name_is_refused_with_a_clear_error() {
         other => panic!("a second agent named twin served: {other:?}"),
     }
 }
+
+#[test]
+fn maps_and_tasks_come_back_right_and_once_while_agents_keep_being_killed() {
+    let redis = Redis::start();
+    let mut agents = agents(&redis, &["chaos-0", "chaos-1", "chaos-2"], 2);
+    let pool = Pool::builder()
+        .cluster(
+            Cluster::connect(&redis.url)
+                .unwrap()
+                .key(KEY.as_bytes())
+                .lease(Duration::from_millis(400))
+                .node_losses(20),
+        )
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let (stop, url) = (stop.clone(), redis.url.clone());
+        std::thread::spawn(move || {
+            let mut kills = 0u32;
+            let mut next = 3;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && kills < 8 {
+                std::thread::sleep(Duration::from_millis(250));
+                // Kill one agent (and its workers) and start another in its place.
+                let victim = kills as usize % agents.len();
+                agents[victim].signal_group(Signal::KILL);
+                agents[victim] = AgentProcess::start("agent_entry", &url, &format!("chaos-{next}"), KEY, 2);
+                next += 1;
+                kills += 1;
+            }
+            (kills, agents)
+        })
+    };
+    let handles: Vec<_> = (0..40u64)
+        .map(|i| {
+            pool.submit(i, |x| {
+                std::thread::sleep(Duration::from_millis(20));
+                x * 7
+            })
+        })
+        .collect();
+    let mapped: Vec<Result<u64, Error>> = pool
+        .map(0..400u64, |x| {
+            std::thread::sleep(Duration::from_millis(5));
+            x * 3
+        })
+        .batch_size(5)
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(within(h, Duration::from_secs(60)).unwrap(), i as u64 * 7, "task {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (kills, _agents) = killer.join().unwrap();
+    assert!(kills >= 3, "only {kills} agents were killed while the work ran");
+    for (i, r) in mapped.iter().enumerate() {
+        assert_eq!(r.as_ref().unwrap(), &(i as u64 * 3), "item {i}");
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.submitted, stats.completed, stats.failed), (440, 440, 0), "each once: {stats:?}");
+}
