@@ -169,18 +169,12 @@ where
                 (super::enqueue(shared, id, completion, work, Some(job), front), Offsets::Listed(Vec::new()))
             }
             (Cut::Remote { argument, fds, offsets }, Inner::Processes(shared)) => {
-                let header =
-                    task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
-                let work = ProcessWork { header, bytes: argument, fds };
-                let job = BatchJob { stop: stop.clone(), items: len as u32, clock: None };
+                let (work, job) = remote_batch(id, f, argument, fds, &stop, len);
                 (super::enqueue_process(shared, id, completion, work, Some(job), front), offsets)
             }
             #[cfg(feature = "cluster")]
             (Cut::Remote { argument, fds, offsets }, Inner::Cluster(shared)) => {
-                let header =
-                    task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
-                let work = ProcessWork { header, bytes: argument, fds };
-                let job = BatchJob { stop: stop.clone(), items: len as u32, clock: None };
+                let (work, job) = remote_batch(id, f, argument, fds, &stop, len);
                 (super::enqueue(shared, id, completion, work, Some(job), front), offsets)
             }
             // The feeder cuts batches in the pool's own shape; anything else
@@ -288,6 +282,25 @@ impl<I: Iterator, A, R> Engine<'_, I, A, R> {
 
 /// A map batch's work on a pool thread: run back to back, or under a time
 /// limit with each item's start published for the supervisor.
+/// A batch of `len` encoded items as a worker process's work (here or on
+/// a cluster's agent), and what the pool knows of it.
+fn remote_batch<A, R>(
+    id: u64,
+    f: fn(A) -> R,
+    argument: Vec<u8>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    stop: &Arc<AtomicBool>,
+    len: usize,
+) -> (ProcessWork, BatchJob)
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let header = task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
+    let work = ProcessWork { header, bytes: argument, fds };
+    (work, BatchJob { stop: stop.clone(), items: len as u32, clock: None })
+}
+
 fn local_batch<A: Send + 'static, R: Send + 'static>(
     f: fn(A) -> R,
     items: Vec<A>,
