@@ -192,6 +192,12 @@ impl Broker {
 
     /// Whether each entry is still in the task stream.
     pub(crate) fn entries_present(&mut self, ids: &[String]) -> Result<Vec<bool>, Error> {
+        Ok(self.frames_of(ids)?.into_iter().map(|frame| frame.is_some()).collect())
+    }
+
+    /// The frame of each entry still in the task stream (empty if it has
+    /// none), in one round trip.
+    fn frames_of(&mut self, ids: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -200,7 +206,13 @@ impl Broker {
             pipe.cmd("XRANGE").arg(STREAM).arg(id).arg(id).arg("COUNT").arg(1);
         }
         let found: Vec<Value> = pipe.query(&mut self.con).map_err(|e| unreachable(&self.url, e))?;
-        Ok(found.into_iter().map(|v| matches!(v, Value::Array(ref a) if !a.is_empty())).collect())
+        Ok(found
+            .into_iter()
+            .map(|range| match range {
+                Value::Array(mut entries) => entries.pop().and_then(entry).map(|(_, frame)| frame),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Entries idle (unrenewed) for longer than `lease`, at most `max`.
@@ -273,20 +285,8 @@ impl Broker {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("XRANGE").arg(STREAM).arg(id).arg(id).arg("COUNT").arg(1);
-        }
-        let entries: Vec<Value> = pipe.query(&mut self.con).map_err(|e| unreachable(&self.url, e))?;
-        let drivers: Vec<Option<u128>> = entries
-            .into_iter()
-            .map(|entry| {
-                let Value::Array(mut found) = entry else { return None };
-                let Some(Value::Array(mut entry)) = found.pop() else { return None };
-                let frame = bulk_strings(entry.pop()?).into_iter().nth(1)?;
-                frame::TaskFrame::driver_of(&frame)
-            })
-            .collect();
+        let drivers: Vec<Option<u128>> =
+            self.frames_of(ids)?.into_iter().map(|frame| frame::TaskFrame::driver_of(&frame?)).collect();
         let known: Vec<u128> = drivers.iter().flatten().copied().collect();
         let mut alive = self.drivers_alive(&known)?.into_iter();
         Ok(ids
@@ -344,19 +344,8 @@ impl Broker {
         for stream in streams {
             let Value::Array(mut parts) = stream else { continue };
             let Some(Value::Array(entries)) = parts.pop() else { continue };
-            for entry in entries {
-                let Value::Array(mut entry) = entry else { continue };
-                let fields = entry.pop();
-                let id = entry.pop().and_then(text);
-                let frame = match fields {
-                    Some(Value::Array(fields)) => bulk_strings(Value::Array(fields)).into_iter().nth(1),
-                    _ => None,
-                };
-                if let Some(id) = id {
-                    // An entry without a frame is answered as garbage by the caller.
-                    out.push((id, frame.unwrap_or_default()));
-                }
-            }
+            // An entry without a frame is answered as garbage by the caller.
+            out.extend(entries.into_iter().filter_map(entry));
         }
         Ok(out)
     }
@@ -371,6 +360,10 @@ impl Broker {
 
     /// Whether each driver's heartbeat is there.
     pub(crate) fn drivers_alive(&mut self, drivers: &[u128]) -> Result<Vec<bool>, Error> {
+        // An empty pipeline would wait for a reply that never comes.
+        if drivers.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for d in drivers {
             pipe.cmd("EXISTS").arg(driver_key(*d));
@@ -425,6 +418,19 @@ impl Broker {
     pub(crate) fn agent_leaves(&mut self, node: &str) -> Result<(), Error> {
         self.query::<()>(redis::cmd("DEL").arg(agent_key(node)).arg(claim_key(node)))
     }
+}
+
+/// A stream entry as Redis sends it (`[id, [field, value, ...]]`): its id
+/// and its task frame (empty if it has none).
+fn entry(entry: Value) -> Option<(String, Vec<u8>)> {
+    let Value::Array(mut entry) = entry else { return None };
+    let fields = entry.pop();
+    let id = entry.pop().and_then(text)?;
+    let frame = match fields {
+        Some(fields @ Value::Array(_)) => bulk_strings(fields).into_iter().nth(1),
+        _ => None,
+    };
+    Some((id, frame.unwrap_or_default()))
 }
 
 fn millis(d: Duration) -> u64 {
