@@ -417,10 +417,11 @@ impl PoolBuilder {
         #[cfg(feature = "cluster")]
         if let Some(settings) = config.cluster.clone() {
             let mut config = config;
-            config.workers = super::remote::agent_workers(&settings, config.workers)?;
             let (remote, flights) = super::remote::Remote::new(settings)?;
+            let mut links = super::remote::Links::connect(&remote)?;
+            config.workers = links.agent_workers(config.workers)?;
             let shared = Arc::new(Shared::new(config, flights, remote));
-            super::remote::start(&shared)?;
+            super::remote::start(&shared, links)?;
             return Ok(Pool { inner: Inner::Cluster(shared) });
         }
         let n = config.workers;

@@ -134,18 +134,35 @@ impl Backend for Remote {
     }
 }
 
-/// Connect both threads' connections (so a broker that cannot be reached
-/// fails the build) and start them.
-pub(crate) fn start(shared: &Arc<RShared>) -> Result<(), Error> {
-    let url = &shared.backend.settings.url;
-    let timeout = shared.backend.timeout();
-    let (mut sender, mut reader) = (Broker::connect(url, timeout)?, Broker::connect(url, timeout)?);
-    sender.heartbeat(shared.backend.driver, shared.backend.settings.lease)?;
-    reader.set_timeout(timeout + Duration::from_secs(1))?;
+/// The two threads' broker connections, made before the pool exists (so
+/// a broker that cannot be reached fails the build, and the agents can be
+/// counted for the pool's size on one of them).
+pub(crate) struct Links {
+    sender: Broker,
+    reader: Broker,
+}
+
+impl Links {
+    pub(crate) fn connect(remote: &Remote) -> Result<Links, Error> {
+        let (url, timeout) = (&remote.settings.url, remote.timeout());
+        let (mut sender, mut reader) = (Broker::connect(url, timeout)?, Broker::connect(url, timeout)?);
+        sender.heartbeat(remote.driver, remote.settings.lease)?;
+        reader.set_timeout(timeout + Duration::from_secs(1))?;
+        Ok(Links { sender, reader })
+    }
+
+    /// Live agents' worker slots now, for the pool's size (at least `at_least`).
+    pub(crate) fn agent_workers(&mut self, at_least: usize) -> Result<usize, Error> {
+        Ok(self.sender.agent_workers()?.max(at_least))
+    }
+}
+
+/// Start the dispatcher and the collector on their connections.
+pub(crate) fn start(shared: &Arc<RShared>, links: Links) -> Result<(), Error> {
     let mut threads = Vec::new();
     for (name, broker, run) in [
-        ("tandem-dispatch", sender, dispatch as fn(Arc<RShared>, Broker)),
-        ("tandem-collect", reader, collect as fn(Arc<RShared>, Broker)),
+        ("tandem-dispatch", links.sender, dispatch as fn(Arc<RShared>, Broker)),
+        ("tandem-collect", links.reader, collect as fn(Arc<RShared>, Broker)),
     ] {
         let shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -156,12 +173,6 @@ pub(crate) fn start(shared: &Arc<RShared>) -> Result<(), Error> {
     }
     shared.lock().joinable.extend(threads);
     Ok(())
-}
-
-/// Live agents' worker slots now, for the pool's size (at least `at_least`).
-pub(crate) fn agent_workers(settings: &Settings, at_least: usize) -> Result<usize, Error> {
-    let mut broker = Broker::connect(&settings.url, settings.lease.max(Duration::from_millis(100)))?;
-    Ok(broker.agent_workers()?.max(at_least))
 }
 
 /// `cancel` (or a dropped map's stop) of a task sent to the cluster: take
@@ -210,32 +221,31 @@ fn inline(job: &mut Job<ProcessWork>, max: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// The pool's threads are done: it terminates, or it is closed with
+/// nothing queued or in flight.
+fn ended(state: &State<Remote>) -> bool {
+    state.terminating || (state.closed && state.queue.is_empty() && state.mode.flights.is_empty())
+}
+
 fn dispatch(shared: Arc<RShared>, mut broker: Broker) {
     let remote = &shared.backend;
     let weak = Arc::downgrade(&shared);
     loop {
         let (jobs, withdraw, ending) = {
             let mut state = shared.lock();
-            loop {
-                let ending = state.terminating
-                    || (state.closed && state.queue.is_empty() && state.mode.flights.is_empty());
-                if ending || !state.queue.is_empty() || !state.mode.withdraw.is_empty() {
-                    break;
-                }
+            while !ended(&state) && state.queue.is_empty() && state.mode.withdraw.is_empty() {
                 state = remote.work_ready.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            let ending = state.terminating
-                || (state.closed && state.queue.is_empty() && state.mode.flights.is_empty());
+            let ending = ended(&state);
             let withdraw = std::mem::take(&mut state.mode.withdraw);
             let n = state.queue.len().min(256);
             let jobs: Vec<_> = if state.terminating { Vec::new() } else { state.queue.drain(..n).collect() };
             shared.queued.store(state.queue.len(), Ordering::SeqCst);
             (jobs, withdraw, ending)
         };
-        if !withdraw.is_empty() && broker.withdraw(&withdraw).is_err() {
-            // The entries are orphans now; an agent holding one cancels
-            // it when its renewal fails for a lease.
-        }
+        // If this fails the entries are orphans; an agent holding one
+        // cancels it when its renewal fails for a lease.
+        let _ = broker.withdraw(&withdraw);
         if ending {
             let _ = broker.wake_driver(remote.driver);
             return;
@@ -332,10 +342,7 @@ fn collect(shared: Arc<RShared>, mut broker: Broker) {
     let mut no_agents_since = None;
     loop {
         {
-            let state = shared.lock();
-            if state.terminating || (state.closed && state.queue.is_empty() && state.mode.flights.is_empty())
-            {
-                drop(state);
+            if ended(&shared.lock()) {
                 let _ = broker.leave(remote.driver);
                 return;
             }
