@@ -486,14 +486,16 @@ impl<R> TaskHandle<R> {
     /// A task sent straight to a process worker: read its answer here
     /// rather than wait for the pool's loop to (see
     /// `lanes::claim_open_lane`).
-    fn read_direct(&self, patience: Patience) {
+    /// True if the task was on the direct path.
+    fn read_direct(&self, patience: Patience) -> bool {
         let (slot, pool) = match &*self.control.place.lock().unwrap_or_else(|e| e.into_inner()) {
             Place::Direct { slot, pool, .. } => (*slot, pool.clone()),
-            _ => return,
+            _ => return false,
         };
         if let Some(pool) = pool.upgrade() {
             super::processes::lanes::join_direct(&pool, slot, self.id, patience);
         }
+        true
     }
 
     /// The task's number in its pool (as named in error messages).
@@ -534,6 +536,8 @@ impl<R> TaskHandle<R> {
 /// Cancel task `id` of `control`, which `resolve` resolves `Cancelled`
 /// (false if it was resolved already): a queued task never runs, a running
 /// one is stopped where it runs. True if this call resolved it.
+/// (`id` names the task to a cluster pool, which takes its entry back.)
+#[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
 pub(crate) fn cancel_task(control: &Control, id: u64, resolve: impl FnOnce() -> bool) -> bool {
     let place = control.place.lock().unwrap_or_else(|e| e.into_inner());
     if matches!(*place, Place::Finished) {
@@ -562,7 +566,6 @@ pub(crate) fn cancel_task(control: &Control, id: u64, resolve: impl FnOnce() -> 
         }
         Place::Queued | Place::Finished => {}
     }
-    let _ = id;
     true
 }
 
@@ -641,7 +644,7 @@ impl<R> Future for TaskHandle<R> {
         }
         if !this.handed_over {
             // Take a direct answer that is already there (no blocking wait).
-            this.read_direct(Patience::None);
+            let direct = this.read_direct(Patience::None);
             if let Poll::Ready(out) = this.completion.poll_take(cx.waker()) {
                 return Poll::Ready(out);
             }
@@ -650,8 +653,6 @@ impl<R> Future for TaskHandle<R> {
             // ask to be polled again rather than hand the task to the loop,
             // so the answer is read here, without two more thread wake-ups.
             // The executor runs its other ready tasks in between.
-            let direct =
-                matches!(*this.control.place.lock().unwrap_or_else(|e| e.into_inner()), Place::Direct { .. });
             if direct
                 && this.first_pending.get_or_insert_with(Instant::now).elapsed()
                     < crate::backoff::ANSWER_BUDGET
