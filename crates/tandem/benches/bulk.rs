@@ -45,6 +45,17 @@ fn process_pool() -> Pool {
     Pool::builder().mode(Mode::Process).workers(1).build().unwrap()
 }
 
+/// The floor: one copy of `src` into a buffer whose pages are touched.
+fn memcpy_touched(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, src: &[u8]) {
+    let mut touched = vec![0u8; src.len()];
+    g.bench_function("floor_memcpy_touched", |b| {
+        b.iter(|| {
+            touched.copy_from_slice(black_box(src));
+            black_box(&touched);
+        })
+    });
+}
+
 fn sizes(c: &mut Criterion) {
     let process = process_pool();
     let threads = Pool::builder().mode(Mode::Thread).workers(1).build().unwrap();
@@ -52,13 +63,7 @@ fn sizes(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("bulk_{}MiB", n / MIB));
         g.throughput(Throughput::Bytes(n as u64));
         let src = vec![5u8; n];
-        let mut touched = vec![0u8; n];
-        g.bench_function("floor_memcpy_touched", |b| {
-            b.iter(|| {
-                touched.copy_from_slice(black_box(&src));
-                black_box(&touched);
-            })
-        });
+        memcpy_touched(&mut g, &src);
         g.bench_function("floor_memcpy_fresh", |b| {
             b.iter(|| {
                 let mut fresh = Vec::with_capacity(n);
@@ -129,14 +134,7 @@ fn shared(c: &mut Criterion) {
     let process = process_pool();
     let mut g = c.benchmark_group("shared_64MiB");
     g.throughput(Throughput::Bytes(n as u64));
-    let src = vec![5u8; n];
-    let mut touched = vec![0u8; n];
-    g.bench_function("floor_memcpy_touched", |b| {
-        b.iter(|| {
-            touched.copy_from_slice(black_box(&src));
-            black_box(&touched);
-        })
-    });
+    memcpy_touched(&mut g, &vec![5u8; n]);
     g.bench_function("create_fill_in_worker_sum_here", |b| {
         b.iter(|| {
             let buf = SharedSliceMut::<u8>::new(n).unwrap();
