@@ -123,11 +123,14 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     // Descriptors 1 and 2 on the parent's memfds (see `output`).
     let mut capture: Option<crate::output::Capture> = None;
     let mut pending = first;
+    // This loop is the socket's only reader from here on: it may read ahead.
+    let mut reader = wire::FrameReader::buffered();
     loop {
         let frame = match pending.take() {
             Some(frame) => frame,
-            // The next task often follows at once (pools, maps).
-            None => match wire::recv_spin_then_block(sock, config.max_message()) {
+            // The next task is most often the parent's reply to the answer
+            // this worker just sent: let a parent on this CPU run first.
+            None => match reader.recv_spin_then_block(sock, config.max_message(), wire::Expect::Reply) {
                 Ok(frame) => frame,
                 Err(RecvError::Closed) => return 0,
                 Err(e) => {

@@ -100,7 +100,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let unit = ProcessUnit {
             child: Some(child),
             socket: Some(socket),
-            reader: wire::FrameReader::new(),
+            reader: wire::FrameReader::exact(),
             config,
             kill_on_drop: false,
             _result: PhantomData,

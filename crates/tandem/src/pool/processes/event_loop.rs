@@ -95,7 +95,7 @@ pub(super) fn run(shared: &Arc<Shared>) {
             .map(|_| Slot {
                 live: None,
                 generation: 0,
-                reader: FrameReader::new(),
+                reader: FrameReader::exact(),
                 work: Work::Idle,
                 starting: false,
             })
@@ -319,7 +319,7 @@ impl Loop<'_> {
     fn install(&mut self, slot: usize, live: Live) {
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
-        s.reader = FrameReader::new();
+        s.reader = FrameReader::exact();
         s.work = Work::Idle;
         let generation = s.generation;
         self.live += 1;
@@ -353,7 +353,7 @@ impl Loop<'_> {
     pub(super) fn retire(&mut self, slot: usize, polite: bool) {
         let s = &mut self.slots[slot];
         s.work = Work::Idle;
-        s.reader = FrameReader::new();
+        s.reader = FrameReader::exact();
         let Some(Live { child, peer, cgroup, .. }) = s.live.take() else { return };
         self.live -= 1;
         let _ = epoll::delete(&self.epoll, &*peer.socket);

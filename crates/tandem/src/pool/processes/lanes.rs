@@ -61,6 +61,9 @@ struct LaneState {
     reading: bool,
     /// The loop wants the slot back and waits for that joiner.
     loop_waiting: bool,
+    /// The joiners' reader, kept between tasks (its read-ahead buffer is
+    /// made once); a joiner takes it while it reads.
+    reader: Option<wire::FrameReader>,
 }
 
 fn lock(shared: &Shared, slot: usize) -> MutexGuard<'_, LaneState> {
@@ -192,11 +195,16 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         }
         let Some(peer) = lane.peer.clone() else { return };
         lane.reading = true;
-        peer
+        (peer, lane.reader.take().unwrap_or_else(wire::FrameReader::buffered))
     };
-    let read = read_answer(&peer, patience, shared.config.max_message_or_default());
+    let (peer, mut reader) = peer;
+    let read = read_answer(&peer, patience, shared.config.max_message_or_default(), &mut reader);
     let mut lane = lock(shared, slot);
     lane.reading = false;
+    if reader.is_empty() {
+        // Only a reader at a frame boundary serves the next task.
+        lane.reader = Some(reader);
+    }
     let loop_waiting = lane.loop_waiting;
     let done = match read {
         None => None,
@@ -233,13 +241,24 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
 /// Wait for the worker's answer as long as `patience` allows; `None` if
 /// there is none yet or the worker died with nothing to read (the loop
 /// sees the death on its pidfd and acts).
-fn read_answer(peer: &Peer, patience: Patience, max: u64) -> Option<Answer> {
+///
+/// One read brings a small answer whole (a buffered reader). The worker
+/// owes exactly one frame, so anything read past it is the worker's fault.
+fn read_answer(peer: &Peer, patience: Patience, max: u64, reader: &mut wire::FrameReader) -> Option<Answer> {
+    let sock = peer.socket.as_fd();
+    let one_frame = |reader: &mut wire::FrameReader, read: Result<wire::Frame, wire::RecvError>| match read {
+        Ok(_) if !reader.is_empty() => Answer::from_read(Err(wire::RecvError::Malformed(
+            "the worker sent more than the one answer it owed".into(),
+        ))),
+        read => Answer::from_read(read),
+    };
     if !matches!(patience, Patience::None) {
         // A short task answers within microseconds: try the read itself
-        // first (a death shows as a closed socket).
-        match wire::recv_spinning(peer.socket.as_fd(), max) {
+        // (a death shows as a closed socket), after letting a worker on
+        // this CPU run.
+        match reader.recv_spinning(sock, max, wire::Expect::Reply) {
             Ok(None) => {}
-            other => return Some(Answer::from_read(other.map(|f| f.expect("a frame")))),
+            other => return Some(one_frame(reader, other.map(|f| f.expect("a frame")))),
         }
     }
     loop {
@@ -262,7 +281,8 @@ fn read_answer(peer: &Peer, patience: Patience, max: u64) -> Option<Answer> {
             // The worker died with nothing to read: the loop's.
             return None;
         }
-        return Some(Answer::from_read(wire::recv(peer.socket.as_fd(), max, None)));
+        let read = reader.recv(sock, max, None);
+        return Some(one_frame(reader, read));
     }
 }
 
