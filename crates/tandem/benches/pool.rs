@@ -74,6 +74,16 @@ fn map_throughput(c: &mut Criterion) {
             })
         })
     });
+    // The same through an opaque function pointer, as `map` takes its
+    // function (`fn(A) -> R`, so a worker process can find it): no inlining,
+    // no vectorized loop.
+    g.bench_function("rayon/par_iter_collect_fn_pointer", |b| {
+        let f: fn(u64) -> u64 = std::hint::black_box(|x| x.wrapping_mul(x));
+        b.iter(|| {
+            use rayon::prelude::*;
+            rayon.install(|| (0..1_000_000u64).into_par_iter().map(f).collect::<Vec<u64>>())
+        })
+    });
     drop(rayon);
     // The floor of any iterator API: 1M values computed beforehand (in
     // 16,384-item chunks, as map's batches come back) handed out one by one
@@ -99,6 +109,10 @@ fn map_throughput(c: &mut Criterion) {
             b.iter(|| {
                 pool.map(0..1_000_000u64, |x| x.wrapping_mul(x)).map(Result::unwrap).collect::<Vec<u64>>()
             })
+        });
+        // Each batch's values taken whole, not one `next` at a time.
+        g.bench_function(format!("tandem/{mode:?}/try_collect_vec"), |b| {
+            b.iter(|| pool.map(0..1_000_000u64, |x| x.wrapping_mul(x)).try_collect_vec().unwrap())
         });
     }
     g.finish();

@@ -435,3 +435,53 @@ fn a_crash_in_a_batch_of_primitives_fails_only_its_item() {
         }
     }
 }
+
+fn panic_at_5000_and_9000(x: u64) -> u64 {
+    if x == 5000 || x == 9000 {
+        panic!("item {x} panicked");
+    }
+    x * 10
+}
+
+fn crash_at_5000_and_9000(x: u64) -> u64 {
+    if x == 5000 || x == 9000 {
+        tandem::chaos::segfault();
+    }
+    x * 10
+}
+
+/// `try_collect_vec` takes each batch's values whole: every value in input
+/// order, or the first failure in input order (a panic on a thread, a real
+/// SIGSEGV in a process), whatever the batch size.
+#[test]
+fn try_collect_vec_is_every_value_in_order_or_the_first_failure() {
+    for mode in MODES {
+        let pool = Pool::builder().mode(mode).workers(2).build().unwrap();
+        assert_eq!(pool.map(0..0u64, |x| x).try_collect_vec().unwrap(), Vec::<u64>::new());
+        for batch in [Some(7), Some(1000), None] {
+            let map = pool.map(0..50_000u64, |x| x * 10);
+            let map = match batch {
+                Some(b) => map.batch_size(b),
+                None => map,
+            };
+            let all = map.try_collect_vec().unwrap();
+            assert!(all.iter().copied().eq((0..50_000u64).map(|x| x * 10)), "{mode:?} {batch:?}");
+
+            let failing = if mode == Mode::Thread { panic_at_5000_and_9000 } else { crash_at_5000_and_9000 };
+            let map = pool.map(0..20_000u64, failing);
+            let map = match batch {
+                Some(b) => map.batch_size(b),
+                None => map,
+            };
+            match (mode, map.try_collect_vec()) {
+                (Mode::Thread, Err(Error::Panicked { message })) => assert_eq!(message, "item 5000 panicked"),
+                (Mode::Process, Err(Error::WorkerDied { signal, item, .. })) => {
+                    assert_eq!((signal, item), (Some(11), Some(5000)), "{batch:?}")
+                }
+                (mode, other) => panic!("{mode:?} {batch:?}: {:?}", other.map(|v| v.len())),
+            }
+        }
+        // The pool goes on.
+        assert_eq!(pool.submit(2u64, |x| x + 1).join().unwrap(), 3);
+    }
+}

@@ -530,6 +530,55 @@ where
     }
 }
 
+impl<I, A, R> Map<'_, I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Every value in input order, or the first error in input order (the
+    /// items after it are stopped, as when the map is dropped). The same as
+    /// `collect::<Result<Vec<R>, Error>>()`, but it takes each batch's values
+    /// whole instead of one `next` at a time: for a million tiny items,
+    /// several times faster.
+    ///
+    /// ```
+    /// let pool = tandem::Pool::builder().workers(2).build().unwrap();
+    /// let squares = pool.map(0..1000u64, |x| x * x).try_collect_vec().unwrap();
+    /// assert_eq!((squares.len(), squares[999]), (1000, 998_001));
+    /// let failed = pool.map(0..10u64, |x| if x == 7 { panic!("seven") } else { x }).try_collect_vec();
+    /// assert!(matches!(failed, Err(tandem::Error::Panicked { .. })));
+    /// ```
+    pub fn try_collect_vec(mut self) -> Result<Vec<R>, Error> {
+        let mut out = Vec::with_capacity(self.size_hint().0);
+        loop {
+            out.extend(std::mem::take(&mut self.fast));
+            while let Some(mut run) = self.ready.pop_front() {
+                match &mut run.kind {
+                    RunKind::Values(values) => out.extend(values),
+                    _ => {
+                        if let Some(Err(e)) = run.pop() {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            self.fill();
+            match self.in_flight.pop_front() {
+                None => return Ok(out),
+                Some(Err((_, failed))) => failed.map(|value| out.push(value))?,
+                Some(Ok(segment)) => {
+                    let (results, again) = self.engine.settle(segment);
+                    self.ready.extend(results);
+                    for segment in again.into_iter().rev() {
+                        self.in_flight.push_front(Ok(segment));
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl<I: Iterator, A, R> Drop for Map<'_, I, A, R> {
     fn drop(&mut self) {
         self.engine.stopped();
