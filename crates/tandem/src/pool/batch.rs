@@ -86,7 +86,7 @@ impl<R> Results<R> {
     /// The next items returned these values (written in place: the length
     /// is known, so no capacity check per item).
     #[inline]
-    pub(crate) fn values(&mut self, values: impl Iterator<Item = R> + ExactSizeIterator) {
+    pub(crate) fn values(&mut self, values: impl ExactSizeIterator<Item = R>) {
         self.run.extend(values);
     }
 
