@@ -344,6 +344,30 @@ mod tests {
     }
 
     #[test]
+    fn a_buffered_reader_keeps_frames_whole_across_its_buffer_boundary() {
+        // 500 frames of 21 to 30 bytes: headers and payloads straddle the
+        // end of the read-ahead buffer at varying points; every 37th
+        // carries a descriptor.
+        let (a, b) = pair();
+        let (x, _x) = pair();
+        let sender = std::thread::spawn(move || {
+            for i in 0..500u32 {
+                let payload = vec![i as u8; 9 + (i % 10) as usize];
+                let fds: &[BorrowedFd<'_>] = if i % 37 == 0 { &[x.as_fd()] } else { &[] };
+                send(a.as_fd(), Kind::Message, &[&payload], fds).unwrap();
+            }
+        });
+        let mut reader = FrameReader::buffered();
+        for i in 0..500u32 {
+            let f = reader.recv(b.as_fd(), 1024, None).unwrap();
+            assert_eq!(f.payload, vec![i as u8; 9 + (i % 10) as usize], "frame {i}");
+            assert_eq!(f.fds.len(), usize::from(i % 37 == 0), "frame {i}");
+        }
+        sender.join().unwrap();
+        assert!(reader.is_empty());
+    }
+
+    #[test]
     fn a_buffered_reader_brings_a_small_frame_in_one_read_and_keeps_the_next() {
         let (a, b) = pair();
         send(a.as_fd(), Kind::Task, &[b"first"], &[]).unwrap();

@@ -32,8 +32,9 @@ use crate::backoff::Backoff;
 /// Payload bytes read per step while a large frame arrives.
 const READ_STEP: usize = 1 << 20;
 /// What one read of a buffered reader may bring: a whole small frame (a
-/// task, an answer) and some of what follows.
-const AHEAD: usize = 16 * 1024;
+/// task, an answer: most are under 100 bytes) and some of what follows.
+/// Small, as a pool keeps one per worker on each side.
+const AHEAD: usize = 4 * 1024;
 
 /// When a spinning reader should first look for its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -186,7 +186,7 @@ pub(crate) enum Patience {
 /// a plain answer (a death, garbage) is handed to the loop as the task's
 /// verdict. On return the task may or may not be resolved.
 pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patience) {
-    let peer = {
+    let (peer, mut reader) = {
         let mut lane = lock(shared, slot);
         let mine = lane.in_flight.as_ref().is_some_and(|f| f.job.id == id && f.verdict.is_none());
         if !mine || !lane.parked || lane.reading {
@@ -197,7 +197,6 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         lane.reading = true;
         (peer, lane.reader.take().unwrap_or_else(wire::FrameReader::buffered))
     };
-    let (peer, mut reader) = peer;
     let read = read_answer(&peer, patience, shared.config.max_message_or_default(), &mut reader);
     let mut lane = lock(shared, slot);
     lane.reading = false;
