@@ -71,7 +71,7 @@ pub enum Error {
         /// limit.
         memory_limit_by: Option<MemoryLimitBy>,
         /// The machine it ran on, for a task of a cluster pool (the name of
-        /// the [`Agent`](crate::cluster) whose local worker died); `None`
+        /// the cluster `Agent` whose local worker died); `None`
         /// on this machine.
         node: Option<Box<str>>,
     },

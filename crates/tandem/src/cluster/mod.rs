@@ -35,21 +35,21 @@
 //! its network or stops (SIGSTOP, a hung machine) for longer than the lease
 //! loses only its running tasks: the driver sends each again, to any agent,
 //! up to `node_losses` times, then resolves it with
-//! [`Error::NodeLost`](crate::Error::NodeLost). An agent that finds its
+//! [`Error::NodeLost`]. An agent that finds its
 //! lease gone (it was too slow to renew) cancels its local task; an answer
 //! that arrives after its try was given up is dropped. Every handle resolves
 //! exactly once; a task runs at least once, and more than once only when a
 //! node was judged lost while it ran.
 //!
 //! **A crash is not a lost node.** A task that kills its local worker fails
-//! with [`Error::WorkerDied`](crate::Error::WorkerDied) naming the node
+//! with [`Error::WorkerDied`] naming the node
 //! (`node: Some(name)`), and runs again only as `retries(n)` says.
 //!
 //! **Trust.** Every task frame carries the build id of the driver's program
 //! (the SHA-256 of its executable) and every frame an HMAC-SHA256 tag made
 //! with the shared key: an agent refuses a frame without a valid tag or from
 //! another build, and the driver's handle resolves with
-//! [`Error::Refused`](crate::Error::Refused); nothing runs. A function
+//! [`Error::Refused`]; nothing runs. A function
 //! travels as its offset in the executable, so only the same build can run
 //! it. The broker's own protection (ACLs, TLS, a private network) is the
 //! operator's: see SECURITY.md.

@@ -66,7 +66,7 @@ impl<T> fmt::Debug for SendError<T> {
 
 impl<T> std::error::Error for SendError<T> {}
 
-/// Why [`Receiver::recv`] returned no message.
+/// Why [`Receiver::recv`](crate::ipc::Receiver::recv) returned no message.
 ///
 /// ```
 /// use tandem::ipc::RecvError;
@@ -86,7 +86,7 @@ pub enum RecvError {
     Failed(Error),
 }
 
-/// Why [`Receiver::recv_timeout`] returned no message.
+/// Why [`Receiver::recv_timeout`](crate::ipc::Receiver::recv_timeout) returned no message.
 ///
 /// ```
 /// use std::time::Duration;
@@ -106,7 +106,7 @@ pub enum RecvTimeoutError {
     Failed(Error),
 }
 
-/// Why [`Receiver::try_recv`] returned no message.
+/// Why [`Receiver::try_recv`](crate::ipc::Receiver::try_recv) returned no message.
 ///
 /// ```
 /// use tandem::ipc::TryRecvError;

@@ -56,7 +56,7 @@ use crate::task::{self, Trampoline};
 /// Both modes give the same results, panics, time-outs, cancels and maps;
 /// where the OS makes them differ (a thread cannot be killed) the docs of
 /// each method say how. A worker process that dies fails only the task it
-/// was running, with [`Error::WorkerDied`]; the pool replaces it and goes on.
+/// was running, with [`Error::WorkerDied`](crate::Error::WorkerDied); the pool replaces it and goes on.
 /// Every handle resolves exactly once.
 ///
 /// `Pool` is `Send + Sync`: submit from any thread. Dropping it is

@@ -11,7 +11,7 @@
 //! - [`Semaphore`] and [`Event`] are single atomic words with futex waits, so
 //!   there is no half-done state for a killed unit to leave behind.
 //! - [`Barrier`] watches the processes that hold it: if one dies, the waiters
-//!   get [`Error::Broken`] instead of waiting forever.
+//!   get [`Error::Broken`](crate::Error::Broken) instead of waiting forever.
 //!
 //! ```
 //! use tandem::sync::Mutex;

@@ -20,7 +20,7 @@ const SEM_WAITERS: usize = 4;
 /// Permits are not owned, as in Python and POSIX: any unit may `release`.
 /// That also means a process killed while it holds a permit does not give it
 /// back (nobody can know it meant to); where that matters, wait with
-/// [`Semaphore::acquire_timeout`], or use a [`Mutex`], which does notice. A
+/// [`Semaphore::acquire_timeout`], or use a [`Mutex`](crate::sync::Mutex), which does notice. A
 /// unit killed while *waiting* changes nothing.
 ///
 /// ```
