@@ -86,6 +86,24 @@ pub fn answer_with_memory(
     Ok(())
 }
 
+/// Inside a process worker, write `bytes` to the parent right after the
+/// running task's answer, as a broken worker could (more than the one frame
+/// it owes). Outside a worker it fails with `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+/// let first = pool.submit((), |()| tandem::chaos::write_after_answer(b"junk".to_vec()).is_ok());
+/// let second = pool.submit((), |()| true);
+/// // One of the two fails with `Error::Codec`; the pool goes on.
+/// assert!(first.join().is_err() != second.join().is_err());
+/// ```
+pub fn write_after_answer(bytes: Vec<u8>) -> std::io::Result<()> {
+    not_a_worker(crate::worker::parent_socket())?;
+    crate::worker::write_after_answer(bytes);
+    Ok(())
+}
+
 fn not_a_worker<T>(value: Option<T>) -> std::io::Result<T> {
     value.ok_or_else(|| {
         std::io::Error::new(

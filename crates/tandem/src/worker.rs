@@ -98,6 +98,17 @@ pub(crate) fn forge_answer(body: Vec<u8>, fd: std::os::fd::OwnedFd, then: fn(std
     *FORGED.lock().unwrap_or_else(|e| e.into_inner()) = Some((body, fd, then));
 }
 
+/// Bytes to write to the parent right after the running task's answer
+/// ([`crate::chaos::write_after_answer`]).
+#[cfg(feature = "chaos")]
+static AFTER_ANSWER: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+
+/// Write `bytes` to the parent right after the running task's answer.
+#[cfg(feature = "chaos")]
+pub(crate) fn write_after_answer(bytes: Vec<u8>) {
+    *AFTER_ANSWER.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+}
+
 /// The forged answer, if the task asked for one: the outcome to send in
 /// place of its own, and what to run once it is sent.
 #[cfg(feature = "chaos")]
@@ -242,6 +253,10 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 #[cfg(feature = "chaos")]
                 if let (Some(then), Some(fd)) = (forged, fds.first()) {
                     then(*fd);
+                }
+                #[cfg(feature = "chaos")]
+                if let Some(bytes) = AFTER_ANSWER.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = rustix::net::send(sock, &bytes, rustix::net::SendFlags::NOSIGNAL);
                 }
             }
             other => {

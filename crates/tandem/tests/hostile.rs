@@ -173,6 +173,36 @@ fn a_pool_worker_that_writes_garbage_fails_its_task_and_the_pool_goes_on() {
     }
 }
 
+fn answer_then_junk((): ()) -> bool {
+    tandem::chaos::write_after_answer(b"junk after the answer".to_vec()).unwrap();
+    true
+}
+
+/// A worker that sends more than the one answer it owes: whichever read
+/// meets the junk (the joiner's, if it came in the same read as the answer,
+/// else the next task's) fails that one task with `Error::Codec`; the other
+/// resolves with its value, nothing resolves twice, and the pool replaces
+/// the worker and goes on.
+#[test]
+fn a_worker_that_sends_more_than_its_answer_fails_one_task_and_the_pool_goes_on() {
+    for method in METHODS {
+        let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
+        for round in 0..20u64 {
+            let first = pool.submit((), answer_then_junk);
+            let second = pool.submit(round, |x| x + 1);
+            let (first, second) = (first.join(), second.join());
+            let one_failed = match (&first, &second) {
+                (Err(Error::Codec(_)), Ok(v)) => *v == round + 1,
+                (Ok(true), Err(Error::Codec(_))) => true,
+                _ => false,
+            };
+            assert!(one_failed, "{method:?} round {round}: {first:?} then {second:?}");
+            assert_eq!(pool.submit(round, |x| x * 2).join().unwrap(), round * 2, "{method:?} round {round}");
+        }
+        assert_eq!(pool.stats().workers[0].restarts, 20, "{method:?}: each junk writer was replaced");
+    }
+}
+
 #[test]
 fn a_small_message_limit_refuses_a_big_honest_result_and_the_pool_goes_on() {
     let pool = Pool::builder().mode(Mode::Process).workers(1).max_message_size(1 << 16).build().unwrap();
