@@ -138,10 +138,32 @@ pub fn send(sock: BorrowedFd<'_>, kind: Kind, parts: &[&[u8]], fds: &[BorrowedFd
     if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(fds));
     }
+    // A small frame without descriptors is copied into one buffer on the
+    // stack and sent with `send(2)`: no message header or iovec array for
+    // the kernel to copy in.
+    const SMALL: usize = 1024;
+    let total = HEADER_LEN + len;
+    if fds.is_empty() && total <= SMALL {
+        let mut frame = [0u8; SMALL];
+        frame[..HEADER_LEN].copy_from_slice(&header);
+        let mut at = HEADER_LEN;
+        for part in parts {
+            frame[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        let mut done = 0;
+        while done < total {
+            match rustix::net::send(sock, &frame[done..total], SendFlags::NOSIGNAL) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(());
+    }
     // No allocation on this path: the pieces not yet sent go on the stack,
     // up to `MAX_IOV` per call.
     const MAX_IOV: usize = 64;
-    let total = HEADER_LEN + len;
     let mut done = 0usize;
     while done < total {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
