@@ -178,25 +178,28 @@ fn answer_then_junk((): ()) -> bool {
     true
 }
 
-/// A worker that sends more than the one answer it owes: whichever read
-/// meets the junk (the joiner's, if it came in the same read as the answer,
-/// else the next task's) fails that one task with `Error::Codec`; the other
-/// resolves with its value, nothing resolves twice, and the pool replaces
-/// the worker and goes on.
+/// A worker that sends more than the one answer it owes is always caught
+/// and replaced: a joiner whose read brings the junk with the answer fails
+/// its task with `Error::Codec`; the loop, reading it with the answer,
+/// replaces the worker before its next task; junk read alone fails the task
+/// whose read meets it. At most one of the two tasks fails, neither gets a
+/// wrong value, nothing resolves twice, and the pool goes on.
 #[test]
-fn a_worker_that_sends_more_than_its_answer_fails_one_task_and_the_pool_goes_on() {
+fn a_worker_that_sends_more_than_its_answer_is_replaced_and_the_pool_goes_on() {
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
         for round in 0..20u64 {
             let first = pool.submit((), answer_then_junk);
             let second = pool.submit(round, |x| x + 1);
             let (first, second) = (first.join(), second.join());
-            let one_failed = match (&first, &second) {
-                (Err(Error::Codec(_)), Ok(v)) => *v == round + 1,
+            // The loop, if it read the answer, reads the junk with it and
+            // replaces the worker before the second task meets it.
+            let at_most_one_failed = match (&first, &second) {
+                (Err(Error::Codec(_)), Ok(v)) | (Ok(true), Ok(v)) => *v == round + 1,
                 (Ok(true), Err(Error::Codec(_))) => true,
                 _ => false,
             };
-            assert!(one_failed, "{method:?} round {round}: {first:?} then {second:?}");
+            assert!(at_most_one_failed, "{method:?} round {round}: {first:?} then {second:?}");
             assert_eq!(pool.submit(round, |x| x * 2).join().unwrap(), round * 2, "{method:?} round {round}");
         }
         assert_eq!(pool.stats().workers[0].restarts, 20, "{method:?}: each junk writer was replaced");

@@ -319,7 +319,10 @@ impl Loop<'_> {
     fn install(&mut self, slot: usize, live: Live) {
         let s = &mut self.slots[slot];
         s.generation = s.generation.wrapping_add(1);
-        s.reader = FrameReader::exact();
+        // The loop reads this worker only between parking it: at each park
+        // its reader is empty, so it may read ahead (one system call per
+        // small answer).
+        s.reader = FrameReader::buffered();
         s.work = Work::Idle;
         let generation = s.generation;
         self.live += 1;
@@ -396,6 +399,11 @@ impl Loop<'_> {
         let s = &mut self.slots[slot];
         s.work = Work::Idle;
         let Some(live) = &s.live else { return };
+        if !s.reader.is_empty() {
+            // It sent more than the answer it owed: it no longer speaks the
+            // protocol, and the lane's reader would start mid-stream.
+            return self.replace(slot, false);
+        }
         lanes::park(self.shared, slot, live.peer.clone());
         self.idle.push(slot);
     }
