@@ -133,11 +133,6 @@ pub fn send(sock: BorrowedFd<'_>, kind: Kind, parts: &[&[u8]], fds: &[BorrowedFd
     header[3] = fds.len() as u8;
     header[4..].copy_from_slice(&(len as u64).to_le_bytes());
 
-    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        control.push(SendAncillaryMessage::ScmRights(fds));
-    }
     // A small frame without descriptors is copied into one buffer on the
     // stack and sent with `send(2)`: no message header or iovec array for
     // the kernel to copy in.
@@ -160,6 +155,11 @@ pub fn send(sock: BorrowedFd<'_>, kind: Kind, parts: &[&[u8]], fds: &[BorrowedFd
             }
         }
         return Ok(());
+    }
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(fds));
     }
     // No allocation on this path: the pieces not yet sent go on the stack,
     // up to `MAX_IOV` per call.

@@ -35,6 +35,7 @@ const READ_STEP: usize = 1 << 20;
 /// task, an answer: most are under 100 bytes) and some of what follows.
 /// Small, as a pool keeps one per worker on each side.
 const AHEAD: usize = 4 * 1024;
+const _: () = assert!(AHEAD <= READ_STEP, "bytes read ahead fit in one payload step");
 
 /// When a spinning reader should first look for its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +235,8 @@ impl FrameReader {
             self.at = body + len;
             return Ok(Some(Frame { kind, payload: self.buf[body..body + len].to_vec(), fds }));
         }
-        let mut payload = Vec::with_capacity(len.min(READ_STEP.max(have)));
+        // `have` is under `AHEAD`, itself under a step.
+        let mut payload = Vec::with_capacity(len.min(READ_STEP));
         payload.extend_from_slice(&self.buf[body..self.filled]);
         self.at = self.filled;
         self.arriving = Some(Arriving { kind, len, payload, fds });
@@ -280,8 +282,9 @@ impl FrameReader {
             });
         }
         self.compact();
-        // An exact reader reads only the header's missing bytes.
-        let end = if self.buf.len() == HEADER_LEN { HEADER_LEN } else { self.buf.len() };
+        // An exact reader's buffer is one header long: it reads only the
+        // header's missing bytes.
+        let end = self.buf.len();
         let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let held = self.filled;
