@@ -280,8 +280,6 @@ impl<I: Iterator, A, R> Engine<'_, I, A, R> {
     }
 }
 
-/// A map batch's work on a pool thread: run back to back, or under a time
-/// limit with each item's start published for the supervisor.
 /// A batch of `len` encoded items as a worker process's work (here or on
 /// a cluster's agent), and what the pool knows of it.
 fn remote_batch<A, R>(
@@ -301,6 +299,8 @@ where
     (work, BatchJob { stop: stop.clone(), items: len as u32, clock: None })
 }
 
+/// A map batch's work on a pool thread: run back to back, or under a time
+/// limit with each item's start published for the supervisor.
 fn local_batch<A: Send + 'static, R: Send + 'static>(
     f: fn(A) -> R,
     items: Vec<A>,
@@ -461,6 +461,16 @@ where
             self.in_flight.push_back(piece);
         }
     }
+
+    /// The batch at the front has its outcome: its results are ready, and
+    /// its unstarted items go out again before anything else.
+    fn settle(&mut self, segment: Segment<A, R>) {
+        let (results, again) = self.engine.settle(segment);
+        self.ready.extend(results);
+        for segment in again.into_iter().rev() {
+            self.in_flight.push_front(Ok(segment));
+        }
+    }
 }
 
 impl<I, A, R> Iterator for Map<'_, I, A, R>
@@ -518,13 +528,7 @@ where
             self.fill();
             match self.in_flight.pop_front()? {
                 Err((_, failed)) => return Some(failed),
-                Ok(segment) => {
-                    let (results, again) = self.engine.settle(segment);
-                    self.ready.extend(results);
-                    for segment in again.into_iter().rev() {
-                        self.in_flight.push_front(Ok(segment));
-                    }
-                }
+                Ok(segment) => self.settle(segment),
             }
         }
     }
@@ -567,13 +571,7 @@ where
             match self.in_flight.pop_front() {
                 None => return Ok(out),
                 Some(Err((_, failed))) => failed.map(|value| out.push(value))?,
-                Some(Ok(segment)) => {
-                    let (results, again) = self.engine.settle(segment);
-                    self.ready.extend(results);
-                    for segment in again.into_iter().rev() {
-                        self.in_flight.push_front(Ok(segment));
-                    }
-                }
+                Some(Ok(segment)) => self.settle(segment),
             }
         }
     }
