@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 
 use crate::sys::robust::Spin;
 
+/// How long a waiter for a peer's answer looks before it sleeps (a polled
+/// future: before it hands the wait to the pool's loop).
+pub(crate) const ANSWER_BUDGET: Duration = Duration::from_micros(50);
+
 /// A poll budget: busy polls (`spin_loop` hints), then polls each after a
 /// `sched_yield(2)` until a count or a time is spent; then the caller
 /// sleeps.
@@ -39,10 +43,6 @@ use crate::sys::robust::Spin;
 ///     futex::wait(word, seen, deadline)?; // announce first, then sleep
 /// }
 /// ```
-/// How long a waiter for a peer's answer looks before it sleeps (a polled
-/// future: before it hands the wait to the pool's loop).
-pub(crate) const ANSWER_BUDGET: Duration = Duration::from_micros(50);
-
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Backoff {
     spins: u32,
