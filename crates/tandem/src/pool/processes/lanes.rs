@@ -246,9 +246,9 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
 fn read_answer(peer: &Peer, patience: Patience, max: u64, reader: &mut wire::FrameReader) -> Option<Answer> {
     let sock = peer.socket.as_fd();
     let one_frame = |reader: &mut wire::FrameReader, read: Result<wire::Frame, wire::RecvError>| match read {
-        Ok(_) if !reader.is_empty() => Answer::from_read(Err(wire::RecvError::Malformed(
-            "the worker sent more than the one answer it owed".into(),
-        ))),
+        Ok(_) if !reader.is_empty() => {
+            Answer::Garbage("the worker sent more than the one answer it owed".into())
+        }
         read => Answer::from_read(read),
     };
     if !matches!(patience, Patience::None) {
