@@ -25,6 +25,17 @@ pub(crate) enum Answer {
 
 impl Answer {
     /// Classify the outcome of reading one frame.
+    /// What a worker's answer slot holds, as an answer: `None` while it is
+    /// empty or says the answer went on the socket.
+    pub(crate) fn from_mailbox(held: crate::mailbox::Held) -> Option<Answer> {
+        use crate::mailbox::Held;
+        match held {
+            Held::Empty | Held::OnSocket => None,
+            Held::Answer(payload) => Some(Answer::Done(Frame { kind: Kind::Done, payload, fds: Vec::new() })),
+            Held::Bad(why) => Some(Answer::Garbage(why)),
+        }
+    }
+
     pub(crate) fn from_read(read: Result<Frame, RecvError>) -> Answer {
         match read {
             Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),

@@ -104,6 +104,24 @@ pub fn write_after_answer(bytes: Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Inside a process worker, make the running task's answer claim `size`
+/// bytes in the worker's answer slot (see the pool's direct path), as a
+/// hostile worker could; the task must have been sent on the direct path
+/// (a pool without time limits or recycling) for the slot to be used.
+/// Outside a worker it fails with `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+/// let h = pool.submit((), |()| tandem::chaos::lie_about_answer_size(1 << 40).is_ok());
+/// assert!(matches!(h.join(), Err(tandem::Error::Codec(_))));
+/// ```
+pub fn lie_about_answer_size(size: u64) -> std::io::Result<()> {
+    not_a_worker(crate::worker::parent_socket())?;
+    crate::worker::lie_about_answer_size(size);
+    Ok(())
+}
+
 fn not_a_worker<T>(value: Option<T>) -> std::io::Result<T> {
     value.ok_or_else(|| {
         std::io::Error::new(

@@ -54,6 +54,7 @@ mod codec;
 mod error;
 pub mod ipc;
 mod launch;
+mod mailbox;
 mod output;
 mod pool;
 pub mod sandbox;

@@ -109,6 +109,17 @@ pub(crate) fn write_after_answer(bytes: Vec<u8>) {
     *AFTER_ANSWER.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
 }
 
+/// A size to claim for the running task's answer in the answer slot
+/// ([`crate::chaos::lie_about_answer_size`]).
+#[cfg(feature = "chaos")]
+static SLOT_SIZE_LIE: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+
+/// Claim `size` bytes for the running task's answer in the answer slot.
+#[cfg(feature = "chaos")]
+pub(crate) fn lie_about_answer_size(size: u64) {
+    *SLOT_SIZE_LIE.lock().unwrap_or_else(|e| e.into_inner()) = Some(size);
+}
+
 /// The forged answer, if the task asked for one: the outcome to send in
 /// place of its own, and what to run once it is sent.
 #[cfg(feature = "chaos")]
@@ -133,6 +144,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     let mut meter: Option<crate::usage::Meter> = None;
     // Descriptors 1 and 2 on the parent's memfds (see `output`).
     let mut capture: Option<crate::output::Capture> = None;
+    // A pool's answer slot (see `mailbox`), once the parent sends it.
+    let mut mailbox: Option<crate::mailbox::Mailbox> = None;
     let mut pending = first;
     // This loop is the socket's only reader from here on: it may read ahead.
     let mut reader = wire::FrameReader::buffered();
@@ -193,6 +206,17 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     return EXIT_PARENT_GONE;
                 }
             }
+            Kind::Mailbox => match frame.fds.into_iter().next().map(crate::mailbox::Mailbox::open) {
+                Some(Ok(slot)) => mailbox = Some(slot),
+                Some(Err(e)) => {
+                    eprintln!("tandem worker: could not map the answer slot: {e}");
+                    return EXIT_PROTOCOL;
+                }
+                None => {
+                    eprintln!("tandem worker: an answer slot came without its descriptor");
+                    return EXIT_PROTOCOL;
+                }
+            },
             Kind::Board => match board_sink(&link, frame) {
                 Ok(new) => sink = Some(new),
                 Err(e) => {
@@ -246,7 +270,34 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     parts.extend([&lengths[..], out, err]);
                 }
                 parts.push(body);
-                let sent = wire::send(sock, Kind::Done, &parts, &fds);
+                // A lie the task asked for holds for its own answer only.
+                #[cfg(feature = "chaos")]
+                let lie = SLOT_SIZE_LIE.lock().unwrap_or_else(|e| e.into_inner()).take();
+                #[cfg(not(feature = "chaos"))]
+                let lie: Option<u64> = None;
+                let slot = mailbox.as_ref().filter(|m| frame_kind == Kind::Task && m.wanted(id));
+                let sent = match slot {
+                    // The answer to a task sent on the lane: in the slot if
+                    // it fits, with a wake-up only if a reader sleeps.
+                    Some(slot) => {
+                        let size: usize = parts.iter().map(|p| p.len()).sum();
+                        if fds.is_empty() && size <= crate::mailbox::CAPACITY {
+                            let rung = match lie {
+                                #[cfg(feature = "chaos")]
+                                Some(size) => slot.leave_claiming(id, &parts, size),
+                                _ => slot.leave(id, &parts),
+                            };
+                            match rung {
+                                true => wire::send(sock, Kind::Ring, &[], &[]),
+                                false => Ok(()),
+                            }
+                        } else {
+                            slot.on_socket(id);
+                            wire::send(sock, Kind::Done, &parts, &fds)
+                        }
+                    }
+                    None => wire::send(sock, Kind::Done, &parts, &fds),
+                };
                 if sent.is_err() {
                     return EXIT_PARENT_GONE;
                 }

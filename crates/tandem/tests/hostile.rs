@@ -173,36 +173,85 @@ fn a_pool_worker_that_writes_garbage_fails_its_task_and_the_pool_goes_on() {
     }
 }
 
-fn answer_then_junk((): ()) -> bool {
+/// Bigger than a worker's answer slot: these answers travel the socket.
+const OVER_THE_SLOT: usize = 5000;
+
+fn answer_then_junk((): ()) -> Vec<u8> {
     tandem::chaos::write_after_answer(b"junk after the answer".to_vec()).unwrap();
-    true
+    vec![1; OVER_THE_SLOT]
 }
 
-/// A worker that sends more than the one answer it owes is always caught
-/// and replaced: a joiner whose read brings the junk with the answer fails
-/// its task with `Error::Codec`; the loop, reading it with the answer,
-/// replaces the worker before its next task; junk read alone fails the task
-/// whose read meets it. At most one of the two tasks fails, neither gets a
-/// wrong value, nothing resolves twice, and the pool goes on.
+/// A worker that sends more than the one answer it owes on its socket is
+/// always caught and replaced: a joiner whose read brings the junk with the
+/// answer fails its task with `Error::Codec`; the loop, reading it with the
+/// answer, replaces the worker before its next task; junk read alone fails
+/// the task whose read meets it. At most one of the two tasks fails, neither
+/// gets a wrong value, nothing resolves twice, and the pool goes on. (Junk
+/// after an answer left in the answer slot waits in the socket for the next
+/// read of it, and is caught then.)
 #[test]
 fn a_worker_that_sends_more_than_its_answer_is_replaced_and_the_pool_goes_on() {
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
         for round in 0..20u64 {
             let first = pool.submit((), answer_then_junk);
-            let second = pool.submit(round, |x| x + 1);
+            let second = pool.submit(round, |x| vec![x as u8; OVER_THE_SLOT]);
             let (first, second) = (first.join(), second.join());
+            let whole = |v: &Vec<u8>, byte: u8| v.len() == OVER_THE_SLOT && v.iter().all(|&b| b == byte);
             // The loop, if it read the answer, reads the junk with it and
             // replaces the worker before the second task meets it.
             let at_most_one_failed = match (&first, &second) {
-                (Err(Error::Codec(_)), Ok(v)) | (Ok(true), Ok(v)) => *v == round + 1,
-                (Ok(true), Err(Error::Codec(_))) => true,
+                (Err(Error::Codec(_)), Ok(v)) => whole(v, round as u8),
+                (Ok(v), Ok(w)) => whole(v, 1) && whole(w, round as u8),
+                (Ok(v), Err(Error::Codec(_))) => whole(v, 1),
                 _ => false,
             };
-            assert!(at_most_one_failed, "{method:?} round {round}: {first:?} then {second:?}");
+            assert!(
+                at_most_one_failed,
+                "{method:?} round {round}: {:?} then {:?}",
+                first.map(|v| v.len()),
+                second.map(|v| v.len())
+            );
             assert_eq!(pool.submit(round, |x| x * 2).join().unwrap(), round * 2, "{method:?} round {round}");
         }
         assert_eq!(pool.stats().workers[0].restarts, 20, "{method:?}: each junk writer was replaced");
+    }
+}
+
+fn lie_in_the_answer_slot(size: u64) -> bool {
+    tandem::chaos::lie_about_answer_size(size).unwrap();
+    true
+}
+
+/// A worker whose answer slot claims more bytes than the slot holds (or a
+/// size near 2^64) fails its task with `Error::Codec`: the parent reads at
+/// most the slot, never allocates the claim, and replaces the worker.
+#[test]
+fn a_worker_that_lies_about_its_answer_size_in_the_slot_fails_its_task_and_the_pool_goes_on() {
+    for method in METHODS {
+        let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
+        for size in [4033u64, 1 << 40, u64::MAX - 1] {
+            // The slot serves tasks sent on the direct path, to a worker
+            // parked idle; a task the loop sent (the worker was starting or
+            // not parked yet) answers on the socket, and the lie is moot:
+            // send it again.
+            let mut lied = None;
+            for _ in 0..100 {
+                match pool.submit(size, lie_in_the_answer_slot).join() {
+                    Ok(true) => continue,
+                    other => {
+                        lied = Some(other);
+                        break;
+                    }
+                }
+            }
+            match lied {
+                Some(Err(Error::Codec(why))) => assert!(why.contains("slot"), "{method:?} {size}: {why}"),
+                other => panic!("{method:?} {size}: {other:?}"),
+            }
+            assert_eq!(pool.submit(size, |x| x / 2).join().unwrap(), size / 2);
+        }
+        assert_eq!(pool.stats().workers[0].restarts, 3, "{method:?}: each liar was replaced");
     }
 }
 

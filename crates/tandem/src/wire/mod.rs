@@ -56,6 +56,11 @@ pub enum Kind {
     /// Parent to worker: apply this sandbox; worker to parent: what it
     /// enforced, or why it could not.
     Sandbox = 12,
+    /// Parent to a pool's worker: its answer slot (memfd attached; see
+    /// `mailbox`).
+    Mailbox = 13,
+    /// Worker to parent: an answer is in the slot (a wake-up only).
+    Ring = 14,
 }
 
 impl Kind {
@@ -73,6 +78,8 @@ impl Kind {
             10 => Kind::Batch,
             11 => Kind::Partial,
             12 => Kind::Sandbox,
+            13 => Kind::Mailbox,
+            14 => Kind::Ring,
             _ => return None,
         })
     }

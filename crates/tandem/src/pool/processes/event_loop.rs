@@ -342,8 +342,12 @@ impl Loop<'_> {
                 EventFlags::IN,
             )
         });
+        // Its answer slot goes out just before its first task, so a worker
+        // that polls for its next frame finds that task within its budget
+        // (sent at the start, the slot left it waiting, then asleep).
+        let slot_sent = wire::send(live.peer.socket.as_fd(), Kind::Mailbox, &[], &[live.peer.mailbox.fd()]);
         s.live = Some(live);
-        if watched.is_err() {
+        if watched.is_err() || slot_sent.is_err() {
             // Cannot watch it: it cannot serve (the next task starts another).
             self.retire(slot, false);
             return;
@@ -541,6 +545,14 @@ impl Loop<'_> {
         match verdict {
             Some(answer) => self.answered(slot, answer),
             None => {
+                // Its answer may come in the slot: have the worker ring,
+                // then look (one of the two sees the other).
+                if let Some(live) = &self.slots[slot].live {
+                    live.peer.mailbox.ask_ring();
+                }
+                if let Some(answer) = self.slot_answer(slot) {
+                    return self.answered(slot, answer);
+                }
                 self.arm(slot);
                 // A task cancelled or dropped while in flight is judged now.
                 self.look_at(slot);
@@ -611,6 +623,13 @@ impl Loop<'_> {
             }
             match s.reader.read_ready(live.peer.socket.as_fd(), self.max) {
                 Ok(None) => return self.arm(slot),
+                // A wake-up: the running task's answer is in the slot (or,
+                // a stale one, nothing is: read on).
+                Ok(Some(frame)) if frame.kind == Kind::Ring => {
+                    if let Some(answer) = self.slot_answer(slot) {
+                        return self.answered(slot, answer);
+                    }
+                }
                 Ok(Some(frame)) => {
                     let answer = Answer::from_read(Ok(frame));
                     let more = matches!(answer, Answer::Partial(_));
@@ -621,6 +640,15 @@ impl Loop<'_> {
                 }
                 Err(e) => return self.answered(slot, Answer::from_read(Err(e))),
             }
+        }
+    }
+
+    /// The running task's answer if the worker left it in its slot.
+    fn slot_answer(&self, slot: usize) -> Option<Answer> {
+        let s = &self.slots[slot];
+        match (&s.work, &s.live) {
+            (Work::Task { job, .. }, Some(live)) => slot_answer_for(live, job.id),
+            _ => None,
         }
     }
 
@@ -707,7 +735,7 @@ impl Loop<'_> {
             },
             Work::Task { job, .. } => {
                 // Its answer may have come whole before the death.
-                match self.final_answer(slot) {
+                match self.final_answer(slot, job.id) {
                     Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(job.id) => {
                         self.shared.slot(slot).tasks_done += 1;
                         job.control.set(Place::Finished);
@@ -722,11 +750,14 @@ impl Loop<'_> {
         }
     }
 
-    /// What is left in a dead worker's socket, read on from where the loop
-    /// stopped.
-    fn final_answer(&mut self, slot: usize) -> Option<Answer> {
+    /// What is left of task `id`'s answer in a dead worker's slot or
+    /// socket, read on from where the loop stopped.
+    fn final_answer(&mut self, slot: usize, id: u64) -> Option<Answer> {
         let s = &mut self.slots[slot];
         let live = s.live.as_ref()?;
+        if let Some(answer) = slot_answer_for(live, id) {
+            return Some(answer);
+        }
         match s.reader.read_ready(live.peer.socket.as_fd(), self.max) {
             Ok(Some(frame)) => Some(Answer::from_read(Ok(frame))),
             Ok(None) => None,
@@ -931,4 +962,10 @@ impl Loop<'_> {
 fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) {
     let timeout = rustix::event::Timespec::try_from(limit).ok();
     crate::child::poll_ready(fd, timeout);
+}
+
+/// Task `id`'s answer if `live` left it in its slot (`None` if nothing is
+/// there or it went on the socket).
+fn slot_answer_for(live: &Live, id: u64) -> Option<Answer> {
+    Answer::from_mailbox(live.peer.mailbox.look(id))
 }

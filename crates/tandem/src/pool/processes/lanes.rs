@@ -13,6 +13,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::{Job, Shared};
 use crate::answer::Answer;
+use crate::mailbox::{Held, Mailbox};
 use crate::pool::handle::Place;
 use crate::pool::job::ProcessWork;
 use crate::wire::{self, Kind};
@@ -26,6 +27,8 @@ const DIRECT_MAX: usize = 16 * 1024;
 pub(crate) struct Peer {
     pub(crate) socket: Arc<OwnedFd>,
     pub(crate) pidfd: Arc<OwnedFd>,
+    /// Where it leaves the answer to a task sent on the lane.
+    pub(crate) mailbox: Arc<Mailbox>,
 }
 
 /// A task a submitter sent on an open lane.
@@ -156,6 +159,7 @@ pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     let ProcessWork { header, bytes, fds } = &job.work;
     job.control.set(Place::Direct { slot, pool: Arc::downgrade(shared) });
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    peer.mailbox.expect(job.id);
     let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
     drop(peer);
     if sent.is_err() {
@@ -197,7 +201,7 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         lane.reading = true;
         (peer, lane.reader.take().unwrap_or_else(wire::FrameReader::buffered))
     };
-    let read = read_answer(&peer, patience, shared.config.max_message_or_default(), &mut reader);
+    let read = read_answer(&peer, id, patience, shared.config.max_message_or_default(), &mut reader);
     let mut lane = lock(shared, slot);
     lane.reading = false;
     if reader.is_empty() {
@@ -237,51 +241,118 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
     }
 }
 
-/// Wait for the worker's answer as long as `patience` allows; `None` if
-/// there is none yet or the worker died with nothing to read (the loop
-/// sees the death on its pidfd and acts).
+/// Wait for the worker's answer to task `id` as long as `patience` allows;
+/// `None` if there is none yet or the worker died with nothing to read (the
+/// loop sees the death on its pidfd and acts).
 ///
-/// One read brings a small answer whole (a buffered reader). The worker
-/// owes exactly one frame, so anything read past it is the worker's fault.
-fn read_answer(peer: &Peer, patience: Patience, max: u64, reader: &mut wire::FrameReader) -> Option<Answer> {
-    let sock = peer.socket.as_fd();
-    let one_frame = |reader: &mut wire::FrameReader, read: Result<wire::Frame, wire::RecvError>| match read {
-        Ok(_) if !reader.is_empty() => {
-            Answer::Garbage("the worker sent more than the one answer it owed".into())
-        }
-        read => Answer::from_read(read),
-    };
+/// The answer is most often in the worker's slot (`mailbox`): polled with
+/// no system call. One on the socket is read with the lane's buffered
+/// reader; the worker owes exactly one frame there (and wake-ups), so
+/// anything read past it is the worker's fault.
+fn read_answer(
+    peer: &Peer,
+    id: u64,
+    patience: Patience,
+    max: u64,
+    reader: &mut wire::FrameReader,
+) -> Option<Answer> {
     if !matches!(patience, Patience::None) {
-        // A short task answers within microseconds: try the read itself
-        // (a death shows as a closed socket), after letting a worker on
-        // this CPU run.
-        match reader.recv_spinning(sock, max, wire::Expect::Reply) {
-            Ok(None) => {}
-            other => return Some(one_frame(reader, other.map(|f| f.expect("a frame")))),
-        }
-    }
-    loop {
-        let mut fds = [PollFd::new(&*peer.socket, PollFlags::IN), PollFd::new(&*peer.pidfd, PollFlags::IN)];
-        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-        let timeout = match patience {
-            Patience::None => Some(zero),
-            Patience::Until(t) => {
-                Some(Timespec::try_from(t.saturating_duration_since(Instant::now())).unwrap_or(zero))
+        // A short task answers within microseconds: poll the slot, after
+        // letting a worker on this CPU run.
+        // A poll that finds the slot empty also reads the socket without
+        // waiting, so a death (end of file) is seen at once, not at the end
+        // of the budget; a quick answer is in the slot at the first look.
+        let mut spinner = crate::backoff::Backoff::ANSWER.begin();
+        let found = loop {
+            if !spinner.pause() {
+                break None;
             }
-            Patience::Forever => None,
+            if let Some(found) = from_slot(peer, id) {
+                break Some(found);
+            }
+            let read = reader.read_ready(peer.socket.as_fd(), max).transpose();
+            if let Some(answer) = read.and_then(|read| judge(peer, id, reader, read)) {
+                return Some(answer);
+            }
         };
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return None,
+        if let Some(found) = found {
+            return found.or_else(|| read_socket(peer, id, patience, max, reader));
         }
-        if fds[0].revents().is_empty() {
-            // The worker died with nothing to read: the loop's.
-            return None;
+        // Going to sleep on the socket: have the worker ring.
+        peer.mailbox.ask_ring();
+    }
+    match from_slot(peer, id) {
+        Some(Some(answer)) => Some(answer),
+        _ => read_socket(peer, id, patience, max, reader),
+    }
+}
+
+/// What the slot says of task `id`: `None` if nothing yet, `Some(None)` if
+/// the answer is on the socket.
+fn from_slot(peer: &Peer, id: u64) -> Option<Option<Answer>> {
+    match peer.mailbox.look(id) {
+        Held::Empty => None,
+        Held::OnSocket => Some(None),
+        held => Some(Answer::from_mailbox(held)),
+    }
+}
+
+/// Read the socket for task `id`'s answer (or a wake-up that says it is in
+/// the slot), as long as `patience` allows.
+fn read_socket(
+    peer: &Peer,
+    id: u64,
+    patience: Patience,
+    max: u64,
+    reader: &mut wire::FrameReader,
+) -> Option<Answer> {
+    let sock = peer.socket.as_fd();
+    loop {
+        if reader.is_empty() {
+            let mut fds =
+                [PollFd::new(&*peer.socket, PollFlags::IN), PollFd::new(&*peer.pidfd, PollFlags::IN)];
+            let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+            let timeout = match patience {
+                Patience::None => Some(zero),
+                Patience::Until(t) => {
+                    Some(Timespec::try_from(t.saturating_duration_since(Instant::now())).unwrap_or(zero))
+                }
+                Patience::Forever => None,
+            };
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => return from_slot(peer, id).flatten(),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return None,
+            }
+            if fds[0].revents().is_empty() {
+                // The worker died with nothing to read: the loop's (it
+                // looks at the slot too).
+                return None;
+            }
         }
         let read = reader.recv(sock, max, None);
-        return Some(one_frame(reader, read));
+        if let Some(answer) = judge(peer, id, reader, read) {
+            return Some(answer);
+        }
+    }
+}
+
+/// What a read from the socket says of task `id`'s answer; `None` for a
+/// stale wake-up (nothing new in the slot: read on).
+fn judge(
+    peer: &Peer,
+    id: u64,
+    reader: &wire::FrameReader,
+    read: Result<wire::Frame, wire::RecvError>,
+) -> Option<Answer> {
+    match read {
+        // A wake-up: the answer is in the slot.
+        Ok(frame) if frame.kind == Kind::Ring => from_slot(peer, id).flatten(),
+        Ok(_) if !reader.is_empty() => {
+            Some(Answer::Garbage("the worker sent more than the one answer it owed".into()))
+        }
+        read => Some(Answer::from_read(read)),
     }
 }
 
