@@ -23,6 +23,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
 
 use crate::sys::board::Board;
 
@@ -134,6 +135,56 @@ impl Mailbox {
     pub(crate) fn ask_ring(&self) {
         self.board.word(RING).store(1, SeqCst);
     }
+
+    /// The parent: as new, for the next worker (nobody else may write).
+    fn clear(&self) {
+        for word in [WANT, RING, SEQ, SIZE] {
+            self.board.word(word).store(0, SeqCst);
+        }
+    }
+}
+
+/// A pool's slots of workers that are gone, for their successors: making
+/// one costs the parent a `memfd_create`, `ftruncate`, `fcntl` and `mmap`,
+/// and unmapping it a TLB shoot-down across the parent's CPUs, about a
+/// fifth of a fork-server worker's replacement (BENCHMARKS.md).
+///
+/// Reuse is safe once no process that mapped a slot can run: its worker
+/// reaped, and whatever the worker forked killed with its process group
+/// (a sandboxed worker cannot fork at all). Task ids are never reused, so
+/// what a slot said for an earlier worker's task never matches a later one.
+pub(crate) struct Spares {
+    kept: Mutex<Vec<Mailbox>>,
+    most: usize,
+}
+
+impl Spares {
+    /// Keep at most `most` (the pool's worker count).
+    pub(crate) fn new(most: usize) -> Spares {
+        Spares { kept: Mutex::new(Vec::new()), most }
+    }
+
+    /// A slot for a new worker: a kept one, cleared, or a new one.
+    pub(crate) fn take(&self) -> io::Result<Arc<Mailbox>> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match kept {
+            Some(mailbox) => {
+                mailbox.clear();
+                Ok(Arc::new(mailbox))
+            }
+            None => Mailbox::create().map(Arc::new),
+        }
+    }
+
+    /// Keep the slot of a worker that has been reaped, unless someone
+    /// still holds it (then it is unmapped when the last holder lets go).
+    pub(crate) fn keep(&self, mailbox: Arc<Mailbox>) {
+        let Some(mailbox) = Arc::into_inner(mailbox) else { return };
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < self.most {
+            kept.push(mailbox);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +209,29 @@ mod tests {
         parent.expect(9);
         parent.ask_ring();
         assert!(worker.leave(9, &[b"x"]), "a reader asked to be rung");
+    }
+
+    #[test]
+    fn a_kept_slot_comes_back_cleared_and_a_held_one_is_not_kept() {
+        let spares = Spares::new(1);
+        let first = spares.take().unwrap();
+        first.expect(3);
+        first.ask_ring();
+        let worker = Mailbox::open(first.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert!(worker.leave(3, &[b"old"]), "its reader asked to be rung");
+        drop(worker);
+        let same_memory = first.board.word(WANT) as *const _ as usize;
+        spares.keep(first);
+        let again = spares.take().unwrap();
+        assert_eq!(again.board.word(WANT) as *const _ as usize, same_memory, "the kept slot is reused");
+        assert!(matches!(again.look(3), Held::Empty), "nothing of the earlier worker shows");
+        for word in [WANT, RING, SEQ, SIZE] {
+            assert_eq!(again.board.word(word).load(SeqCst), 0, "word {word} cleared");
+        }
+        let held = again.clone();
+        spares.keep(again);
+        assert!(spares.kept.lock().unwrap().is_empty(), "a slot someone holds is not kept");
+        drop(held);
     }
 
     #[test]

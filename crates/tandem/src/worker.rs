@@ -7,7 +7,7 @@
 //! for the workers the template forks.
 
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::batch;
@@ -144,8 +144,11 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     let mut meter: Option<crate::usage::Meter> = None;
     // Descriptors 1 and 2 on the parent's memfds (see `output`).
     let mut capture: Option<crate::output::Capture> = None;
-    // A pool's answer slot (see `mailbox`), once the parent sends it.
+    // A pool's answer slot (see `mailbox`), once the parent sends it; mapped
+    // after the next answer goes out, off the way of the task that follows
+    // the slot (until then answers go on the socket, as for any task).
     let mut mailbox: Option<crate::mailbox::Mailbox> = None;
+    let mut unmapped_slot: Option<OwnedFd> = None;
     let mut pending = first;
     // This loop is the socket's only reader from here on: it may read ahead.
     let mut reader = wire::FrameReader::buffered();
@@ -206,12 +209,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     return EXIT_PARENT_GONE;
                 }
             }
-            Kind::Mailbox => match frame.fds.into_iter().next().map(crate::mailbox::Mailbox::open) {
-                Some(Ok(slot)) => mailbox = Some(slot),
-                Some(Err(e)) => {
-                    eprintln!("tandem worker: could not map the answer slot: {e}");
-                    return EXIT_PROTOCOL;
-                }
+            Kind::Mailbox => match frame.fds.into_iter().next() {
+                Some(fd) => unmapped_slot = Some(fd),
                 None => {
                     eprintln!("tandem worker: an answer slot came without its descriptor");
                     return EXIT_PROTOCOL;
@@ -300,6 +299,15 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 };
                 if sent.is_err() {
                     return EXIT_PARENT_GONE;
+                }
+                if let Some(fd) = unmapped_slot.take() {
+                    match crate::mailbox::Mailbox::open(fd) {
+                        Ok(slot) => mailbox = Some(slot),
+                        Err(e) => {
+                            eprintln!("tandem worker: could not map the answer slot: {e}");
+                            return EXIT_PROTOCOL;
+                        }
+                    }
                 }
                 #[cfg(feature = "chaos")]
                 if let (Some(then), Some(fd)) = (forged, fds.first()) {

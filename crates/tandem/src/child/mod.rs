@@ -148,6 +148,12 @@ impl ChildProcess {
         &self.process().pidfd
     }
 
+    /// Whether it has been reaped here (its status collected by a wait), so
+    /// it can run no more.
+    pub(crate) fn reaped(&self) -> bool {
+        self.status.is_some()
+    }
+
     /// Whether it has exited (its pidfd is readable), without waiting.
     pub(crate) fn has_exited(&self) -> bool {
         poll_ready(self.pidfd().as_fd(), Some(Timespec { tv_sec: 0, tv_nsec: 0 }))

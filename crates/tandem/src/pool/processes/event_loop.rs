@@ -30,6 +30,7 @@ use crate::Error;
 use crate::answer::{self, Answer, Asked};
 use crate::backoff::Backoff;
 use crate::child::ChildProcess;
+use crate::mailbox::Mailbox;
 use crate::pool::handle::Place;
 use crate::pool::job::ProcessWork;
 use crate::wire::{self, FrameReader, Kind};
@@ -139,12 +140,20 @@ pub(super) struct Loop<'a> {
     idle: Vec<usize>,
     /// Retired workers not yet exited: reaped when their pidfd fires
     /// (then their memory cgroup, if any, is removed).
-    retiring: HashMap<u64, (ChildProcess, Option<Leaf>)>,
+    retiring: HashMap<u64, Retiring>,
     next_retiring: u64,
     pub(super) max: u64,
     /// Slots with a worker, and slots whose worker is being started.
     live: usize,
     starting: usize,
+}
+
+/// A worker on its way out, reaped when its pidfd fires: then its cgroup
+/// goes and its answer slot is kept for a successor.
+struct Retiring {
+    child: ChildProcess,
+    cgroup: Option<Leaf>,
+    mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Loop<'_> {
@@ -242,10 +251,13 @@ impl Loop<'_> {
         }
         let what = key & 3;
         if what == RETIRING {
-            if let Some((mut child, cgroup)) = self.retiring.remove(&(key >> 2)) {
+            if let Some(Retiring { mut child, cgroup, mailbox }) = self.retiring.remove(&(key >> 2)) {
                 let _ = epoll::delete(&self.epoll, child.pidfd());
-                let _ = child.wait();
+                let reaped = child.wait().is_ok();
                 drop(cgroup);
+                if let Some(mailbox) = mailbox.filter(|_| reaped) {
+                    self.shared.backend.mailboxes.keep(mailbox);
+                }
             }
             return;
         }
@@ -368,17 +380,24 @@ impl Loop<'_> {
         if !polite {
             let _ = child.kill();
         }
-        drop(peer);
-        self.reap_later(child, cgroup);
+        self.reap_later(child, cgroup, peer.mailbox);
     }
 
-    /// Reap `child` when it exits, then remove its memory cgroup.
-    fn reap_later(&mut self, child: ChildProcess, cgroup: Option<Leaf>) {
+    /// Reap `child` when it exits, then remove its memory cgroup and keep
+    /// its answer slot for a successor (at once if it is reaped already).
+    fn reap_later(&mut self, child: ChildProcess, cgroup: Option<Leaf>, mailbox: Arc<Mailbox>) {
+        let mailbox = match child.reaped() {
+            true => {
+                self.shared.backend.mailboxes.keep(mailbox);
+                None
+            }
+            false => Some(mailbox),
+        };
         let number = self.next_retiring;
         self.next_retiring += 1;
         let data = EventData::new_u64((number << 2) | RETIRING);
         if epoll::add(&self.epoll, child.pidfd(), data, EventFlags::IN).is_ok() {
-            self.retiring.insert(number, (child, cgroup));
+            self.retiring.insert(number, Retiring { child, cgroup, mailbox });
         } else {
             // Unwatchable: the crate's reaper takes it, and the pool's end
             // removes its cgroup (`cgroup::Tree::sweep`).
@@ -794,8 +813,7 @@ impl Loop<'_> {
             Dying::Batch(run, cause) => batch::settle(self, &mut live, &mut reader, *run, cause),
         }
         let Live { child, peer, cgroup, .. } = live;
-        drop(peer);
-        self.reap_later(child, cgroup);
+        self.reap_later(child, cgroup, peer.mailbox);
         if !self.shared.lock().terminating {
             self.start(slot);
         }
@@ -942,7 +960,7 @@ impl Loop<'_> {
                 }
             }
         }
-        for (_, (mut child, cgroup)) in self.retiring.drain() {
+        for (_, Retiring { mut child, cgroup, .. }) in self.retiring.drain() {
             let _ = child.wait();
             drop(cgroup);
         }

@@ -52,6 +52,8 @@ pub(crate) struct Processes {
     pub(crate) lanes: Vec<Lane>,
     pub(super) bell: Bell,
     starters: starter::Starters,
+    /// Answer slots of reaped workers, for their successors.
+    pub(super) mailboxes: crate::mailbox::Spares,
     /// How the resident-memory limit is enforced, chosen once.
     pub(super) memory: Memory,
     /// Sandboxed pools: what the first worker to finish starting enforced,
@@ -67,6 +69,7 @@ impl Processes {
             lanes: (0..workers).map(|_| Lane::default()).collect(),
             bell: Bell::new(workers)?,
             starters: starter::Starters::default(),
+            mailboxes: crate::mailbox::Spares::new(workers),
             sandbox_outcome: Default::default(),
             sandbox_ready: Default::default(),
         })

@@ -191,8 +191,8 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
     // Its answer slot for tasks sent on the lane (see `mailbox`), sent to
     // it by the loop when it installs the worker (`Loop::install`).
-    let mailbox = match crate::mailbox::Mailbox::create() {
-        Ok(m) => Arc::new(m),
+    let mailbox = match shared.backend.mailboxes.take() {
+        Ok(m) => m,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
