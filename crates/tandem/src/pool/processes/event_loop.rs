@@ -357,7 +357,10 @@ impl Loop<'_> {
         // Its answer slot goes out just before its first task, so a worker
         // that polls for its next frame finds that task within its budget
         // (sent at the start, the slot left it waiting, then asleep).
-        let slot_sent = wire::send(live.peer.socket.as_fd(), Kind::Mailbox, &[], &[live.peer.mailbox.fd()]);
+        let slot_sent = match &live.peer.mailbox {
+            Some(mailbox) => wire::send(live.peer.socket.as_fd(), Kind::Mailbox, &[], &[mailbox.fd()]),
+            None => Ok(()),
+        };
         s.live = Some(live);
         if watched.is_err() || slot_sent.is_err() {
             // Cannot watch it: it cannot serve (the next task starts another).
@@ -385,13 +388,13 @@ impl Loop<'_> {
 
     /// Reap `child` when it exits, then remove its memory cgroup and keep
     /// its answer slot for a successor (at once if it is reaped already).
-    fn reap_later(&mut self, child: ChildProcess, cgroup: Option<Leaf>, mailbox: Arc<Mailbox>) {
-        let mailbox = match child.reaped() {
-            true => {
+    fn reap_later(&mut self, child: ChildProcess, cgroup: Option<Leaf>, mailbox: Option<Arc<Mailbox>>) {
+        let mailbox = match (child.reaped(), mailbox) {
+            (true, Some(mailbox)) => {
                 self.shared.backend.mailboxes.keep(mailbox);
                 None
             }
-            false => Some(mailbox),
+            (_, mailbox) => mailbox,
         };
         let number = self.next_retiring;
         self.next_retiring += 1;
@@ -567,7 +570,7 @@ impl Loop<'_> {
                 // Its answer may come in the slot: have the worker ring,
                 // then look (one of the two sees the other).
                 if let Some(live) = &self.slots[slot].live {
-                    live.peer.mailbox.ask_ring();
+                    live.peer.ask_ring();
                 }
                 if let Some(answer) = self.slot_answer(slot) {
                     return self.answered(slot, answer);
@@ -985,5 +988,5 @@ fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) {
 /// Task `id`'s answer if `live` left it in its slot (`None` if nothing is
 /// there or it went on the socket).
 fn slot_answer_for(live: &Live, id: u64) -> Option<Answer> {
-    Answer::from_mailbox(live.peer.mailbox.look(id))
+    Answer::from_mailbox(live.peer.look(id))
 }

@@ -27,8 +27,34 @@ const DIRECT_MAX: usize = 16 * 1024;
 pub(crate) struct Peer {
     pub(crate) socket: Arc<OwnedFd>,
     pub(crate) pidfd: Arc<OwnedFd>,
-    /// Where it leaves the answer to a task sent on the lane.
-    pub(crate) mailbox: Arc<Mailbox>,
+    /// Where it leaves the answer to a task sent on the lane (none in a
+    /// pool whose tasks all take the loop's path: see [`used`]).
+    pub(crate) mailbox: Option<Arc<Mailbox>>,
+}
+
+impl Peer {
+    /// What its slot holds for task `id` (without a slot: nothing).
+    pub(crate) fn look(&self, id: u64) -> Held {
+        self.mailbox.as_ref().map_or(Held::Empty, |m| m.look(id))
+    }
+
+    /// A reader is about to sleep on the socket: have the worker ring.
+    pub(crate) fn ask_ring(&self) {
+        if let Some(mailbox) = &self.mailbox {
+            mailbox.ask_ring();
+        }
+    }
+}
+
+/// Whether the pool's tasks may take the lanes. Recycling counts tasks in
+/// the loop, a deadline is the loop's to keep (a joiner reading the answer
+/// would hold the slot past it), and so is a sampled resident-memory limit
+/// (sampled while the loop watches the task; a cgroup's limit is the
+/// kernel's): the loop sends those pools' tasks.
+pub(super) fn used(shared: &Shared) -> bool {
+    shared.config.max_tasks_per_worker.is_none()
+        && shared.config.task_timeout.is_none()
+        && !shared.backend.memory.samples()
 }
 
 /// A task a submitter sent on an open lane.
@@ -132,14 +158,7 @@ pub(crate) struct Claim<'a> {
 /// an executor, or is dropped asks the loop to take the task over.
 pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim<'a>> {
     let small = job.work.header.len() + job.work.bytes.len() <= DIRECT_MAX;
-    // Recycling counts tasks in the loop, a deadline is the loop's to keep
-    // (a joiner reading the answer would hold the slot past it), and so is
-    // a sampled resident-memory limit (sampled while the loop watches the
-    // task; a cgroup's limit is the kernel's): let the loop send them.
-    let loop_only = shared.config.max_tasks_per_worker.is_some()
-        || shared.config.task_timeout.is_some()
-        || shared.backend.memory.samples();
-    if !small || loop_only {
+    if !small || !used(shared) {
         return None;
     }
     (0..shared.backend.lanes.len()).find_map(|slot| {
@@ -159,7 +178,9 @@ pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     let ProcessWork { header, bytes, fds } = &job.work;
     job.control.set(Place::Direct { slot, pool: Arc::downgrade(shared) });
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    peer.mailbox.expect(job.id);
+    if let Some(mailbox) = &peer.mailbox {
+        mailbox.expect(job.id);
+    }
     let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
     drop(peer);
     if sent.is_err() {
@@ -279,7 +300,7 @@ fn read_answer(
             return found.or_else(|| read_socket(peer, id, patience, max, reader));
         }
         // Going to sleep on the socket: have the worker ring.
-        peer.mailbox.ask_ring();
+        peer.ask_ring();
     }
     match from_slot(peer, id) {
         Some(Some(answer)) => Some(answer),
@@ -290,7 +311,7 @@ fn read_answer(
 /// What the slot says of task `id`: `None` if nothing yet, `Some(None)` if
 /// the answer is on the socket.
 fn from_slot(peer: &Peer, id: u64) -> Option<Option<Answer>> {
-    match peer.mailbox.look(id) {
+    match peer.look(id) {
         Held::Empty => None,
         Held::OnSocket => Some(None),
         held => Some(Answer::from_mailbox(held)),

@@ -190,8 +190,9 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
     let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
     // Its answer slot for tasks sent on the lane (see `mailbox`), sent to
-    // it by the loop when it installs the worker (`Loop::install`).
-    let mailbox = match shared.backend.mailboxes.take() {
+    // it by the loop when it installs the worker (`Loop::install`); none
+    // where tasks never take the lanes.
+    let mailbox = match super::lanes::used(shared).then(|| shared.backend.mailboxes.take()).transpose() {
         Ok(m) => m,
         Err(e) => {
             let _ = child.kill();
