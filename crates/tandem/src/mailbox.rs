@@ -1,24 +1,36 @@
-//! The answer slot of a pool's process worker: one shared page where the
-//! worker leaves the answer to a task sent on the direct lane, so neither
-//! side makes a system call for it. A round trip is then the task's
-//! `sendmsg` and `recvmsg` and one `sched_yield` each way, where the socket
-//! answer cost a `sendmsg` and a `recvmsg` more (a Unix socket call costs
-//! about twice a pipe's on this kind of machine: see BENCHMARKS.md).
+//! The slot of a pool's process worker: one shared memfd (two pages)
+//! where a small task sent on the direct lane and its answer are left, so
+//! a round trip makes no socket call: each side only yields its CPU to the
+//! other while it polls (see BENCHMARKS.md: a Unix socket call costs about
+//! twice a pipe's on this kind of machine).
 //!
 //! Protocol (words are 64-bit, written and read `SeqCst`):
-//! - the parent, before sending task `id` on the lane, clears `RING` and
-//!   sets `WANT` to `id + 1` (0 means no task may answer here);
+//! - the worker, once it has mapped the slot, sets `MAPPED`; before that
+//!   the parent sends it everything on the socket;
+//! - the parent, before task `id` goes out on the lane, clears `RING` and
+//!   sets `WANT` to `id + 1` (0 means no task may answer here). A small
+//!   task without descriptors is left in the slot: its bytes at
+//!   `TASK_BODY`, their length in `TASK_SIZE`, then `TASK = id + 1`; then
+//!   the parent reads `WAKE`, and if the worker sleeps on its socket sends
+//!   it a `Ring` frame. Any other task goes on the socket;
+//! - the worker polls `TASK` and its socket for its next task, and sets
+//!   `TAKEN = id + 1` once it has copied a task out, before it runs it (a
+//!   worker that died with `TAKEN` short of `TASK` never saw its task,
+//!   which then goes to a fresh worker as a task whose send failed does);
+//!   before it sleeps on the socket it sets `WAKE` and looks at `TASK` once
+//!   more (one of the two sides always sees the other);
 //! - the worker, when task `id` ends and `WANT` says `id + 1`, writes the
 //!   Done payload at `BODY` and its length in `SIZE` (or `ON_SOCKET` in
 //!   `SIZE` when the answer must go on the socket: descriptors, reports,
 //!   captured output, too big), then `SEQ = id + 1`, then reads `RING`: if
 //!   a reader asked to be rung, it sends a `Ring` frame on the socket;
 //! - a reader that stops polling sets `RING`, then looks at `SEQ` once more
-//!   before it sleeps on the socket (one of the two always sees the other).
+//!   before it sleeps on the socket.
 //!
-//! A `Ring` frame is only a wake-up: a reader that finds nothing new in the
-//! slot after one reads on. The worker is not trusted: the parent copies an
-//! answer out before judging it, and a size over the slot is refused.
+//! A `Ring` frame, either way, is only a wake-up: a reader that finds
+//! nothing new in the slot after one reads on. The worker is not trusted:
+//! the parent never reads the task half, copies an answer out before
+//! judging it, and refuses a size over the slot.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -27,15 +39,24 @@ use std::sync::{Arc, Mutex};
 
 use crate::sys::board::Board;
 
-/// Bytes of the shared page.
-pub(crate) const LEN: usize = 4096;
+/// Bytes of the shared memory: the words and the answer, then the task.
+pub(crate) const LEN: usize = 8192;
 const WANT: usize = 0;
 const RING: usize = 8;
 const SEQ: usize = 16;
 const SIZE: usize = 24;
-const BODY: usize = 64;
+const TASK: usize = 32;
+const TASK_SIZE: usize = 40;
+const WAKE: usize = 48;
+const MAPPED: usize = 56;
+const TAKEN: usize = 64;
+const WORDS: [usize; 9] = [WANT, RING, SEQ, SIZE, TASK, TASK_SIZE, WAKE, MAPPED, TAKEN];
+const BODY: usize = 128;
+const TASK_BODY: usize = 4096;
 /// The largest answer that fits.
-pub(crate) const CAPACITY: usize = LEN - BODY;
+pub(crate) const CAPACITY: usize = TASK_BODY - BODY;
+/// The largest task that fits.
+pub(crate) const TASK_CAPACITY: usize = LEN - TASK_BODY;
 const ON_SOCKET: u64 = u64::MAX;
 
 /// What the slot holds for a task.
@@ -72,10 +93,70 @@ impl Mailbox {
         self.board.fd()
     }
 
-    /// The parent: task `id` is about to be sent on the lane.
+    /// The parent: task `id` is about to be sent on the lane's socket.
     pub(crate) fn expect(&self, id: u64) {
         self.board.word(RING).store(0, SeqCst);
         self.board.word(WANT).store(id.wrapping_add(1), SeqCst);
+    }
+
+    /// The parent: whether a task of `len` bytes may be left here (the
+    /// worker reads the slot, and the task fits).
+    pub(crate) fn takes_task(&self, len: usize) -> bool {
+        len <= TASK_CAPACITY && self.board.word(MAPPED).load(SeqCst) != 0
+    }
+
+    /// The parent: leave task `id`, made of `parts` (at most
+    /// [`TASK_CAPACITY`] bytes in all: see [`Mailbox::takes_task`]); true
+    /// if the worker sleeps on its socket and must be rung.
+    pub(crate) fn post(&self, id: u64, parts: &[&[u8]]) -> bool {
+        let mut at = TASK_BODY;
+        for part in parts {
+            self.board.write(at, part);
+            at += part.len();
+        }
+        self.board.word(TASK_SIZE).store((at - TASK_BODY) as u64, SeqCst);
+        self.expect(id);
+        self.board.word(TASK).store(id.wrapping_add(1), SeqCst);
+        self.board.word(WAKE).load(SeqCst) != 0
+    }
+
+    /// The worker: it reads the slot from now on.
+    pub(crate) fn attach(&self) {
+        self.board.word(MAPPED).store(1, SeqCst);
+    }
+
+    /// The worker: the bytes of a task left since the one numbered `seen`
+    /// (which it then becomes), if there is one.
+    pub(crate) fn take_task(&self, seen: &mut u64) -> io::Result<Option<Vec<u8>>> {
+        let task = self.board.word(TASK).load(SeqCst);
+        if task == 0 || task == *seen {
+            return Ok(None);
+        }
+        *seen = task;
+        let bytes = match self.board.word(TASK_SIZE).load(SeqCst) {
+            size if size > TASK_CAPACITY as u64 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a task of {size} bytes in a slot of {TASK_CAPACITY}"),
+                ));
+            }
+            size => self.board.copy_out(TASK_BODY, size as usize),
+        };
+        // Marked before it runs: a death before this never ran the task.
+        self.board.word(TAKEN).store(task, SeqCst);
+        Ok(Some(bytes))
+    }
+
+    /// The parent: whether task `id` was left here and never taken (its
+    /// worker died first: the task never reached it).
+    pub(crate) fn untaken(&self, id: u64) -> bool {
+        self.board.word(TASK).load(SeqCst) == id.wrapping_add(1)
+            && self.board.word(TAKEN).load(SeqCst) != id.wrapping_add(1)
+    }
+
+    /// The worker: it is about to sleep on its socket (`true`), or awake.
+    pub(crate) fn sleeping(&self, asleep: bool) {
+        self.board.word(WAKE).store(asleep as u64, SeqCst);
     }
 
     /// The worker: whether task `id`'s answer may come here.
@@ -138,7 +219,7 @@ impl Mailbox {
 
     /// The parent: as new, for the next worker (nobody else may write).
     fn clear(&self) {
-        for word in [WANT, RING, SEQ, SIZE] {
+        for word in WORDS {
             self.board.word(word).store(0, SeqCst);
         }
     }
@@ -225,13 +306,37 @@ mod tests {
         let again = spares.take().unwrap();
         assert_eq!(again.board.word(WANT) as *const _ as usize, same_memory, "the kept slot is reused");
         assert!(matches!(again.look(3), Held::Empty), "nothing of the earlier worker shows");
-        for word in [WANT, RING, SEQ, SIZE] {
+        for word in WORDS {
             assert_eq!(again.board.word(word).load(SeqCst), 0, "word {word} cleared");
         }
         let held = again.clone();
         spares.keep(again);
         assert!(spares.kept.lock().unwrap().is_empty(), "a slot someone holds is not kept");
         drop(held);
+    }
+
+    #[test]
+    fn a_task_left_in_the_slot_is_taken_once_and_a_sleeping_worker_is_rung() {
+        let parent = Mailbox::create().unwrap();
+        let worker = Mailbox::open(parent.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert!(!parent.takes_task(10), "not before the worker reads the slot");
+        worker.attach();
+        assert!(parent.takes_task(TASK_CAPACITY) && !parent.takes_task(TASK_CAPACITY + 1));
+        let mut seen = 0;
+        assert!(worker.take_task(&mut seen).unwrap().is_none());
+        assert!(!parent.post(4, &[b"he", b"llo"]), "an awake worker needs no ring");
+        assert!(worker.wanted(4), "its answer may come here");
+        assert!(parent.untaken(4) && !parent.untaken(3));
+        assert_eq!(worker.take_task(&mut seen).unwrap().as_deref(), Some(&b"hello"[..]));
+        assert!(!parent.untaken(4), "taken before it runs");
+        assert!(worker.take_task(&mut seen).unwrap().is_none(), "taken once");
+        worker.sleeping(true);
+        assert!(parent.post(5, &[b"x"]), "a sleeping worker is rung");
+        worker.sleeping(false);
+        assert_eq!(worker.take_task(&mut seen).unwrap().as_deref(), Some(&b"x"[..]));
+        parent.board.word(TASK_SIZE).store(TASK_CAPACITY as u64 + 1, SeqCst);
+        parent.board.word(TASK).store(7, SeqCst);
+        assert!(worker.take_task(&mut seen).is_err(), "a size over the slot is refused");
     }
 
     #[test]

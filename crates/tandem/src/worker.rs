@@ -7,7 +7,7 @@
 //! for the workers the template forks.
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::batch;
@@ -128,6 +128,49 @@ fn take_forged() -> Option<(Outcome, fn(std::os::fd::BorrowedFd<'_>))> {
     Some((Outcome::Value(crate::codec::Encoded { bytes, fds: vec![fd] }), then))
 }
 
+/// The parent's next frame: a task it left in the slot, or a frame on the
+/// socket, polled within the answer budget (after a yield: the parent is
+/// most often on this CPU), then slept on. A `Ring` frame is a wake-up for
+/// a task in the slot, not a frame of its own.
+fn next_frame(
+    reader: &mut wire::FrameReader,
+    sock: BorrowedFd<'_>,
+    max: u64,
+    slot: Option<&crate::mailbox::Mailbox>,
+    seen: &mut u64,
+) -> Result<Frame, RecvError> {
+    let Some(slot) = slot else { return reader.recv_spin_then_block(sock, max, wire::Expect::Reply) };
+    let from_slot = |seen: &mut u64| match slot.take_task(seen) {
+        Ok(task) => Ok(task.map(|payload| Frame { kind: Kind::Task, payload, fds: Vec::new() })),
+        Err(e) => Err(RecvError::Malformed(e.to_string())),
+    };
+    loop {
+        let mut spinner = crate::backoff::Backoff::ANSWER.begin();
+        while spinner.pause() {
+            if let Some(task) = from_slot(seen)? {
+                return Ok(task);
+            }
+            match reader.read_ready(sock, max)? {
+                Some(frame) if frame.kind == Kind::Ring => {}
+                Some(frame) => return Ok(frame),
+                None => {}
+            }
+        }
+        slot.sleeping(true);
+        let task = from_slot(seen);
+        let frame = match task {
+            Ok(None) => reader.recv(sock, max, None),
+            Ok(Some(task)) => Ok(task),
+            Err(e) => Err(e),
+        };
+        slot.sleeping(false);
+        match frame? {
+            frame if frame.kind == Kind::Ring => {}
+            frame => return Ok(frame),
+        }
+    }
+}
+
 /// Run tasks from the parent until it closes the connection.
 ///
 /// Nothing here watches for the parent's death: the kernel ends the worker
@@ -149,6 +192,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     // the slot (until then answers go on the socket, as for any task).
     let mut mailbox: Option<crate::mailbox::Mailbox> = None;
     let mut unmapped_slot: Option<OwnedFd> = None;
+    // The number of the last task taken from the slot.
+    let mut seen_task = 0;
     let mut pending = first;
     // This loop is the socket's only reader from here on: it may read ahead.
     let mut reader = wire::FrameReader::buffered();
@@ -157,14 +202,16 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
             Some(frame) => frame,
             // The next task is most often the parent's reply to the answer
             // this worker just sent: let a parent on this CPU run first.
-            None => match reader.recv_spin_then_block(sock, config.max_message(), wire::Expect::Reply) {
-                Ok(frame) => frame,
-                Err(RecvError::Closed) => return 0,
-                Err(e) => {
-                    eprintln!("tandem worker: reading from the parent: {e}");
-                    return EXIT_PROTOCOL;
+            None => {
+                match next_frame(&mut reader, sock, config.max_message(), mailbox.as_ref(), &mut seen_task) {
+                    Ok(frame) => frame,
+                    Err(RecvError::Closed) => return 0,
+                    Err(e) => {
+                        eprintln!("tandem worker: reading from the parent: {e}");
+                        return EXIT_PROTOCOL;
+                    }
                 }
-            },
+            }
         };
         match frame.kind {
             Kind::Config => {
@@ -302,7 +349,10 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 }
                 if let Some(fd) = unmapped_slot.take() {
                     match crate::mailbox::Mailbox::open(fd) {
-                        Ok(slot) => mailbox = Some(slot),
+                        Ok(slot) => {
+                            slot.attach();
+                            mailbox = Some(slot);
+                        }
                         Err(e) => {
                             eprintln!("tandem worker: could not map the answer slot: {e}");
                             return EXIT_PROTOCOL;

@@ -798,6 +798,14 @@ impl Loop<'_> {
         let _ = epoll::delete(&self.epoll, live.child.pidfd());
         self.shared.slot(slot).restarts += 1;
         match dying {
+            // It died before it took the task left in its slot: the task
+            // never reached it (as a failed send): a fresh worker runs it,
+            // not counted as a try.
+            Dying::Task(job) if live.peer.mailbox.as_ref().is_some_and(|m| m.untaken(job.id)) => {
+                let _ = live.child.wait_or_kill(crate::child::EXIT_GRACE);
+                job.control.set(Place::Queued);
+                self.shared.requeue(job);
+            }
             Dying::Task(mut job) => {
                 let err = answer::died(&mut live.child, self.asked(&job))
                     .with_output_tail(live.stderr.as_ref())

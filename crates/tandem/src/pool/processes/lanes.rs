@@ -177,11 +177,26 @@ pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     let Claim { slot, mut lane, peer } = claim;
     let ProcessWork { header, bytes, fds } = &job.work;
     job.control.set(Place::Direct { slot, pool: Arc::downgrade(shared) });
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    if let Some(mailbox) = &peer.mailbox {
-        mailbox.expect(job.id);
-    }
-    let sent = wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
+    let in_slot =
+        peer.mailbox.as_ref().filter(|m| fds.is_empty() && m.takes_task(header.len() + bytes.len()));
+    let sent = match (in_slot, &peer.mailbox) {
+        // Left in the slot: the worker polls it, or is rung awake (a ring
+        // that cannot go out means the worker's socket is gone: its death
+        // is judged as any under a task).
+        (Some(slot), _) => {
+            if slot.post(job.id, &[header, bytes]) {
+                let _ = wire::send(peer.socket.as_fd(), Kind::Ring, &[], &[]);
+            }
+            Ok(())
+        }
+        (None, mailbox) => {
+            if let Some(mailbox) = mailbox {
+                mailbox.expect(job.id);
+            }
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed)
+        }
+    };
     drop(peer);
     if sent.is_err() {
         // The worker is gone and never saw the task: queue it, and have the
