@@ -24,9 +24,8 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
-    /// Classify the outcome of reading one frame.
-    /// What a worker's answer slot holds, as an answer: `None` while it is
-    /// empty or says the answer went on the socket.
+    /// What a worker's slot holds, as an answer: `None` while it is empty
+    /// or says the answer went on the socket.
     pub(crate) fn from_mailbox(held: crate::mailbox::Held) -> Option<Answer> {
         use crate::mailbox::Held;
         match held {
@@ -36,6 +35,7 @@ impl Answer {
         }
     }
 
+    /// Classify the outcome of reading one frame.
     pub(crate) fn from_read(read: Result<Frame, RecvError>) -> Answer {
         match read {
             Ok(frame) if frame.kind == Kind::Done => Answer::Done(frame),

@@ -230,7 +230,8 @@ fn lie_in_the_answer_slot(size: u64) -> bool {
 fn a_worker_that_lies_about_its_answer_size_in_the_slot_fails_its_task_and_the_pool_goes_on() {
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
-        for size in [4033u64, 1 << 40, u64::MAX - 1] {
+        // One byte over the slot's 3,968-byte answer half, then far over.
+        for size in [3969u64, 1 << 40, u64::MAX - 1] {
             // The slot serves tasks sent on the direct path, to a worker
             // parked idle; a task the loop sent (the worker was starting or
             // not parked yet) answers on the socket, and the lie is moot:

@@ -56,10 +56,10 @@ pub enum Kind {
     /// Parent to worker: apply this sandbox; worker to parent: what it
     /// enforced, or why it could not.
     Sandbox = 12,
-    /// Parent to a pool's worker: its answer slot (memfd attached; see
-    /// `mailbox`).
+    /// Parent to a pool's worker: its slot for lane tasks and their
+    /// answers (memfd attached; see `mailbox`).
     Mailbox = 13,
-    /// Worker to parent: an answer is in the slot (a wake-up only).
+    /// Either way: something is in the slot for you (a wake-up only).
     Ring = 14,
 }
 
