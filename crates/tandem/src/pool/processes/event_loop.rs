@@ -511,7 +511,8 @@ impl Loop<'_> {
         let ProcessWork { header, bytes, fds } = &job.work;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let at = Instant::now();
-        if wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
+        let sent = wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
+        if sent.is_err() {
             return self.undelivered(slot, job);
         }
         let deadline = self.shared.config.task_timeout.map(|t| at + t);
@@ -801,8 +802,12 @@ impl Loop<'_> {
             // It died before it took the task left in its slot: the task
             // never reached it (as a failed send): a fresh worker runs it,
             // not counted as a try.
-            Dying::Task(job) if live.peer.mailbox.as_ref().is_some_and(|m| m.untaken(job.id)) => {
+            Dying::Task(mut job)
+                if job.undelivered < UNDELIVERED_TRIES
+                    && live.peer.mailbox.as_ref().is_some_and(|m| m.untaken(job.id)) =>
+            {
                 let _ = live.child.wait_or_kill(crate::child::EXIT_GRACE);
+                job.undelivered += 1;
                 job.control.set(Place::Queued);
                 self.shared.requeue(job);
             }
