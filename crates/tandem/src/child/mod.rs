@@ -93,7 +93,10 @@ static OWN_CHILD: LazyLock<Arc<dyn Reap>> = LazyLock::new(|| Arc::new(OwnChild))
 /// A child that has not been reaped: what an [`Orphanage`] takes over.
 pub(crate) struct Unreaped {
     pid: Pid,
-    pidfd: OwnedFd,
+    /// Shared with whoever polls for the child's end meanwhile (a pool's
+    /// lane), so the descriptor cannot close, and its number go to another
+    /// file, under them.
+    pidfd: Arc<OwnedFd>,
     origin: Arc<dyn Reap>,
     /// The write end of a re-executed worker's lifeline: while it is open
     /// the worker may live; closing it SIGKILLs the worker (see
@@ -120,7 +123,8 @@ impl ChildProcess {
         let pid = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
         // Our unreaped child cannot be recycled, so this pid is still it.
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-        let process = Unreaped { pid, pidfd, origin: OWN_CHILD.clone(), lifeline: Some(lifeline) };
+        let process =
+            Unreaped { pid, pidfd: Arc::new(pidfd), origin: OWN_CHILD.clone(), lifeline: Some(lifeline) };
         Ok(ChildProcess { inner: Some(process), status: None, orphanage })
     }
 
@@ -132,7 +136,7 @@ impl ChildProcess {
         origin: Arc<dyn Reap>,
         orphanage: &'static dyn Orphanage,
     ) -> ChildProcess {
-        let process = Unreaped { pid, pidfd, origin, lifeline: None };
+        let process = Unreaped { pid, pidfd: Arc::new(pidfd), origin, lifeline: None };
         ChildProcess { inner: Some(process), status: None, orphanage }
     }
 
@@ -146,6 +150,12 @@ impl ChildProcess {
 
     pub(crate) fn pidfd(&self) -> &OwnedFd {
         &self.process().pidfd
+    }
+
+    /// Its pidfd, to keep for as long as the holder polls it (no second
+    /// descriptor: a pool of N workers holds N pidfds, not 2N).
+    pub(crate) fn shared_pidfd(&self) -> Arc<OwnedFd> {
+        self.process().pidfd.clone()
     }
 
     /// Whether it has been reaped here (its status collected by a wait), so

@@ -188,7 +188,7 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
         }
     };
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
-    let pidfd = child.pidfd().try_clone().map_err(|e| Error::os("duplicating a worker's pidfd", e))?;
+    let pidfd = child.shared_pidfd();
     // Its answer slot for tasks sent on the lane (see `mailbox`), sent to
     // it by the loop when it installs the worker (`Loop::install`); none
     // where tasks never take the lanes.
@@ -200,7 +200,7 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
             return Err(Error::os("making a new worker's answer slot", e));
         }
     };
-    let peer = Peer { socket: Arc::new(socket), pidfd: Arc::new(pidfd), mailbox };
+    let peer = Peer { socket: Arc::new(socket), pidfd, mailbox };
     let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None, cgroup };
     if let Some(init) = shared.config.initializer {
         let header =
