@@ -122,6 +122,25 @@ pub fn lie_about_answer_size(size: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Inside a process worker of a pool, make the worker exit (status 0) as
+/// soon as it sees the next task left in its slot, before it takes it: a
+/// worker that dies between a task's delivery and its start. That task
+/// never reached it, and runs on a fresh worker without counting as a try.
+/// Outside a worker it fails with `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+/// pool.submit((), |()| ()).join().unwrap();
+/// pool.submit((), |()| tandem::chaos::exit_before_taking_next_task().is_ok()).join().unwrap();
+/// assert_eq!(pool.submit(2u8, |x| x).join().unwrap(), 2);
+/// ```
+pub fn exit_before_taking_next_task() -> std::io::Result<()> {
+    not_a_worker(crate::worker::parent_socket())?;
+    crate::worker::exit_before_taking_next_task();
+    Ok(())
+}
+
 fn not_a_worker<T>(value: Option<T>) -> std::io::Result<T> {
     value.ok_or_else(|| {
         std::io::Error::new(

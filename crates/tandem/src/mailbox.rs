@@ -154,6 +154,14 @@ impl Mailbox {
             && self.board.word(TAKEN).load(SeqCst) != id.wrapping_add(1)
     }
 
+    /// The worker: whether a task newer than the one numbered `seen` is
+    /// here (without taking it).
+    #[cfg(feature = "chaos")]
+    pub(crate) fn has_task_since(&self, seen: u64) -> bool {
+        let task = self.board.word(TASK).load(SeqCst);
+        task != 0 && task != seen
+    }
+
     /// The worker: it is about to sleep on its socket (`true`), or awake.
     pub(crate) fn sleeping(&self, asleep: bool) {
         self.board.word(WAKE).store(asleep as u64, SeqCst);

@@ -120,6 +120,17 @@ pub(crate) fn lie_about_answer_size(size: u64) {
     *SLOT_SIZE_LIE.lock().unwrap_or_else(|e| e.into_inner()) = Some(size);
 }
 
+/// Exit when the next task left in the slot is seen, before taking it
+/// ([`crate::chaos::exit_before_taking_next_task`]).
+#[cfg(feature = "chaos")]
+static EXIT_BEFORE_TAKING: AtomicBool = AtomicBool::new(false);
+
+/// Exit when the next task left in the slot is seen, before taking it.
+#[cfg(feature = "chaos")]
+pub(crate) fn exit_before_taking_next_task() {
+    EXIT_BEFORE_TAKING.store(true, Ordering::SeqCst);
+}
+
 /// The forged answer, if the task asked for one: the outcome to send in
 /// place of its own, and what to run once it is sent.
 #[cfg(feature = "chaos")]
@@ -140,9 +151,15 @@ fn next_frame(
     seen: &mut u64,
 ) -> Result<Frame, RecvError> {
     let Some(slot) = slot else { return reader.recv_spin_then_block(sock, max, wire::Expect::Reply) };
-    let from_slot = |seen: &mut u64| match slot.take_task(seen) {
-        Ok(task) => Ok(task.map(|payload| Frame { kind: Kind::Task, payload, fds: Vec::new() })),
-        Err(e) => Err(RecvError::Malformed(e.to_string())),
+    let from_slot = |seen: &mut u64| {
+        #[cfg(feature = "chaos")]
+        if EXIT_BEFORE_TAKING.load(Ordering::SeqCst) && slot.has_task_since(*seen) {
+            fork::exit_now(0);
+        }
+        match slot.take_task(seen) {
+            Ok(task) => Ok(task.map(|payload| Frame { kind: Kind::Task, payload, fds: Vec::new() })),
+            Err(e) => Err(RecvError::Malformed(e.to_string())),
+        }
     };
     loop {
         let mut spinner = crate::backoff::Backoff::ANSWER.begin();

@@ -256,6 +256,30 @@ fn a_worker_that_lies_about_its_answer_size_in_the_slot_fails_its_task_and_the_p
     }
 }
 
+fn exit_before_the_next_task((): ()) -> bool {
+    tandem::chaos::exit_before_taking_next_task().unwrap();
+    true
+}
+
+/// A worker that dies after a task was left in its slot but before it took
+/// it never saw the task: the task runs on a fresh worker and is not
+/// counted as a try (no retries here, yet no `WorkerDied`), as a task whose
+/// send failed.
+#[test]
+fn a_task_left_in_the_slot_of_a_worker_that_dies_before_taking_it_runs_on_a_fresh_worker() {
+    for method in METHODS {
+        let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
+        for round in 0..5u64 {
+            // After its first answer the worker reads its slot; the tasks
+            // below go there (small, to a parked worker).
+            assert_eq!(pool.submit(round, |x| x + 1).join().unwrap(), round + 1);
+            assert!(pool.submit((), exit_before_the_next_task).join().unwrap());
+            assert_eq!(pool.submit(round, |x| x * 3).join().unwrap(), round * 3, "{method:?} round {round}");
+        }
+        assert_eq!(pool.stats().workers[0].restarts, 5, "{method:?}: each worker exited once");
+    }
+}
+
 #[test]
 fn a_small_message_limit_refuses_a_big_honest_result_and_the_pool_goes_on() {
     let pool = Pool::builder().mode(Mode::Process).workers(1).max_message_size(1 << 16).build().unwrap();
