@@ -109,12 +109,7 @@ impl Mailbox {
     /// [`TASK_CAPACITY`] bytes in all: see [`Mailbox::takes_task`]); true
     /// if the worker sleeps on its socket and must be rung.
     pub(crate) fn post(&self, id: u64, parts: &[&[u8]]) -> bool {
-        let mut at = TASK_BODY;
-        for part in parts {
-            self.board.write(at, part);
-            at += part.len();
-        }
-        self.board.word(TASK_SIZE).store((at - TASK_BODY) as u64, SeqCst);
+        self.write_parts(TASK_BODY, TASK_SIZE, parts);
         self.expect(id);
         self.board.word(TASK).store(id.wrapping_add(1), SeqCst);
         self.board.word(WAKE).load(SeqCst) != 0
@@ -175,12 +170,7 @@ impl Mailbox {
     /// The worker: leave task `id`'s answer, made of `parts` (at most
     /// [`CAPACITY`] bytes in all); true if a reader asked to be rung.
     pub(crate) fn leave(&self, id: u64, parts: &[&[u8]]) -> bool {
-        let mut at = BODY;
-        for part in parts {
-            self.board.write(at, part);
-            at += part.len();
-        }
-        self.board.word(SIZE).store((at - BODY) as u64, SeqCst);
+        self.write_parts(BODY, SIZE, parts);
         self.publish(id)
     }
 
@@ -223,6 +213,17 @@ impl Mailbox {
     /// worker ring once it answers.
     pub(crate) fn ask_ring(&self) {
         self.board.word(RING).store(1, SeqCst);
+    }
+
+    /// Write `parts` one after another from `body`, then their length in
+    /// the word at `size` (the bounds are the caller's: see `CAPACITY`).
+    fn write_parts(&self, body: usize, size: usize, parts: &[&[u8]]) {
+        let mut at = body;
+        for part in parts {
+            self.board.write(at, part);
+            at += part.len();
+        }
+        self.board.word(size).store((at - body) as u64, SeqCst);
     }
 
     /// The parent: as new, for the next worker (nobody else may write).

@@ -204,7 +204,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     let mut meter: Option<crate::usage::Meter> = None;
     // Descriptors 1 and 2 on the parent's memfds (see `output`).
     let mut capture: Option<crate::output::Capture> = None;
-    // A pool's answer slot (see `mailbox`), once the parent sends it; mapped
+    // A pool's slot (see `mailbox`), once the parent sends it; mapped
     // after the next answer goes out, off the way of the task that follows
     // the slot (until then answers go on the socket, as for any task).
     let mut mailbox: Option<crate::mailbox::Mailbox> = None;
