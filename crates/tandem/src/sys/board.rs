@@ -1,7 +1,9 @@
-//! The shared page on which a worker reports a map batch's progress (the
-//! protocol is in `crate::batch`): a sealed memfd mapped in both processes.
+//! Shared memory a worker and its parent both write: a sealed memfd mapped
+//! in both processes, as words and bounded byte ranges. Two protocols use
+//! it: a map batch's progress (`crate::batch`) and a pool worker's slot for
+//! lane tasks and their answers (`crate::mailbox`).
 //!
-//! The worker writes each item's result here before it starts the next
+//! A batch's worker writes each item's result here before it starts the next
 //! item, so the results outlive a worker that dies mid-batch. The parent only
 //! ever *copies* bytes out (never holds a reference into the mapping), and
 //! treats what it copied as untrusted input: a misbehaving worker can write
@@ -33,7 +35,7 @@ impl Board {
         if region.len() != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("a batch board of {} bytes, not {len}", region.len()),
+                format!("a shared board of {} bytes, not {len}", region.len()),
             ));
         }
         Ok(Board { region })
