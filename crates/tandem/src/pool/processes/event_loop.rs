@@ -253,11 +253,9 @@ impl Loop<'_> {
         if what == RETIRING {
             if let Some(Retiring { mut child, cgroup, mailbox }) = self.retiring.remove(&(key >> 2)) {
                 let _ = epoll::delete(&self.epoll, child.pidfd());
-                let reaped = child.wait().is_ok();
+                let _ = child.wait();
                 drop(cgroup);
-                if let Some(mailbox) = mailbox.filter(|_| reaped) {
-                    self.shared.backend.mailboxes.keep(mailbox);
-                }
+                self.keep_slot_if_reaped(&child, mailbox);
             }
             return;
         }
@@ -389,13 +387,7 @@ impl Loop<'_> {
     /// Reap `child` when it exits, then remove its memory cgroup and keep
     /// its answer slot for a successor (at once if it is reaped already).
     fn reap_later(&mut self, child: ChildProcess, cgroup: Option<Leaf>, mailbox: Option<Arc<Mailbox>>) {
-        let mailbox = match (child.reaped(), mailbox) {
-            (true, Some(mailbox)) => {
-                self.shared.backend.mailboxes.keep(mailbox);
-                None
-            }
-            (_, mailbox) => mailbox,
-        };
+        let mailbox = self.keep_slot_if_reaped(&child, mailbox);
         let number = self.next_retiring;
         self.next_retiring += 1;
         let data = EventData::new_u64((number << 2) | RETIRING);
@@ -406,6 +398,22 @@ impl Loop<'_> {
             // removes its cgroup (`cgroup::Tree::sweep`).
             drop(child);
             drop(cgroup);
+        }
+    }
+
+    /// Keep `child`'s answer slot for a successor if `child` is reaped (no
+    /// process of its can write there any more); else hand it back.
+    fn keep_slot_if_reaped(
+        &self,
+        child: &ChildProcess,
+        mailbox: Option<Arc<Mailbox>>,
+    ) -> Option<Arc<Mailbox>> {
+        match (child.reaped(), mailbox) {
+            (true, Some(mailbox)) => {
+                self.shared.backend.mailboxes.keep(mailbox);
+                None
+            }
+            (_, mailbox) => mailbox,
         }
     }
 
@@ -511,8 +519,7 @@ impl Loop<'_> {
         let ProcessWork { header, bytes, fds } = &job.work;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let at = Instant::now();
-        let sent = wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed);
-        if sent.is_err() {
+        if wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
             return self.undelivered(slot, job);
         }
         let deadline = self.shared.config.task_timeout.map(|t| at + t);

@@ -179,18 +179,18 @@ pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     job.control.set(Place::Direct { slot, pool: Arc::downgrade(shared) });
     let in_slot =
         peer.mailbox.as_ref().filter(|m| fds.is_empty() && m.takes_task(header.len() + bytes.len()));
-    let sent = match (in_slot, &peer.mailbox) {
+    let sent = match in_slot {
         // Left in the slot: the worker polls it, or is rung awake (a ring
         // that cannot go out means the worker's socket is gone: its death
         // is judged as any under a task).
-        (Some(slot), _) => {
+        Some(slot) => {
             if slot.post(job.id, &[header, bytes]) {
                 let _ = wire::send(peer.socket.as_fd(), Kind::Ring, &[], &[]);
             }
             Ok(())
         }
-        (None, mailbox) => {
-            if let Some(mailbox) = mailbox {
+        None => {
+            if let Some(mailbox) = &peer.mailbox {
                 mailbox.expect(job.id);
             }
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();

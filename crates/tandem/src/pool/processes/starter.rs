@@ -177,6 +177,14 @@ fn kill_now(live: Live) {
 }
 
 fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
+    // Its answer slot for tasks sent on the lane (see `mailbox`), sent to
+    // it by the loop when it installs the worker (`Loop::install`); none
+    // where tasks never take the lanes. Made first: a failure then has no
+    // process to take down.
+    let mailbox = super::lanes::used(shared)
+        .then(|| shared.backend.mailboxes.take())
+        .transpose()
+        .map_err(|e| Error::os("making a new worker's answer slot", e))?;
     let Worker { mut child, socket, stderr } = launch::start(shared.config.method, worker_config(shared))?;
     // Under the memory limit before it is handed anything to run.
     let cgroup = match shared.backend.memory.tree().map(|tree| tree.join(child.pid())).transpose() {
@@ -189,17 +197,6 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     };
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
     let pidfd = child.shared_pidfd();
-    // Its answer slot for tasks sent on the lane (see `mailbox`), sent to
-    // it by the loop when it installs the worker (`Loop::install`); none
-    // where tasks never take the lanes.
-    let mailbox = match super::lanes::used(shared).then(|| shared.backend.mailboxes.take()).transpose() {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::os("making a new worker's answer slot", e));
-        }
-    };
     let peer = Peer { socket: Arc::new(socket), pidfd, mailbox };
     let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None, cgroup };
     if let Some(init) = shared.config.initializer {
