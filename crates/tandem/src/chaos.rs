@@ -86,6 +86,30 @@ pub fn answer_with_memory(
     Ok(())
 }
 
+/// As [`answer_with_memory`], the reference naming `memory` as the
+/// worker's arena (a memfd whose first 64 bytes are its header) holding
+/// message `number` of `len` bytes: the form a worker's big result takes.
+///
+/// ```no_run
+/// tandem::init();
+/// let h = tandem::process::spawn((), |()| -> Vec<u8> {
+///     let (r, _w) = rustix::pipe::pipe().unwrap();
+///     tandem::chaos::answer_with_arena(r, 1 << 20, 1, |_| {}).unwrap();
+///     Vec::new()
+/// });
+/// assert!(matches!(h.unwrap().join(), Err(tandem::Error::Codec(_))));
+/// ```
+pub fn answer_with_arena(
+    memory: std::os::fd::OwnedFd,
+    len: u64,
+    number: u64,
+    then: fn(std::os::fd::BorrowedFd<'_>),
+) -> std::io::Result<()> {
+    not_a_worker(crate::worker::parent_socket())?;
+    crate::worker::forge_answer(crate::codec::arena_reference(len, number), memory, then);
+    Ok(())
+}
+
 /// Inside a process worker, write `bytes` to the parent right after the
 /// running task's answer, as a broken worker could (more than the one frame
 /// it owes). Outside a worker it fails with `Unsupported`.

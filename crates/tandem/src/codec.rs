@@ -19,12 +19,16 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::sys::shm::{BulkWriter, SealedBytes};
 
+pub(crate) mod arena;
 pub(crate) mod fixed;
 
 /// Bytes and descriptors of one encoded value.
 pub(crate) struct Encoded {
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+    /// The arena holding a big message's bytes, kept as they are while
+    /// this is (see [`arena`]).
+    pub pin: Option<arena::Pin>,
 }
 
 thread_local! {
@@ -48,7 +52,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error>
             crate::wire::MAX_FDS
         )));
     }
-    Ok(Encoded { bytes, fds })
+    Ok(Encoded { bytes, fds, pin: None })
 }
 
 /// Deserialize a `T` from `bytes`, handing it the descriptors that came with them.
@@ -80,22 +84,50 @@ const TAG_INLINE: u8 = 0;
 /// The message's bytes are in its last descriptor, a sealed memfd whose
 /// length (8 bytes, little endian) follows the tag.
 const TAG_BULK: u8 = 1;
+/// The message's bytes are in its last descriptor, its sender's arena
+/// ([`arena`]): their length and the message's number (8 bytes each,
+/// little endian) follow the tag.
+const TAG_ARENA: u8 = 2;
+
+/// Where a big message's bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bulk {
+    /// An arena this process keeps and writes again once the reader is
+    /// done: for a reader trusted with what this process sends later (one
+    /// that kept the descriptor could read it), every peer but a sandboxed
+    /// worker.
+    Arena,
+    /// A new memfd, sealed against writing, for each message: nothing a
+    /// reader keeps shows it anything else (a sandboxed worker's argument).
+    Sealed,
+}
+
+/// Where the big arguments of a worker go: a sandboxed one gets a sealed
+/// memfd per message (see [`Bulk::Sealed`]).
+pub(crate) fn bulk_for(sandboxed: bool) -> Bulk {
+    if sandboxed { Bulk::Sealed } else { Bulk::Arena }
+}
 
 /// Encode a task's argument or result as a message of at most `max` bytes
 /// (see the module's docs): inline up to the bulk threshold, in a sealed
 /// memfd above it. A value over `max` is refused here, before anything of
 /// its size is allocated (its size is counted first). A top-level
-/// `Vec<u8>` is written as the bytes it is (one copy), the same bytes
-/// postcard would write element by element.
-pub(crate) fn encode_message<T: Serialize + 'static>(value: &T, max: u64) -> Result<Encoded, Error> {
+/// `Vec<u8>` or `ByteBuf` is written as the bytes it is (one copy), the
+/// same bytes postcard would write element by element. A big message goes
+/// where `bulk` says.
+pub(crate) fn encode_message<T: Serialize + 'static>(
+    value: &T,
+    max: u64,
+    how: Bulk,
+) -> Result<Encoded, Error> {
     let threshold = THRESHOLD.load(Ordering::Relaxed);
     let outer = OUTGOING.with(|slot| slot.replace(Some(Vec::new())));
-    let encoded = match (value as &dyn Any).downcast_ref::<Vec<u8>>() {
-        Some(raw) => encode_raw(raw, max, threshold),
-        None => encode_in_scope(value, max, threshold),
+    let encoded = match raw_bytes(value) {
+        Some(raw) => encode_raw(raw, max, threshold, how),
+        None => encode_in_scope(value, max, threshold, how),
     };
     let mut fds = OUTGOING.with(|slot| slot.replace(outer)).unwrap_or_default();
-    let (bytes, bulk) = encoded?;
+    let Big { bytes, fd: bulk, pin } = encoded?;
     if fds.len() + usize::from(bulk.is_some()) > crate::wire::MAX_FDS {
         return Err(Error::Codec(format!(
             "the value holds {} shareable objects; one message can carry at most {}",
@@ -104,7 +136,29 @@ pub(crate) fn encode_message<T: Serialize + 'static>(value: &T, max: u64) -> Res
         )));
     }
     fds.extend(bulk);
-    Ok(Encoded { bytes, fds })
+    Ok(Encoded { bytes, fds, pin })
+}
+
+/// The bytes of a top-level `Vec<u8>` or `ByteBuf`.
+fn raw_bytes<T: 'static>(value: &T) -> Option<&[u8]> {
+    let value = value as &dyn Any;
+    value
+        .downcast_ref::<Vec<u8>>()
+        .map(Vec::as_slice)
+        .or_else(|| value.downcast_ref::<serde_bytes::ByteBuf>().map(|b| b.as_slice()))
+}
+
+/// A message's bytes, and where its big part went.
+struct Big {
+    bytes: Vec<u8>,
+    fd: Option<OwnedFd>,
+    pin: Option<arena::Pin>,
+}
+
+impl Big {
+    fn inline(bytes: Vec<u8>) -> Big {
+        Big { bytes, fd: None, pin: None }
+    }
 }
 
 fn over_limit(size: usize, max: u64) -> Result<(), Error> {
@@ -126,11 +180,7 @@ fn clear_outgoing() {
     });
 }
 
-fn encode_in_scope<T: Serialize>(
-    value: &T,
-    max: u64,
-    threshold: usize,
-) -> Result<(Vec<u8>, Option<OwnedFd>), Error> {
+fn encode_in_scope<T: Serialize>(value: &T, max: u64, threshold: usize, how: Bulk) -> Result<Big, Error> {
     // Most messages are small: one pass into a buffer that gives up past
     // the threshold (having written at most that much).
     let cap = threshold.min(usize::try_from(max).unwrap_or(usize::MAX)).saturating_add(1);
@@ -138,7 +188,7 @@ fn encode_in_scope<T: Serialize>(
     match postcard::serialize_with_flavor(value, capped) {
         Ok(bytes) => {
             over_limit(bytes.len() - 1, max)?;
-            return Ok((bytes, None));
+            return Ok(Big::inline(bytes));
         }
         Err(postcard::Error::SerializeBufferFull) => {}
         Err(e) => return Err(ser_error(e)),
@@ -148,24 +198,24 @@ fn encode_in_scope<T: Serialize>(
         postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).map_err(ser_error)?;
     clear_outgoing();
     over_limit(size, max)?;
-    let mut writer =
-        BulkWriter::create(size).map_err(|e| Error::os("making a memfd for a big message", e))?;
-    let written = match postcard::to_slice(value, writer.bytes_mut()) {
-        Ok(out) => out.len(),
-        Err(postcard::Error::SerializeBufferFull) => usize::MAX,
-        Err(e) => return Err(ser_error(e)),
-    };
-    if written != size {
-        return Err(Error::Codec(format!(
-            "serializing: the value's Serialize implementation wrote {size} bytes when counted and a different number when written"
-        )));
-    }
-    bulk_message(writer, size)
+    write_big(size, how, |out| {
+        let written = match postcard::to_slice(value, out) {
+            Ok(out) => out.len(),
+            Err(postcard::Error::SerializeBufferFull) => usize::MAX,
+            Err(e) => return Err(ser_error(e)),
+        };
+        if written != size {
+            return Err(Error::Codec(format!(
+                "serializing: the value's Serialize implementation wrote {size} bytes when counted and a different number when written"
+            )));
+        }
+        Ok(())
+    })
 }
 
 /// A `Vec<u8>` as postcard writes it (its length as a varint, then the
 /// bytes), with one copy.
-fn encode_raw(raw: &[u8], max: u64, threshold: usize) -> Result<(Vec<u8>, Option<OwnedFd>), Error> {
+fn encode_raw(raw: &[u8], max: u64, threshold: usize, how: Bulk) -> Result<Big, Error> {
     let mut prefix = [0u8; 10];
     let n = varint(raw.len() as u64, &mut prefix);
     let size = n + raw.len();
@@ -175,22 +225,40 @@ fn encode_raw(raw: &[u8], max: u64, threshold: usize) -> Result<(Vec<u8>, Option
         bytes.push(TAG_INLINE);
         bytes.extend_from_slice(&prefix[..n]);
         bytes.extend_from_slice(raw);
-        return Ok((bytes, None));
+        return Ok(Big::inline(bytes));
     }
-    let mut writer =
-        BulkWriter::create(size).map_err(|e| Error::os("making a memfd for a big message", e))?;
-    let out = writer.bytes_mut();
-    out[..n].copy_from_slice(&prefix[..n]);
-    out[n..].copy_from_slice(raw);
-    bulk_message(writer, size)
+    write_big(size, how, |out| {
+        out[..n].copy_from_slice(&prefix[..n]);
+        out[n..].copy_from_slice(raw);
+        Ok(())
+    })
 }
 
-fn bulk_message(writer: BulkWriter, size: usize) -> Result<(Vec<u8>, Option<OwnedFd>), Error> {
-    let fd = writer.seal().map_err(|e| Error::os("sealing a big message's memfd", e))?;
-    let mut bytes = Vec::with_capacity(9);
-    bytes.push(TAG_BULK);
-    bytes.extend_from_slice(&(size as u64).to_le_bytes());
-    Ok((bytes, Some(fd)))
+/// A big message of `size` bytes, written by `fill` where `how` says.
+fn write_big(
+    size: usize,
+    how: Bulk,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+) -> Result<Big, Error> {
+    let mut bytes = Vec::with_capacity(17);
+    match how {
+        Bulk::Sealed => {
+            let mut writer =
+                BulkWriter::create(size).map_err(|e| Error::os("making a memfd for a big message", e))?;
+            fill(writer.bytes_mut())?;
+            let fd = writer.seal().map_err(|e| Error::os("sealing a big message's memfd", e))?;
+            bytes.push(TAG_BULK);
+            bytes.extend_from_slice(&(size as u64).to_le_bytes());
+            Ok(Big { bytes, fd: Some(fd), pin: None })
+        }
+        Bulk::Arena => {
+            let (fd, number, pin) = arena::KEPT.write(size, fill)?;
+            bytes.push(TAG_ARENA);
+            bytes.extend_from_slice(&(size as u64).to_le_bytes());
+            bytes.extend_from_slice(&number.to_le_bytes());
+            Ok(Big { bytes, fd: Some(fd), pin: Some(pin) })
+        }
+    }
 }
 
 /// The bytes of a bulk message's reference to a memfd of `len` bytes (for
@@ -199,6 +267,15 @@ fn bulk_message(writer: BulkWriter, size: usize) -> Result<(Vec<u8>, Option<Owne
 pub(crate) fn bulk_reference(len: u64) -> Vec<u8> {
     let mut bytes = vec![TAG_BULK];
     bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+/// The bytes of an arena message's reference (for `chaos`).
+#[cfg(feature = "chaos")]
+pub(crate) fn arena_reference(len: u64, number: u64) -> Vec<u8> {
+    let mut bytes = vec![TAG_ARENA];
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&number.to_le_bytes());
     bytes
 }
 
@@ -233,7 +310,10 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// frame, accepting at most `max` bytes. A bulk message's memfd is
 /// checked before it is mapped (`SealedBytes::open`: a memfd, sealed
 /// against writing, shrinking and growing, exactly the size claimed, no
-/// holes) and its size against `max`; anything else is `Error::Codec`.
+/// holes), as is an arena (`Region::open_first`: a memfd sealed against
+/// shrinking and growing, not against writing, at least the size claimed,
+/// no holes), and its size against `max`; anything else is `Error::Codec`.
+/// An arena's bytes are copied out, never borrowed (see [`arena`]).
 /// This is the one decoder of every task argument and result: the worker's
 /// trampoline, a pool's handle, a one-off unit's join.
 pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
@@ -257,6 +337,10 @@ pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
             let memory = SealedBytes::open(fd, len)
                 .map_err(|e| Error::Codec(format!("refused a big message: {e}")))?;
             decode_value(memory.bytes(), fds)
+        }
+        Some((&TAG_ARENA, rest)) => {
+            let view = open_arena(rest, &mut fds, max)?;
+            decode_view(view, fds)
         }
         Some((tag, _)) => Err(Error::Codec(format!("a message with the unknown tag {tag}"))),
         None => Err(Error::Codec("an empty message".into())),
@@ -290,24 +374,96 @@ pub(crate) fn inline_message(bytes: Vec<u8>, mut fds: Vec<OwnedFd>, max: u64) ->
             out.extend_from_slice(memory.bytes());
             Ok(out)
         }
-        Some(&TAG_INLINE) | Some(&TAG_BULK) => Err(Error::Codec(ACROSS.into())),
+        Some(&TAG_ARENA) if fds.len() == 1 => {
+            let view = open_arena(&bytes[1..], &mut fds, max)?;
+            let mut out = vec![0u8; 1 + view.len()];
+            out[0] = TAG_INLINE;
+            view.copy_into(0, &mut out[1..]);
+            Ok(out)
+        }
+        Some(&TAG_INLINE) | Some(&TAG_BULK) | Some(&TAG_ARENA) => Err(Error::Codec(ACROSS.into())),
         Some(tag) => Err(Error::Codec(format!("a message with the unknown tag {tag}"))),
         None => Err(Error::Codec("an empty message".into())),
     }
 }
 
+/// The arena an arena message (`rest`, after its tag) names, checked and
+/// mapped: its descriptor is the frame's last.
+fn open_arena(rest: &[u8], fds: &mut Vec<OwnedFd>, max: u64) -> Result<arena::View, Error> {
+    let reference: [u8; 16] = rest.try_into().map_err(|_| {
+        Error::Codec(format!("a big message's arena reference is {} bytes, not 16", rest.len()))
+    })?;
+    let [len, number] =
+        [&reference[..8], &reference[8..]].map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    if len > max {
+        return Err(Error::Codec(format!(
+            "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
+        )));
+    }
+    let len = usize::try_from(len)
+        .map_err(|_| Error::Codec(format!("a message of {len} bytes does not fit this address space")))?;
+    let fd = fds.pop().ok_or_else(|| Error::Codec("a big message came without its memfd".into()))?;
+    arena::View::open(fd, len, number).map_err(|e| Error::Codec(format!("refused a big message: {e}")))
+}
+
+/// Decode a message in a peer's arena: the bytes copied out first (into
+/// the value's own buffer for a `Vec<u8>` or `ByteBuf`), then the arena
+/// released.
+fn decode_view<T: DeserializeOwned + 'static>(view: arena::View, fds: Vec<OwnedFd>) -> Result<T, Error> {
+    let len = view.len();
+    if is_raw::<T>() {
+        let mut head = [0u8; 10];
+        let n = head.len().min(len);
+        view.copy_into(0, &mut head[..n]);
+        return match raw_span(&head[..n], len) {
+            Ok((at, count)) => Ok(from_raw(view.copy(at, count))),
+            Err(e) => {
+                view.discard();
+                Err(e)
+            }
+        };
+    }
+    let bytes = view.copy(0, len);
+    let value = decode_value(&bytes, fds);
+    if value.is_err() {
+        view.discard();
+    }
+    value
+}
+
+/// Whether `T` is decoded as raw bytes (a `Vec<u8>` or `ByteBuf`).
+fn is_raw<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<Vec<u8>>() || TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>()
+}
+
+/// Where the bytes of a raw value are in a message of `len` bytes that
+/// starts with `head`: (offset, count).
+fn raw_span(head: &[u8], len: usize) -> Result<(usize, usize), Error> {
+    read_varint(head)
+        .and_then(|(count, at)| {
+            let count = usize::try_from(count).ok()?;
+            (at.checked_add(count)? <= len).then_some((at, count))
+        })
+        .ok_or_else(|| Error::Codec("deserializing: the bytes end before the Vec<u8> they announce".into()))
+}
+
+/// A raw value (see [`is_raw`]) from its bytes.
+fn from_raw<T: 'static>(bytes: Vec<u8>) -> T {
+    let boxed: Box<dyn Any> = if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        Box::new(bytes)
+    } else {
+        Box::new(serde_bytes::ByteBuf::from(bytes))
+    };
+    *boxed.downcast::<T>().expect("T is Vec<u8> or ByteBuf")
+}
+
 fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
-    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+    if !is_raw::<T>() {
         return decode(bytes, fds);
     }
-    // A `Vec<u8>`: one copy instead of a deserialize call per byte.
-    let raw = read_varint(bytes)
-        .and_then(|(len, at)| bytes.get(at..at.checked_add(usize::try_from(len).ok()?)?))
-        .ok_or_else(|| {
-            Error::Codec("deserializing: the bytes end before the Vec<u8> they announce".into())
-        })?;
-    let boxed: Box<dyn Any> = Box::new(raw.to_vec());
-    Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"))
+    // Raw bytes: one copy instead of a deserialize call per byte.
+    let (at, count) = raw_span(bytes, bytes.len())?;
+    Ok(from_raw(bytes[at..at + count].to_vec()))
 }
 
 /// A postcard output that gives up (`SerializeBufferFull`) past `cap` bytes.
@@ -603,14 +759,23 @@ mod tests {
         assert_eq!(back, (1, "two".into(), vec![3; 10]));
     }
 
-    /// Whether `e` is a bulk message, checking its shape either way.
+    /// Whether `e` is a big message (in a sealed memfd or an arena),
+    /// checking its shape either way.
     fn is_bulk(e: &Encoded) -> bool {
+        let seals = || rustix::fs::fcntl_get_seals(e.fds.last().unwrap()).unwrap();
+        use rustix::fs::SealFlags;
         match e.bytes[0] {
             TAG_INLINE => false,
             TAG_BULK => {
                 assert_eq!(e.bytes.len(), 9, "only the length travels inline");
-                let seals = rustix::fs::fcntl_get_seals(e.fds.last().unwrap()).unwrap();
-                assert!(seals.contains(rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK));
+                assert!(seals().contains(SealFlags::WRITE | SealFlags::SHRINK));
+                true
+            }
+            TAG_ARENA => {
+                assert_eq!(e.bytes.len(), 17, "only the length and number travel inline");
+                assert!(seals().contains(SealFlags::SHRINK | SealFlags::GROW));
+                assert!(!seals().contains(SealFlags::WRITE));
+                assert!(e.pin.is_some());
                 true
             }
             other => panic!("tag {other}"),
@@ -618,29 +783,65 @@ mod tests {
     }
 
     #[test]
-    fn messages_go_inline_up_to_the_threshold_and_in_a_sealed_memfd_above_it() {
+    fn messages_go_inline_up_to_the_threshold_and_in_a_memfd_above_it() {
         // A Vec<u8> of n bytes serializes to n + 3 bytes at this size (its
-        // length as a varint): through the raw path alone, and through serde
-        // inside a tuple.
-        for (n, bulk) in [(BULK_THRESHOLD - 3, false), (BULK_THRESHOLD - 2, true)] {
-            let raw: Vec<u8> = (0..n).map(|i| i as u8).collect();
-            let e = encode_message(&raw, u64::MAX).unwrap();
-            assert_eq!((is_bulk(&e), e.fds.len()), (bulk, usize::from(bulk)), "{n} bytes, raw");
-            let back: Vec<u8> = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
-            assert_eq!(back, raw);
-            let nested = (raw.clone(),);
-            let e = encode_message(&nested, u64::MAX).unwrap();
-            assert_eq!((is_bulk(&e), e.fds.len()), (bulk, usize::from(bulk)), "{n} bytes, nested");
-            let back: (Vec<u8>,) = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
-            assert_eq!(back, nested);
+        // length as a varint): through the raw path alone, as a ByteBuf,
+        // and through serde inside a tuple.
+        for how in [Bulk::Sealed, Bulk::Arena] {
+            for (n, bulk) in [(BULK_THRESHOLD - 3, false), (BULK_THRESHOLD - 2, true)] {
+                let raw: Vec<u8> = (0..n).map(|i| i as u8).collect();
+                let e = encode_message(&raw, u64::MAX, how).unwrap();
+                assert_eq!((is_bulk(&e), e.fds.len()), (bulk, usize::from(bulk)), "{n} bytes, raw, {how:?}");
+                let back: Vec<u8> = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+                assert_eq!(back, raw);
+                let buf = serde_bytes::ByteBuf::from(raw.clone());
+                let e = encode_message(&buf, u64::MAX, how).unwrap();
+                assert_eq!(is_bulk(&e), bulk, "{n} bytes, ByteBuf, {how:?}");
+                let back: serde_bytes::ByteBuf = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+                assert_eq!(back, buf);
+                let nested = (raw.clone(),);
+                let e = encode_message(&nested, u64::MAX, how).unwrap();
+                assert_eq!(
+                    (is_bulk(&e), e.fds.len()),
+                    (bulk, usize::from(bulk)),
+                    "{n} bytes, nested, {how:?}"
+                );
+                let back: (Vec<u8>,) = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+                assert_eq!(back, nested);
+            }
         }
+    }
+
+    #[test]
+    fn an_arena_message_is_decoded_from_a_copy_and_lies_about_it_are_refused() {
+        let raw: Vec<u8> = (0..BULK_THRESHOLD * 2).map(|i| (i * 3) as u8).collect();
+        let e = encode_message(&raw, u64::MAX, Bulk::Arena).unwrap();
+        // Over the reader's limit: refused before mapping.
+        let dup = || vec![e.fds[0].try_clone().unwrap()];
+        let r: Result<Vec<u8>, _> = decode_message(&e.bytes, dup(), 1000);
+        assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("over the limit")), "{r:?}");
+        // A length past the memfd's end.
+        let mut lie = e.bytes.clone();
+        lie[1..9].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let r: Result<Vec<u8>, _> = decode_message(&lie, dup(), u64::MAX);
+        assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("fewer than")), "{r:?}");
+        // A reference cut short, and one without its descriptor.
+        let r: Result<Vec<u8>, _> = decode_message(&e.bytes[..12], dup(), u64::MAX);
+        assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("not 16")), "{r:?}");
+        let r: Result<Vec<u8>, _> = decode_message(&e.bytes, Vec::new(), u64::MAX);
+        assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("without its memfd")), "{r:?}");
+        // The honest one, as a nested value too (a copy, then serde).
+        let back: Vec<u8> = decode_message(&e.bytes, dup(), u64::MAX).unwrap();
+        assert_eq!(back, raw);
+        let nested: (Vec<u8>,) = decode_message(&e.bytes, dup(), u64::MAX).unwrap();
+        assert_eq!(nested.0, raw);
     }
 
     #[test]
     fn the_raw_path_writes_what_postcard_writes() {
         for n in [0usize, 1, 127, 128, 300, 70_000] {
             let raw: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
-            let e = encode_message(&raw, u64::MAX).unwrap();
+            let e = encode_message(&raw, u64::MAX, Bulk::Arena).unwrap();
             assert_eq!(e.bytes[1..], postcard::to_stdvec(&raw).unwrap()[..], "{n}");
             let nested: (Vec<u8>,) = decode_message(&e.bytes, Vec::new(), u64::MAX).unwrap();
             assert_eq!(nested.0, raw);

@@ -28,6 +28,14 @@ pub fn set_bulk_threshold(bytes: usize) {
     crate::codec::set_bulk_threshold(bytes);
 }
 
+/// Drop the arenas this process keeps for its big messages and the peers'
+/// arenas it keeps mapped (their descriptors and mappings go once no
+/// message in flight holds them), so a test can count what else is left.
+pub fn drop_kept_arenas() {
+    crate::codec::arena::KEPT.clear();
+    crate::codec::arena::MAPPED.clear();
+}
+
 /// Most bytes fed through a socket in one go (well under a socket buffer,
 /// so the write never blocks with nobody reading yet).
 pub const MAX_WIRE_INPUT: usize = 64 * 1024;

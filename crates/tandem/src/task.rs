@@ -56,7 +56,9 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     };
     drop(inv.payload);
     match catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        Ok(result) => match codec::encode_message(&result, inv.max) {
+        // A worker's result goes in its arena whatever the pool: the
+        // parent copies it out, so nothing it keeps shows it anything else.
+        Ok(result) => match codec::encode_message(&result, inv.max, codec::Bulk::Arena) {
             Ok(encoded) => Outcome::Value(encoded),
             Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
         },
@@ -341,7 +343,7 @@ pub(crate) fn batch_entry<A: DeserializeOwned + 'static, R: Serialize + 'static>
     // If this fails the parent is gone, and so will the Done frame be.
     let _ = writer.finish();
     let body = batch::done_body(start.elapsed().as_nanos() as u64, writer.done(), stopped);
-    Outcome::Value(Encoded { bytes: body, fds: Vec::new() })
+    Outcome::Value(Encoded { bytes: body, fds: Vec::new(), pin: None })
 }
 
 /// Run one item, appending its record body to the scope's bytes (the
@@ -460,7 +462,9 @@ pub(crate) fn init_trampoline(inv: Invocation) -> Outcome {
         return Outcome::Codec("the initializer is not in this executable".into());
     };
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(()) => Outcome::Value(codec::encode_message(&(), inv.max).expect("() encodes")),
+        Ok(()) => {
+            Outcome::Value(codec::encode_message(&(), inv.max, codec::Bulk::Arena).expect("() encodes"))
+        }
         Err(p) => Outcome::Panicked(panic_message(p.as_ref())),
     }
 }
@@ -476,7 +480,7 @@ mod tests {
 
     #[test]
     fn a_done_frame_with_usage_and_output_reads_back_and_lies_are_refused() {
-        let outcome = Outcome::Value(codec::encode_message(&42u32, 1 << 20).unwrap());
+        let outcome = Outcome::Value(codec::encode_message(&42u32, 1 << 20, codec::Bulk::Arena).unwrap());
         let (mut header, body) = done_parts(7, &outcome);
         let usage = with_usage(&mut header, Usage { cpu_nanos: 5, peak_bytes: 6 });
         let lengths = with_output(&mut header, b"out", b"errs");

@@ -136,7 +136,7 @@ pub(crate) fn exit_before_taking_next_task() {
 #[cfg(feature = "chaos")]
 fn take_forged() -> Option<(Outcome, fn(std::os::fd::BorrowedFd<'_>))> {
     let (bytes, fd, then) = FORGED.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-    Some((Outcome::Value(crate::codec::Encoded { bytes, fds: vec![fd] }), then))
+    Some((Outcome::Value(crate::codec::Encoded { bytes, fds: vec![fd], pin: None }), then))
 }
 
 /// The parent's next frame: a task it left in the slot, or a frame on the

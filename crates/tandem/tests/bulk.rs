@@ -32,6 +32,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// epoll), so that counting them before and after a test sees only what
 /// the test left behind.
 fn settled_fds() -> usize {
+    tandem::__fuzz::drop_kept_arenas();
     for method in METHODS {
         let unit = tandem::process::Builder::new().start_method(method);
         assert_eq!(unit.spawn(1u8, |x| x + 1).unwrap().join().unwrap(), 2);
@@ -55,6 +56,16 @@ fn checksum(bytes: &[u8]) -> u64 {
 fn memfd_mappings(name: &str) -> usize {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     maps.lines().filter(|l| l.contains(&format!("memfd:{name}"))).count()
+}
+
+/// Memfds of big messages this process holds (sealed ones and arenas).
+fn big_memfds() -> usize {
+    memfd_fds("tandem-bulk") + memfd_fds("tandem-arena")
+}
+
+/// Mappings of big messages' memfds in this process.
+fn big_mappings() -> usize {
+    memfd_mappings("tandem-bulk") + memfd_mappings("tandem-arena")
 }
 
 /// Descriptors of this process that are memfds named `name`.
@@ -120,12 +131,14 @@ fn big_arguments_and_results_arrive_whole_in_pools_and_units_with_both_start_met
         assert!(unit.spawn(data.len(), |n| pattern(n, 5)).unwrap().join().unwrap() == data);
         assert_eq!(pool.stats().workers[0].restarts, 0, "{method:?}");
     }
+    // What is left is the arenas this process keeps for its next messages.
+    tandem::__fuzz::drop_kept_arenas();
+    assert_eq!(common::open_fds(), fds, "no descriptor left behind");
+    assert_eq!(big_mappings(), 0);
     // Thread mode moves the value: no memfd is made.
     let pool = Pool::builder().mode(Mode::Thread).workers(1).build().unwrap();
-    let seen = pool.submit(data.clone(), |d| (checksum(&d), memfd_fds("tandem-bulk"))).join().unwrap();
+    let seen = pool.submit(data.clone(), |d| (checksum(&d), big_memfds())).join().unwrap();
     assert_eq!(seen, (checksum(&data), 0));
-    assert_eq!(common::open_fds(), fds, "no descriptor left behind");
-    assert_eq!(memfd_mappings("tandem-bulk"), 0);
 }
 
 #[test]
@@ -144,15 +157,18 @@ fn sizes_on_both_sides_of_the_threshold_arrive_whole() {
 }
 
 /// How a hostile worker forges its big result.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 enum Forgery {
     /// A pipe instead of a memfd.
     Pipe,
     /// A memfd with the right size and bytes, not sealed.
     Unsealed,
     /// Sealed against resizing but not against writing: could change
-    /// under the reader.
+    /// under the reader (of a sealed message; an arena is meant to be so).
     Writable,
+    /// Sealed against writing as well: its reader could not say it is
+    /// done (of an arena).
+    WriteSealed,
     /// Unsealed, shrunk to nothing as soon as the answer is sent.
     ShrunkAfterSending,
     /// Sealed, 4 KiB, claiming 1 MiB.
@@ -167,10 +183,11 @@ enum Forgery {
     Garbage,
 }
 
-const FORGERIES: [Forgery; 9] = [
+const FORGERIES: [Forgery; 10] = [
     Forgery::Pipe,
     Forgery::Unsealed,
     Forgery::Writable,
+    Forgery::WriteSealed,
     Forgery::ShrunkAfterSending,
     Forgery::SizeLies,
     Forgery::SizeLiesSmall,
@@ -179,17 +196,47 @@ const FORGERIES: [Forgery; 9] = [
     Forgery::Garbage,
 ];
 
-/// A memfd holding what an honest worker would send for `value`: postcard's
-/// bytes of a Vec<u8> (its length as a varint, then the bytes).
-fn honest_memfd(value: &[u8]) -> (OwnedFd, u64) {
+/// How a forged result names its memfd: as a sealed message of its own,
+/// or as the worker's arena (whose data starts after a 64-byte header, see
+/// `codec/arena.rs`; sealed against resizing, not against writing).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+enum Reference {
+    Sealed,
+    Arena,
+}
+
+/// Bytes before the data in an arena.
+const ARENA_HEADER: u64 = 64;
+
+impl Reference {
+    fn offset(self) -> u64 {
+        if self == Reference::Arena { ARENA_HEADER } else { 0 }
+    }
+
+    /// Every seal an honest sender of this kind sets.
+    fn all_seals(self) -> SealFlags {
+        match self {
+            Reference::Sealed => SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+            Reference::Arena => SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        }
+    }
+}
+
+/// A memfd holding what an honest worker would send for `value` (postcard's
+/// bytes of a Vec<u8>: its length as a varint, then the bytes) at `offset`.
+fn honest_memfd(value: &[u8], offset: u64) -> (OwnedFd, u64) {
     let bytes = postcard::to_stdvec(&serde_bytes::Bytes::new(value)).unwrap();
     let fd = rustix::fs::memfd_create("forged", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    rustix::fs::ftruncate(&fd, bytes.len() as u64).unwrap();
+    rustix::fs::ftruncate(&fd, offset + bytes.len() as u64).unwrap();
+    write_at(&fd, &bytes, offset);
+    (fd, bytes.len() as u64)
+}
+
+fn write_at(fd: &OwnedFd, bytes: &[u8], offset: u64) {
     let mut at = 0;
     while at < bytes.len() {
-        at += rustix::io::pwrite(&fd, &bytes[at..], at as u64).unwrap();
+        at += rustix::io::pwrite(fd, &bytes[at..], offset + at as u64).unwrap();
     }
-    (fd, bytes.len() as u64)
 }
 
 fn seal(fd: &OwnedFd, seals: SealFlags) {
@@ -200,8 +247,15 @@ fn shrink(fd: BorrowedFd<'_>) {
     rustix::fs::ftruncate(fd, 0).unwrap();
 }
 
-fn forge(how: Forgery) -> Vec<u8> {
-    let all = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+fn blank_memfd(len: u64) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("forged", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, len).unwrap();
+    fd
+}
+
+fn forge((how, reference): (Forgery, Reference)) -> Vec<u8> {
+    let all = reference.all_seals();
+    let at = reference.offset();
     let honest = pattern(1 << 20, 9);
     let (fd, len, then): (OwnedFd, u64, fn(BorrowedFd<'_>)) = match how {
         Forgery::Pipe => {
@@ -210,72 +264,91 @@ fn forge(how: Forgery) -> Vec<u8> {
             (r, 1 << 20, |_| {})
         }
         Forgery::Unsealed => {
-            let (fd, len) = honest_memfd(&honest);
+            let (fd, len) = honest_memfd(&honest, at);
             (fd, len, |_| {})
         }
         Forgery::Writable => {
-            let (fd, len) = honest_memfd(&honest);
+            // Right for an arena: only a sealed message must be immutable.
+            assert_eq!(reference, Reference::Sealed);
+            let (fd, len) = honest_memfd(&honest, at);
             seal(&fd, SealFlags::SHRINK | SealFlags::GROW);
             (fd, len, |_| {})
         }
+        Forgery::WriteSealed => {
+            // Wrong for an arena: its reader must write that it is done.
+            assert_eq!(reference, Reference::Arena);
+            let (fd, len) = honest_memfd(&honest, at);
+            seal(&fd, all | SealFlags::WRITE);
+            (fd, len, |_| {})
+        }
         Forgery::ShrunkAfterSending => {
-            let (fd, len) = honest_memfd(&honest);
+            let (fd, len) = honest_memfd(&honest, at);
             (fd, len, shrink)
         }
         Forgery::SizeLies => {
-            let (fd, _) = honest_memfd(&honest[..4000]);
+            let (fd, _) = honest_memfd(&honest[..4000], at);
             seal(&fd, all);
             (fd, 1 << 20, |_| {})
         }
         Forgery::SizeLiesSmall => {
-            let (fd, _) = honest_memfd(&honest);
+            let (fd, _) = honest_memfd(&honest, at);
             seal(&fd, all);
             (fd, 4096, |_| {})
         }
         Forgery::Sparse => {
-            let fd =
-                rustix::fs::memfd_create("forged", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-            rustix::fs::ftruncate(&fd, 64 << 20).unwrap();
+            let fd = blank_memfd(at + (64 << 20));
             seal(&fd, all);
             (fd, 64 << 20, |_| {})
         }
         Forgery::OverTheLimit => {
-            let fd =
-                rustix::fs::memfd_create("forged", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-            rustix::fs::ftruncate(&fd, (1 << 30) + 1).unwrap();
+            let fd = blank_memfd(at + (1 << 30) + 1);
             seal(&fd, all);
             (fd, (1 << 30) + 1, |_| {})
         }
         Forgery::Garbage => {
-            let fd =
-                rustix::fs::memfd_create("forged", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-            rustix::io::write(&fd, &[0xff; 4096]).unwrap();
+            let fd = blank_memfd(0);
+            write_at(&fd, &vec![0xff; 4096 + at as usize], 0);
             seal(&fd, all);
             (fd, 4096, |_| {})
         }
     };
-    tandem::chaos::answer_with_memory(fd, len, then).unwrap();
+    match reference {
+        Reference::Sealed => tandem::chaos::answer_with_memory(fd, len, then).unwrap(),
+        Reference::Arena => tandem::chaos::answer_with_arena(fd, len, 1, then).unwrap(),
+    }
     honest
 }
 
-fn assert_codec(how: Forgery, result: Result<Vec<u8>, Error>, context: &str) {
+fn assert_codec((how, reference): (Forgery, Reference), result: Result<Vec<u8>, Error>, context: &str) {
     match result {
         Err(Error::Codec(why)) => {
-            let expected = match how {
-                Forgery::Pipe => "not a memfd",
-                Forgery::Unsealed | Forgery::Writable | Forgery::ShrunkAfterSending => "not sealed",
-                Forgery::SizeLies | Forgery::SizeLiesSmall => "not the",
-                Forgery::Sparse => "holes",
-                Forgery::OverTheLimit => "over the limit",
-                Forgery::Garbage => "deserializing",
+            let expected = match (how, reference) {
+                (Forgery::Pipe, _) => "not a memfd",
+                (Forgery::Unsealed | Forgery::Writable | Forgery::ShrunkAfterSending, _) => "not sealed",
+                (Forgery::WriteSealed, _) => "sealed against writing",
+                (Forgery::SizeLies | Forgery::SizeLiesSmall, Reference::Sealed) => "not the",
+                (Forgery::SizeLies, Reference::Arena) => "fewer than",
+                // An arena may be bigger than its message: the claim is
+                // believed, and the bytes then do not hold what they say.
+                (Forgery::SizeLiesSmall, Reference::Arena) => "deserializing",
+                (Forgery::Sparse, _) => "holes",
+                (Forgery::OverTheLimit, _) => "over the limit",
+                (Forgery::Garbage, _) => "deserializing",
             };
             assert!(
                 why.contains(expected),
-                "{context}: {how:?} gave {why:?}, expected it to say {expected:?}"
+                "{context}: {how:?} ({reference:?}) gave {why:?}, expected it to say {expected:?}"
             );
         }
-        other => panic!("{context}: {how:?} gave {other:?}"),
+        other => panic!("{context}: {how:?} ({reference:?}) gave {other:?}"),
     }
+}
+
+/// Every forgery, of each kind of reference it applies to.
+fn forgeries() -> impl Iterator<Item = (Forgery, Reference)> {
+    let sealed = FORGERIES.into_iter().filter(|&f| f != Forgery::WriteSealed).map(|f| (f, Reference::Sealed));
+    let arena = FORGERIES.into_iter().filter(|&f| f != Forgery::Writable).map(|f| (f, Reference::Arena));
+    sealed.chain(arena)
 }
 
 #[test]
@@ -284,20 +357,23 @@ fn a_hostile_workers_descriptor_is_refused_and_the_pool_goes_on() {
     let fds = settled_fds();
     for method in METHODS {
         let pool = Pool::builder().mode(Mode::Process).workers(1).start_method(method).build().unwrap();
-        for how in FORGERIES {
+        for how in forgeries() {
             assert_codec(how, pool.submit(how, forge).join(), &format!("pool {method:?}"));
             // The same worker goes on: an honest big result right after.
             let back = pool.submit(1usize << 20, |n| pattern(n, 9)).join().unwrap();
             assert!(back == pattern(1 << 20, 9), "{method:?} after {how:?}");
         }
         assert_eq!(pool.stats().workers[0].restarts, 0, "{method:?}: no worker was replaced");
-        for how in FORGERIES {
+        for how in forgeries() {
             let unit = tandem::process::Builder::new().start_method(method);
             assert_codec(how, unit.spawn(how, forge).unwrap().join(), &format!("one-off {method:?}"));
         }
     }
-    assert_eq!(common::open_fds(), fds, "every forged descriptor was closed");
+    // No forged memfd is kept mapped (a message that did not decode drops
+    // its arena's mapping); the honest workers' arenas are.
     assert_eq!(memfd_mappings("forged"), 0, "no forged memfd stays mapped");
+    tandem::__fuzz::drop_kept_arenas();
+    assert_eq!(common::open_fds(), fds, "every forged descriptor was closed");
 }
 
 #[test]
@@ -324,31 +400,41 @@ fn max_message_size_refuses_a_big_argument_before_sending_and_a_big_result_befor
     assert_eq!(pool.stats().workers[0].restarts, 0);
 }
 
-/// Open descriptors and bulk mappings of the process this runs in.
-fn resources(_: ()) -> (usize, usize) {
-    (common::open_fds(), memfd_mappings("tandem-bulk"))
+/// Open descriptors, bulk mappings and arena mappings of the process this
+/// runs in.
+fn resources(_: ()) -> (usize, usize, usize) {
+    (common::open_fds(), memfd_mappings("tandem-bulk"), memfd_mappings("tandem-arena"))
 }
 
 #[test]
 fn a_thousand_big_round_trips_leave_descriptors_and_mappings_where_they_started() {
     let _serial = serial();
+    tandem::__fuzz::drop_kept_arenas();
     let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
     let data = ByteBuf::from(pattern(512 << 10, 3));
-    // Warm up (the worker's first task maps its own code, starts its allocator).
+    // Warm up (the worker's first task maps its own code, starts its
+    // allocator; each side makes the arena it writes its big messages in).
     assert_eq!(pool.submit(data.clone(), |d| d).join().unwrap(), data);
     let worker_before = pool.submit((), resources).join().unwrap();
-    let before = (common::open_fds(), memfd_mappings("tandem-bulk"), memfd_mappings("tandem-shared"));
+    let resources_here = || {
+        let (fds, bulk, arenas) = resources(());
+        (fds, bulk, arenas, memfd_mappings("tandem-shared"))
+    };
+    let before = resources_here();
     for _ in 0..1000 {
         let back = pool.submit(data.clone(), |d| d).join().unwrap();
         assert_eq!(back.len(), data.len());
     }
-    let after = (common::open_fds(), memfd_mappings("tandem-bulk"), memfd_mappings("tandem-shared"));
-    assert_eq!(after, before, "parent: (descriptors, bulk mappings, shared mappings)");
-    assert_eq!(before.1, 0);
+    let after = resources_here();
+    assert_eq!(after, before, "parent: (descriptors, bulk mappings, arena mappings, shared mappings)");
+    // Both ways, one arena served every message: each side maps its own
+    // and keeps the other's mapped.
+    assert_eq!((before.1, before.2), (0, 2), "parent: two arenas, no sealed memfd");
+    assert_eq!(worker_before.2, 2, "worker: two arenas");
     assert_eq!(
         pool.submit((), resources).join().unwrap(),
         worker_before,
-        "worker: (descriptors, bulk mappings)"
+        "worker: (descriptors, bulk mappings, arena mappings)"
     );
     assert_eq!(pool.stats().workers[0].restarts, 0);
 }
@@ -364,7 +450,7 @@ impl Serialize for DiesWhileWritten {
         use serde::ser::SerializeSeq;
         let mut seq = serializer.serialize_seq(Some(self.0))?;
         for i in 0..self.0 {
-            if i == self.0 / 2 && memfd_fds("tandem-bulk") > 0 {
+            if i == self.0 / 2 && big_memfds() > 0 {
                 rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
                     .unwrap();
             }
@@ -389,13 +475,14 @@ fn a_worker_killed_while_writing_a_big_result_is_worker_died_and_leaves_nothing(
         let result = pool.submit(8usize << 20, DiesWhileWritten).join();
         assert!(matches!(result, Err(Error::WorkerDied { signal: Some(9), .. })), "{method:?}: {result:?}");
         // The pool goes on, with a fresh worker that holds no bulk memfd.
-        assert_eq!(pool.submit((), |()| memfd_fds("tandem-bulk")).join().unwrap(), 0);
+        assert_eq!(pool.submit((), |()| big_memfds()).join().unwrap(), 0);
         let unit = tandem::process::Builder::new().start_method(method);
         let result = unit.spawn(8usize << 20, DiesWhileWritten).unwrap().join();
         assert!(matches!(result, Err(Error::WorkerDied { signal: Some(9), .. })), "{method:?}: {result:?}");
     }
+    tandem::__fuzz::drop_kept_arenas();
     assert_eq!(common::open_fds(), fds);
-    assert_eq!((memfd_fds("tandem-bulk"), memfd_mappings("tandem-bulk")), (0, 0));
+    assert_eq!((big_memfds(), big_mappings()), (0, 0));
 }
 
 /// VmRSS and VmHWM of this process, bytes.
@@ -468,9 +555,52 @@ fn a_shared_slice_mut_is_filled_in_place_by_a_worker_and_frozen_for_readers() {
 /// the test itself): a pipe is no memfd, the honest memfd decodes.
 #[test]
 fn the_forgeries_are_what_they_say() {
-    let (fd, len) = honest_memfd(&pattern(1000, 9));
-    assert!(rustix::fs::fcntl_get_seals(&fd).unwrap().is_empty());
-    assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size as u64, len);
+    for reference in [Reference::Sealed, Reference::Arena] {
+        let (fd, len) = honest_memfd(&pattern(1000, 9), reference.offset());
+        assert!(rustix::fs::fcntl_get_seals(&fd).unwrap().is_empty());
+        assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size as u64, reference.offset() + len);
+    }
     let (r, _w) = rustix::pipe::pipe().unwrap();
     assert!(rustix::fs::fcntl_get_seals(r.as_fd()).is_err());
+}
+
+/// Arena descriptors the running worker holds (its own, and the parent's it
+/// keeps mapped), with the argument's checksum. Without /proc (a sandbox
+/// hides it): memfds of at least 1 MiB sealed against resizing and not
+/// against writing, among the first 1,024 descriptors.
+fn arenas_seen(data: ByteBuf) -> (u64, usize) {
+    let arenas = (0..1024)
+        .filter(|&fd| {
+            // SAFETY: only borrowed for the two calls below, while the
+            // descriptor (if open) stays open.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let Ok(seals) = rustix::fs::fcntl_get_seals(fd) else { return false };
+            let big = rustix::fs::fstat(fd).is_ok_and(|st| st.st_size >= 1 << 20);
+            big && seals.contains(SealFlags::SHRINK | SealFlags::GROW) && !seals.contains(SealFlags::WRITE)
+        })
+        .count();
+    (checksum(&data), arenas)
+}
+
+#[test]
+fn a_sandboxed_workers_big_argument_is_a_sealed_memfd_of_its_own_and_others_share_the_arena() {
+    let _serial = serial();
+    let data = pattern(1 << 20, 4);
+    for sandboxed in [false, true] {
+        let mut builder = Pool::builder().mode(Mode::Process).workers(1);
+        if sandboxed {
+            builder = builder.sandbox(tandem::sandbox::Sandbox::new());
+        }
+        let pool = builder.build().unwrap();
+        // The first task of a fresh worker: it holds no arena of its own
+        // yet, so any it holds is the parent's, kept mapped.
+        let (sum, arenas) = pool.submit(ByteBuf::from(data.clone()), arenas_seen).join().unwrap();
+        assert_eq!(sum, checksum(&data));
+        assert_eq!(arenas, usize::from(!sandboxed), "sandboxed: {sandboxed}");
+        // Big results come back either way (in the worker's own arena).
+        let back = pool.submit(data.len(), |n| ByteBuf::from(pattern(n, 4))).join().unwrap();
+        assert!(back.as_slice() == data.as_slice(), "sandboxed: {sandboxed}");
+        let (sum, _) = pool.submit(ByteBuf::from(data.clone()), arenas_seen).join().unwrap();
+        assert_eq!(sum, checksum(&data));
+    }
 }

@@ -40,6 +40,12 @@ impl Config {
     pub(crate) fn max_message_or_default(&self) -> u64 {
         if self.max_message == 0 { crate::wire::DEFAULT_MAX_MESSAGE } else { self.max_message }
     }
+
+    /// Where a big argument goes: a sandboxed worker must not be able to
+    /// keep a descriptor that later shows it another task's argument.
+    pub(crate) fn bulk(&self) -> crate::codec::Bulk {
+        crate::codec::bulk_for(self.sandbox.is_some())
+    }
 }
 
 /// Builder for a [`Pool`].

@@ -22,6 +22,10 @@ pub(crate) struct ProcessWork {
     pub header: [u8; 24],
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+    /// A big argument's arena, kept as it is while the task may be sent
+    /// (again). Held, never read.
+    #[allow(dead_code)]
+    pub pin: Option<crate::codec::arena::Pin>,
 }
 
 /// A queued task, with the work of its pool's mode.

@@ -295,7 +295,7 @@ where
     R: Serialize + 'static,
 {
     let header = task::batch_header(id, task::batch_entry::<A, R>, crate::sys::code::offset_of(f));
-    let work = ProcessWork { header, bytes: argument, fds };
+    let work = ProcessWork { header, bytes: argument, fds, pin: None };
     (work, BatchJob { stop: stop.clone(), items: len as u32, clock: None })
 }
 

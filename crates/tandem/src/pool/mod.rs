@@ -375,9 +375,9 @@ fn process_work<X: Serialize + 'static, A: 'static, R: 'static>(
     call: Trampoline,
     config: &builder::Config,
 ) -> Result<ProcessWork, crate::Error> {
-    let encoded = crate::codec::encode_message(arg, config.max_message_or_default())?;
+    let encoded = crate::codec::encode_message(arg, config.max_message_or_default(), config.bulk())?;
     let header = task::header_for(id, call, crate::sys::code::offset_of(f));
-    Ok(ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds })
+    Ok(ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds, pin: encoded.pin })
 }
 
 /// A handle for task `id` resolving through `completion`.
@@ -482,7 +482,7 @@ impl Pool {
             clock: None,
         });
         let control = Arc::new(Control::new());
-        let work = ProcessWork { header, bytes, fds: Vec::new() };
+        let work = ProcessWork { header, bytes, fds: Vec::new(), pin: None };
         let job =
             Job { id, control: control.clone(), completion: sink, work, attempts: 0, undelivered: 0, batch };
         shared.push(shared.lock(), job, false);

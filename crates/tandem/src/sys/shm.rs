@@ -35,7 +35,13 @@ impl Region {
     /// `ftruncate(2)`, `fcntl(2)` `F_ADD_SEALS` (no shrinking or growing),
     /// then `mmap(2)` `MAP_SHARED`.
     pub fn create(len: usize) -> io::Result<Region> {
-        let fd = rustix::fs::memfd_create("tandem-shared", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        Region::create_named("tandem-shared", len)
+    }
+
+    /// As [`Region::create`], the memfd named `name` (what `/proc/<pid>/maps`
+    /// shows as `/memfd:<name>`; names are not unique and open nothing).
+    pub fn create_named(name: &str, len: usize) -> io::Result<Region> {
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         Region::map(fd, len)
@@ -49,6 +55,14 @@ impl Region {
     pub fn create_populated(len: usize) -> io::Result<Region> {
         let region = Region::create(len)?;
         let _ = populate(region.base, region.len, true);
+        Ok(region)
+    }
+
+    /// As [`Region::create_populated`], named as in
+    /// [`Region::create_named`]; an error if the pages cannot be had.
+    pub fn create_populated_named(name: &str, len: usize) -> io::Result<Region> {
+        let region = Region::create_named(name, len)?;
+        populate(region.base, region.len, true)?;
         Ok(region)
     }
 
@@ -73,6 +87,52 @@ impl Region {
         if is_dense(&stat) {
             let _ = populate(region.base, region.len, true);
         }
+        Ok(region)
+    }
+
+    /// Map the first `len` bytes of a region a peer that is not trusted
+    /// sent, all checked before anything is mapped: `fcntl(2)`
+    /// `F_GET_SEALS` (a memfd sealed against shrinking and growing, so no
+    /// page can go away under a reader and raise SIGBUS, and not against
+    /// writing, since the reader writes too), `fstat(2)` (at least `len`
+    /// bytes, and no holes: reading a hole would make the reader allocate
+    /// what the peer did not). Then `mmap(2)` and `madvise(2)`
+    /// `MADV_POPULATE_WRITE` (one call for every page table entry, an error
+    /// instead of SIGBUS if a page cannot be had). Each refusal is
+    /// `InvalidData` naming the check. The descriptor is kept.
+    pub fn open_first(fd: OwnedFd, len: usize) -> io::Result<Region> {
+        let refuse = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| refuse(format!("the descriptor is not a memfd (F_GET_SEALS: {e})")))?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(refuse(format!(
+                "the memfd is not sealed against shrinking and growing (its seals: {seals:?})"
+            )));
+        }
+        if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+            return Err(refuse(format!(
+                "the memfd is sealed against writing, so its reader cannot say it is done (its seals: {seals:?})"
+            )));
+        }
+        let stat = rustix::fs::fstat(&fd)?;
+        if (stat.st_size as u64) < len as u64 {
+            return Err(refuse(format!(
+                "the memfd holds {} bytes, fewer than the {len} claimed",
+                stat.st_size
+            )));
+        }
+        if len == 0 {
+            return Err(refuse("an empty region".into()));
+        }
+        if !is_dense(&stat) {
+            return Err(refuse(format!(
+                "the memfd of {} bytes has holes (only {} blocks)",
+                stat.st_size, stat.st_blocks
+            )));
+        }
+        let region = Region::map(fd, len)?;
+        populate(region.base, len, true)
+            .map_err(|e| refuse(format!("the memfd's pages could not be mapped in ({e})")))?;
         Ok(region)
     }
 

@@ -81,14 +81,15 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             let _ = child.wait();
             return Err(e);
         }
-        Self::start(worker, config, arg, f)
+        Self::start(worker, config, codec::bulk_for(sandbox.is_some()), arg, f)
     }
 
-    /// Send one task to a fresh worker, then close our writing side so the
-    /// worker exits after answering.
+    /// Send one task to a fresh worker (a big argument where `bulk` says),
+    /// then close our writing side so the worker exits after answering.
     pub(crate) fn start<A>(
         worker: Worker,
         config: WorkerConfig,
+        bulk: codec::Bulk,
         arg: &A,
         f: fn(A) -> R,
     ) -> Result<Self, Error>
@@ -105,7 +106,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
             kill_on_drop: false,
             _result: PhantomData,
         };
-        let encoded = codec::encode_message(arg, config.max_message())?;
+        let encoded = codec::encode_message(arg, config.max_message(), bulk)?;
         let header = task::task_header(0, f);
         let sock = unit.socket.as_ref().expect("just set");
         // A worker that died before reading its task is reported by join,

@@ -516,7 +516,7 @@ impl Loop<'_> {
             return batch::start(self, slot, job);
         }
         let live = self.slots[slot].live.as_ref().expect("an idle slot has a worker");
-        let ProcessWork { header, bytes, fds } = &job.work;
+        let ProcessWork { header, bytes, fds, .. } = &job.work;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let at = Instant::now();
         if wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {

@@ -175,7 +175,7 @@ pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim
 /// Send `job` on a claimed lane.
 pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     let Claim { slot, mut lane, peer } = claim;
-    let ProcessWork { header, bytes, fds } = &job.work;
+    let ProcessWork { header, bytes, fds, .. } = &job.work;
     job.control.set(Place::Direct { slot, pool: Arc::downgrade(shared) });
     let in_slot =
         peer.mailbox.as_ref().filter(|m| fds.is_empty() && m.takes_task(header.len() + bytes.len()));

@@ -1,0 +1,339 @@
+//! Arenas: shared memory a process keeps and writes big message after big
+//! message into, so a message pays a copy, not a fresh memfd whose every
+//! 4 KiB page faults in (see BENCHMARKS.md, "Bulk data").
+//!
+//! An arena is a memfd sealed against shrinking and growing (a reader never
+//! meets SIGBUS), mapped by its writer for good. Its first word, `RELEASED`,
+//! says which message its reader is done with: the writer numbers each
+//! message it writes (`number`), the message carries the number, and the
+//! reader stores it back once it has copied the bytes out. The writer
+//! writes again only when that number is back and nothing in this process
+//! still holds a message written there (a queued task may be sent again to
+//! another worker: its [`Pin`] keeps the bytes as they are). A reader that
+//! never says it is done (it died) only costs its writer that arena.
+//!
+//! Readers copy the bytes out and never borrow them: an arena stays
+//! writable by its writer, so a reader that does not trust it (a parent
+//! reading a worker's result) must not hold a reference into memory that
+//! could change under it. The copy is the decoded value's own buffer for a
+//! top-level `Vec<u8>` or `ByteBuf` (one copy end to end on each side).
+//!
+//! Which arenas a process keeps: at most [`MAX_KEPT`] of them and
+//! [`MAX_KEPT_BYTES`] in all; a message reuses the smallest free arena that
+//! holds it and is at most [`MAX_SLACK`] times its size, else a new one.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::Error;
+use crate::sys::shm::Region;
+
+/// Bytes before an arena's data: the `RELEASED` word on its own cache line.
+pub(crate) const HEADER: usize = 64;
+/// Offset of the `RELEASED` word.
+const RELEASED: usize = 0;
+
+/// Arenas a process keeps between messages.
+pub(crate) const MAX_KEPT: usize = 8;
+/// Bytes of arenas a process keeps between messages.
+pub(crate) const MAX_KEPT_BYTES: usize = 256 << 20;
+/// A free arena serves a message at most this many times smaller.
+const MAX_SLACK: usize = 4;
+/// Arenas are made in multiples of this many bytes (data and header).
+const GRAIN: usize = 64 << 10;
+
+/// One arena, as its writer holds it.
+pub(crate) struct Arena {
+    region: Region,
+    /// The number of the last message written here (0: none yet).
+    number: u64,
+}
+
+impl Arena {
+    fn create(cap: usize) -> io::Result<Arena> {
+        let len = (HEADER + cap).div_ceil(GRAIN) * GRAIN;
+        let region = Region::create_populated_named("tandem-arena", len)?;
+        Ok(Arena { region, number: 0 })
+    }
+
+    /// Bytes of data it holds.
+    fn cap(&self) -> usize {
+        self.region.len() - HEADER
+    }
+
+    /// Its reader is done with the last message written here.
+    fn released(&self) -> bool {
+        self.region.atomic_u64(RELEASED).load(Ordering::Acquire) == self.number
+    }
+}
+
+/// A message written in an arena, kept as it is while this is held (a
+/// queued task's argument, which may be sent again).
+#[derive(Clone)]
+pub(crate) struct Pin(#[allow(dead_code)] Arc<Arena>);
+
+/// Arenas kept for reuse, oldest first.
+pub(crate) struct Kept(Mutex<Vec<Arc<Arena>>>);
+
+/// The arenas this process keeps.
+pub(crate) static KEPT: Kept = Kept::new();
+
+impl Kept {
+    pub(crate) const fn new() -> Kept {
+        Kept(Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Arena>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write a message of `len` bytes into an arena with `fill`, which gets
+    /// exactly `len` bytes: the arena's descriptor (a duplicate, to send),
+    /// the message's number, and a pin keeping it.
+    pub(crate) fn write(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<(OwnedFd, u64, Pin), Error> {
+        let mut arena = self.take(len).map_err(|e| Error::os("making an arena for a big message", e))?;
+        let unique = Arc::get_mut(&mut arena).expect("a free arena is held by nobody else");
+        unique.number += 1;
+        let number = unique.number;
+        fill(unique.region.slice_mut::<u8>(HEADER, len))?;
+        let fd = unique
+            .region
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::os("duplicating an arena's descriptor to send", e))?;
+        self.keep(arena.clone());
+        Ok((fd, number, Pin(arena)))
+    }
+
+    /// A free arena for `len` bytes, out of the kept ones or new.
+    fn take(&self, len: usize) -> io::Result<Arc<Arena>> {
+        let mut kept = self.lock();
+        let fits = |a: &Arc<Arena>| {
+            Arc::strong_count(a) == 1 && a.released() && a.cap() >= len && a.cap() / MAX_SLACK <= len
+        };
+        let best =
+            kept.iter().enumerate().filter(|(_, a)| fits(a)).min_by_key(|(_, a)| a.cap()).map(|(i, _)| i);
+        match best {
+            Some(i) => Ok(kept.remove(i)),
+            None => {
+                drop(kept);
+                Ok(Arc::new(Arena::create(len)?))
+            }
+        }
+    }
+
+    /// Keep `arena` (its newest use) and drop the oldest past the limits.
+    fn keep(&self, arena: Arc<Arena>) {
+        let mut kept = self.lock();
+        kept.push(arena);
+        let total = |k: &[Arc<Arena>]| k.iter().map(|a| a.region.len()).sum::<usize>();
+        while kept.len() > MAX_KEPT || (!kept.is_empty() && total(&kept) > MAX_KEPT_BYTES) {
+            kept.remove(0);
+        }
+    }
+
+    /// Keep none (see `__fuzz::drop_kept_arenas`).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// How many arenas and bytes are kept.
+    #[cfg(test)]
+    fn size(&self) -> (usize, usize) {
+        let kept = self.lock();
+        (kept.len(), kept.iter().map(|a| a.region.len()).sum())
+    }
+}
+
+/// A message in a peer's arena, mapped for reading; dropping it tells the
+/// peer this reader is done.
+pub(crate) struct View {
+    region: Arc<Region>,
+    len: usize,
+    number: u64,
+}
+
+impl View {
+    /// Map message `number` of `len` bytes in the arena `fd` (checked as
+    /// `Region::open_first` checks a descriptor from a peer not trusted),
+    /// or find it mapped already (see [`Mapped`]).
+    pub(crate) fn open(fd: OwnedFd, len: usize, number: u64) -> io::Result<View> {
+        View::open_in(&MAPPED, fd, len, number)
+    }
+
+    fn open_in(mapped: &Mapped, fd: OwnedFd, len: usize, number: u64) -> io::Result<View> {
+        let needed = HEADER.checked_add(len).ok_or_else(|| io::Error::other("a message size overflows"))?;
+        let region = mapped.open(fd, needed)?;
+        Ok(View { region, len, number })
+    }
+
+    /// Stop keeping this arena mapped (its message did not decode: a peer
+    /// that sends garbage gets no room here).
+    pub(crate) fn discard(self) {
+        MAPPED.lock().retain(|(_, region)| !Arc::ptr_eq(region, &self.region));
+    }
+
+    /// The message's bytes `at..at + n`, copied out (never borrowed: see
+    /// the module's docs).
+    pub(crate) fn copy(&self, at: usize, n: usize) -> Vec<u8> {
+        assert!(at.checked_add(n).is_some_and(|end| end <= self.len), "a copy past the message");
+        self.region.read_bytes(HEADER + at, n)
+    }
+
+    /// Fill `out` from the message's bytes at `at`.
+    pub(crate) fn copy_into(&self, at: usize, out: &mut [u8]) {
+        assert!(at.checked_add(out.len()).is_some_and(|end| end <= self.len), "a copy past the message");
+        self.region.read_into(HEADER + at, out)
+    }
+
+    /// The message's length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        self.region.atomic_u64(RELEASED).store(self.number, Ordering::Release);
+    }
+}
+
+/// Peers' arenas mapped here, newest last: a peer writes message after
+/// message into the same arena, and mapping it again for each would cost
+/// what the arena saves (one page-table entry per 4 KiB page, about 1 us
+/// each on this machine: BENCHMARKS.md). A mapping holds its memfd, so the
+/// inode it is found by cannot name another file while it is kept. At most
+/// [`MAX_MAPPED`] of them and [`MAX_KEPT_BYTES`] in all.
+pub(crate) struct Mapped(Mutex<Vec<(FileId, Arc<Region>)>>);
+
+/// A file's device and inode numbers.
+type FileId = (u64, u64);
+
+/// Peers' arenas a process keeps mapped.
+const MAX_MAPPED: usize = 8;
+
+/// The peers' arenas this process keeps mapped.
+pub(crate) static MAPPED: Mapped = Mapped::new();
+
+impl Mapped {
+    pub(crate) const fn new() -> Mapped {
+        Mapped(Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(FileId, Arc<Region>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At least the first `len` bytes of the arena `fd`: a mapping kept
+    /// from before (the same file: its seals and size cannot have changed),
+    /// or a new one, checked.
+    fn open(&self, fd: OwnedFd, len: usize) -> io::Result<Arc<Region>> {
+        let stat = rustix::fs::fstat(&fd)?;
+        let key = (stat.st_dev, stat.st_ino);
+        let mut mapped = self.lock();
+        if let Some(i) = mapped.iter().position(|(k, region)| *k == key && region.len() >= len) {
+            let entry = mapped.remove(i);
+            let region = entry.1.clone();
+            mapped.push(entry);
+            return Ok(region);
+        }
+        drop(mapped);
+        let region = Arc::new(Region::open_first(fd, len)?);
+        let mut mapped = self.lock();
+        mapped.retain(|(k, _)| *k != key);
+        mapped.push((key, region.clone()));
+        let total = |m: &[(FileId, Arc<Region>)]| m.iter().map(|(_, r)| r.len()).sum::<usize>();
+        while mapped.len() > MAX_MAPPED || (!mapped.is_empty() && total(&mapped) > MAX_KEPT_BYTES) {
+            mapped.remove(0);
+        }
+        Ok(region)
+    }
+
+    /// Keep none (see `__fuzz::drop_kept_arenas`).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(kept: &Kept, len: usize, byte: u8) -> (OwnedFd, u64, Pin) {
+        kept.write(len, |b| {
+            b.fill(byte);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_ino
+    }
+
+    #[test]
+    fn an_arena_is_reused_only_once_its_reader_is_done_and_no_pin_holds_it() {
+        let kept = Kept::new();
+        let (fd, number, pin) = fill(&kept, 100_000, 1);
+        let first = inode(&fd);
+        let first_fd = fd.try_clone().unwrap();
+        drop(pin);
+        // Not released: the next message goes elsewhere.
+        let (other, _, pin2) = fill(&kept, 100_000, 2);
+        assert_ne!(first, inode(&other));
+        drop(pin2);
+        let mapped = Mapped::new();
+        let view = View::open_in(&mapped, fd, 100_000, number).unwrap();
+        assert_eq!((view.len(), view.copy(0, 3)), (100_000, vec![1, 1, 1]));
+        // Opened again (the same arena, sent again): the mapping kept.
+        let again = View::open_in(&mapped, first_fd.try_clone().unwrap(), 50_000, number).unwrap();
+        assert!(Arc::ptr_eq(&again.region, &view.region));
+        drop(again);
+        drop(view);
+        // Released and unpinned: reused, its number the next.
+        let (again, number2, pin3) = fill(&kept, 90_000, 3);
+        assert_eq!((inode(&again), number2), (first, number + 1));
+        // Pinned (and not released): a new arena.
+        let (next, _, _pin4) = fill(&kept, 90_000, 4);
+        assert_ne!(inode(&next), first);
+        drop(pin3);
+        // Far bigger than the message: not reused for it.
+        let small = View::open_in(&mapped, other, 100_000, 1).unwrap();
+        drop(small);
+        let (tiny, _, _) = fill(&kept, 1000, 5);
+        assert_ne!(inode(&tiny), first);
+    }
+
+    #[test]
+    fn kept_arenas_stay_within_the_limits() {
+        let kept = Kept::new();
+        for _ in 0..MAX_KEPT + 3 {
+            fill(&kept, 1 << 20, 0);
+        }
+        assert_eq!(kept.size().0, MAX_KEPT);
+        fill(&kept, MAX_KEPT_BYTES / 2, 0);
+        fill(&kept, MAX_KEPT_BYTES / 2, 0);
+        let (n, bytes) = kept.size();
+        assert!(n >= 1 && bytes <= MAX_KEPT_BYTES, "{n} arenas, {bytes} bytes");
+    }
+
+    #[test]
+    fn a_view_refuses_what_is_not_an_arena() {
+        let kept = Kept::new();
+        let (fd, number, _pin) = fill(&kept, 1000, 0);
+        // Claiming more than the memfd holds.
+        let err = View::open(fd, 1 << 30, number).err().expect("refused");
+        assert!(err.to_string().contains("fewer than"), "{err}");
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let err = View::open(r, 10, 1).err().expect("refused");
+        assert!(err.to_string().contains("not a memfd"), "{err}");
+    }
+}
