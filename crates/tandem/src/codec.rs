@@ -321,6 +321,7 @@ pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
     mut fds: Vec<OwnedFd>,
     max: u64,
 ) -> Result<T, Error> {
+    arena::MAPPED.sweep();
     match bytes.split_first() {
         Some((&TAG_INLINE, rest)) => decode_value(rest, fds),
         Some((&TAG_BULK, rest)) => {

@@ -30,10 +30,15 @@ use std::sync::{Arc, Mutex};
 use crate::Error;
 use crate::sys::shm::Region;
 
-/// Bytes before an arena's data: the `RELEASED` word on its own cache line.
+/// Bytes before an arena's data: the `RELEASED` and `RETIRED` words on
+/// their own cache line.
 pub(crate) const HEADER: usize = 64;
-/// Offset of the `RELEASED` word.
+/// Offset of the `RELEASED` word: the number of the last message its
+/// reader is done with.
 const RELEASED: usize = 0;
+/// Offset of the `RETIRED` word: set by the writer when it lets the arena
+/// go, so readers stop keeping it mapped (see [`Mapped`]).
+const RETIRED: usize = 8;
 
 /// Arenas a process keeps between messages.
 pub(crate) const MAX_KEPT: usize = 8;
@@ -66,6 +71,14 @@ impl Arena {
     /// Its reader is done with the last message written here.
     fn released(&self) -> bool {
         self.region.atomic_u64(RELEASED).load(Ordering::Acquire) == self.number
+    }
+}
+
+impl Drop for Arena {
+    /// Say so to the readers that keep it mapped (then `munmap(2)` with the
+    /// region).
+    fn drop(&mut self) {
+        self.region.atomic_u64(RETIRED).store(1, Ordering::Release);
     }
 }
 
@@ -177,7 +190,9 @@ impl View {
     /// Stop keeping this arena mapped (its message did not decode: a peer
     /// that sends garbage gets no room here).
     pub(crate) fn discard(self) {
-        MAPPED.lock().retain(|(_, region)| !Arc::ptr_eq(region, &self.region));
+        let mut mapped = MAPPED.lock();
+        mapped.retain(|(_, region)| !Arc::ptr_eq(region, &self.region));
+        MAPPED.count.store(mapped.len(), Ordering::Relaxed);
     }
 
     /// The message's bytes `at..at + n`, copied out (never borrowed: see
@@ -210,8 +225,15 @@ impl Drop for View {
 /// what the arena saves (one page-table entry per 4 KiB page, about 1 us
 /// each on this machine: BENCHMARKS.md). A mapping holds its memfd, so the
 /// inode it is found by cannot name another file while it is kept. At most
-/// [`MAX_MAPPED`] of them and [`MAX_KEPT_BYTES`] in all.
-pub(crate) struct Mapped(Mutex<Vec<(FileId, Arc<Region>)>>);
+/// [`MAX_MAPPED`] of them and [`MAX_KEPT_BYTES`] in all; one its writer
+/// let go (`RETIRED`) is dropped at the next message this process decodes,
+/// so readers do not keep alive what the writer no longer uses (a writer
+/// that died cannot say so: its arena waits for eviction).
+pub(crate) struct Mapped {
+    entries: Mutex<Vec<(FileId, Arc<Region>)>>,
+    /// How many entries there are, read without the lock.
+    count: std::sync::atomic::AtomicUsize,
+}
 
 /// A file's device and inode numbers.
 type FileId = (u64, u64);
@@ -224,11 +246,22 @@ pub(crate) static MAPPED: Mapped = Mapped::new();
 
 impl Mapped {
     pub(crate) const fn new() -> Mapped {
-        Mapped(Mutex::new(Vec::new()))
+        Mapped { entries: Mutex::new(Vec::new()), count: std::sync::atomic::AtomicUsize::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(FileId, Arc<Region>)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drop the mappings whose writers let them go (no lock, no system
+    /// call, when none is kept).
+    pub(crate) fn sweep(&self) {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut mapped = self.lock();
+        mapped.retain(|(_, region)| region.atomic_u64(RETIRED).load(Ordering::Acquire) == 0);
+        self.count.store(mapped.len(), Ordering::Relaxed);
     }
 
     /// At least the first `len` bytes of the arena `fd`: a mapping kept
@@ -247,12 +280,13 @@ impl Mapped {
         drop(mapped);
         let region = Arc::new(Region::open_first(fd, len)?);
         let mut mapped = self.lock();
-        mapped.retain(|(k, _)| *k != key);
+        mapped.retain(|(k, r)| *k != key && r.atomic_u64(RETIRED).load(Ordering::Acquire) == 0);
         mapped.push((key, region.clone()));
         let total = |m: &[(FileId, Arc<Region>)]| m.iter().map(|(_, r)| r.len()).sum::<usize>();
         while mapped.len() > MAX_MAPPED || (!mapped.is_empty() && total(&mapped) > MAX_KEPT_BYTES) {
             mapped.remove(0);
         }
+        self.count.store(mapped.len(), Ordering::Relaxed);
         Ok(region)
     }
 
@@ -260,6 +294,13 @@ impl Mapped {
     #[cfg(feature = "fuzzing")]
     pub(crate) fn clear(&self) {
         self.lock().clear();
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// How many mappings are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -310,6 +351,20 @@ mod tests {
         drop(small);
         let (tiny, _, _) = fill(&kept, 1000, 5);
         assert_ne!(inode(&tiny), first);
+    }
+
+    #[test]
+    fn a_reader_drops_its_mapping_of_an_arena_its_writer_let_go() {
+        let kept = Kept::new();
+        let mapped = Mapped::new();
+        let (fd, number, pin) = fill(&kept, 100_000, 1);
+        drop(View::open_in(&mapped, fd, 100_000, number).unwrap());
+        mapped.sweep();
+        assert_eq!(mapped.len(), 1, "kept while its writer keeps it");
+        drop(pin);
+        kept.lock().clear();
+        mapped.sweep();
+        assert_eq!(mapped.len(), 0, "dropped once its writer let it go");
     }
 
     #[test]
