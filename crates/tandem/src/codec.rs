@@ -88,6 +88,10 @@ const TAG_BULK: u8 = 1;
 /// ([`arena`]): their length and the message's number (8 bytes each,
 /// little endian) follow the tag.
 const TAG_ARENA: u8 = 2;
+/// As [`TAG_ARENA`], the bytes still coming in when the message is read
+/// (`arena::Stream`): only from a writer trusted to finish, a worker's
+/// parent.
+const TAG_STREAM: u8 = 3;
 
 /// Where a big message's bytes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +141,52 @@ pub(crate) fn encode_message<T: Serialize + 'static>(
     }
     fds.extend(bulk);
     Ok(Encoded { bytes, fds, pin })
+}
+
+/// A task's argument, encoded as [`encode_message`] does; a big `Vec<u8>`
+/// or `ByteBuf` going to its arena is only given a place there (a
+/// [`TAG_STREAM`] message), and its bytes are written once the message has
+/// been handed on, with [`Deferred::finish`], while the worker already
+/// copies them out: the two copies overlap instead of following each
+/// other.
+pub(crate) fn encode_argument<T: Serialize + 'static>(
+    value: &T,
+    max: u64,
+    how: Bulk,
+) -> Result<(Encoded, Option<Deferred>), Error> {
+    let threshold = THRESHOLD.load(Ordering::Relaxed);
+    let Some(raw) = raw_bytes(value).filter(|_| how == Bulk::Arena) else {
+        return Ok((encode_message(value, max, how)?, None));
+    };
+    let mut prefix = [0u8; 10];
+    let n = varint(raw.len() as u64, &mut prefix);
+    let size = n + raw.len();
+    if size <= threshold {
+        return Ok((encode_message(value, max, how)?, None));
+    }
+    over_limit(size, max)?;
+    let (fd, number, pin, stream) = arena::KEPT.reserve(size)?;
+    let mut bytes = Vec::with_capacity(17);
+    bytes.push(TAG_STREAM);
+    bytes.extend_from_slice(&(size as u64).to_le_bytes());
+    bytes.extend_from_slice(&number.to_le_bytes());
+    let encoded = Encoded { bytes, fds: vec![fd], pin: Some(pin) };
+    Ok((encoded, Some(Deferred { stream, prefix, prefix_len: n })))
+}
+
+/// The bytes of an argument that [`encode_argument`] has yet to write.
+pub(crate) struct Deferred {
+    stream: arena::Stream,
+    prefix: [u8; 10],
+    prefix_len: usize,
+}
+
+impl Deferred {
+    /// Write them: `value` is the argument given to `encode_argument`.
+    pub(crate) fn finish<T: 'static>(self, value: &T) {
+        let raw = raw_bytes(value).expect("a deferred argument is raw bytes");
+        self.stream.write(&[&self.prefix[..self.prefix_len], raw]);
+    }
 }
 
 /// The bytes of a top-level `Vec<u8>` or `ByteBuf`.
@@ -314,12 +364,33 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// shrinking and growing, not against writing, at least the size claimed,
 /// no holes), and its size against `max`; anything else is `Error::Codec`.
 /// An arena's bytes are copied out, never borrowed (see [`arena`]).
-/// This is the one decoder of every task argument and result: the worker's
-/// trampoline, a pool's handle, a one-off unit's join.
+/// This is the one decoder of every task result (a pool's handle, a
+/// one-off unit's join) and, through [`decode_argument`], argument.
 pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    max: u64,
+) -> Result<T, Error> {
+    decode_from(bytes, fds, max, false)
+}
+
+/// [`decode_message`] for a worker decoding its task's argument: a
+/// streamed message (from [`encode_argument`]) is accepted too, its bytes
+/// waited for as they come (the parent writes them; if it dies, so does
+/// the worker).
+pub(crate) fn decode_argument<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    max: u64,
+) -> Result<T, Error> {
+    decode_from(bytes, fds, max, true)
+}
+
+fn decode_from<T: DeserializeOwned + 'static>(
     bytes: &[u8],
     mut fds: Vec<OwnedFd>,
     max: u64,
+    from_parent: bool,
 ) -> Result<T, Error> {
     arena::MAPPED.sweep();
     match bytes.split_first() {
@@ -340,8 +411,15 @@ pub(crate) fn decode_message<T: DeserializeOwned + 'static>(
             decode_value(memory.bytes(), fds)
         }
         Some((&TAG_ARENA, rest)) => {
-            let view = open_arena(rest, &mut fds, max)?;
+            let view = open_arena(rest, &mut fds, max, false)?;
             decode_view(view, fds)
+        }
+        Some((&TAG_STREAM, rest)) if from_parent => {
+            let view = open_arena(rest, &mut fds, max, true)?;
+            decode_view(view, fds)
+        }
+        Some((&TAG_STREAM, _)) => {
+            Err(Error::Codec("a streamed message from a peer that is not this worker's parent".into()))
         }
         Some((tag, _)) => Err(Error::Codec(format!("a message with the unknown tag {tag}"))),
         None => Err(Error::Codec("an empty message".into())),
@@ -376,10 +454,10 @@ pub(crate) fn inline_message(bytes: Vec<u8>, mut fds: Vec<OwnedFd>, max: u64) ->
             Ok(out)
         }
         Some(&TAG_ARENA) if fds.len() == 1 => {
-            let view = open_arena(&bytes[1..], &mut fds, max)?;
+            let view = open_arena(&bytes[1..], &mut fds, max, false)?;
             let mut out = vec![0u8; 1 + view.len()];
             out[0] = TAG_INLINE;
-            view.copy_into(0, &mut out[1..]);
+            view.copy_into(0, &mut out[1..])?;
             Ok(out)
         }
         Some(&TAG_INLINE) | Some(&TAG_BULK) | Some(&TAG_ARENA) => Err(Error::Codec(ACROSS.into())),
@@ -390,7 +468,7 @@ pub(crate) fn inline_message(bytes: Vec<u8>, mut fds: Vec<OwnedFd>, max: u64) ->
 
 /// The arena an arena message (`rest`, after its tag) names, checked and
 /// mapped: its descriptor is the frame's last.
-fn open_arena(rest: &[u8], fds: &mut Vec<OwnedFd>, max: u64) -> Result<arena::View, Error> {
+fn open_arena(rest: &[u8], fds: &mut Vec<OwnedFd>, max: u64, streamed: bool) -> Result<arena::View, Error> {
     let reference: [u8; 16] = rest.try_into().map_err(|_| {
         Error::Codec(format!("a big message's arena reference is {} bytes, not 16", rest.len()))
     })?;
@@ -404,7 +482,9 @@ fn open_arena(rest: &[u8], fds: &mut Vec<OwnedFd>, max: u64) -> Result<arena::Vi
     let len = usize::try_from(len)
         .map_err(|_| Error::Codec(format!("a message of {len} bytes does not fit this address space")))?;
     let fd = fds.pop().ok_or_else(|| Error::Codec("a big message came without its memfd".into()))?;
-    arena::View::open(fd, len, number).map_err(|e| Error::Codec(format!("refused a big message: {e}")))
+    let view =
+        if streamed { arena::View::open_stream(fd, len, number) } else { arena::View::open(fd, len, number) };
+    view.map_err(|e| Error::Codec(format!("refused a big message: {e}")))
 }
 
 /// Decode a message in a peer's arena: the bytes copied out first (into
@@ -415,17 +495,16 @@ fn decode_view<T: DeserializeOwned + 'static>(view: arena::View, fds: Vec<OwnedF
     if is_raw::<T>() {
         let mut head = [0u8; 10];
         let n = head.len().min(len);
-        view.copy_into(0, &mut head[..n]);
-        return match raw_span(&head[..n], len) {
-            Ok((at, count)) => Ok(from_raw(view.copy(at, count))),
-            Err(e) => {
-                view.discard();
-                Err(e)
-            }
-        };
+        let value = view.copy_into(0, &mut head[..n]).and_then(|()| {
+            let (at, count) = raw_span(&head[..n], len)?;
+            Ok(from_raw(view.copy(at, count)?))
+        });
+        if value.is_err() {
+            view.discard();
+        }
+        return value;
     }
-    let bytes = view.copy(0, len);
-    let value = decode_value(&bytes, fds);
+    let value = view.copy(0, len).and_then(|bytes| decode_value(&bytes, fds));
     if value.is_err() {
         view.discard();
     }
@@ -836,6 +915,31 @@ mod tests {
         assert_eq!(back, raw);
         let nested: (Vec<u8>,) = decode_message(&e.bytes, dup(), u64::MAX).unwrap();
         assert_eq!(nested.0, raw);
+    }
+
+    #[test]
+    fn a_streamed_argument_is_read_by_a_worker_as_it_is_written_and_refused_as_a_result() {
+        let raw: Vec<u8> = (0..BULK_THRESHOLD * 8).map(|i| (i * 5) as u8).collect();
+        let (e, deferred) = encode_argument(&raw, u64::MAX, Bulk::Arena).unwrap();
+        assert_eq!(e.bytes[0], TAG_STREAM);
+        let dup = || vec![e.fds[0].try_clone().unwrap()];
+        // As a result (from a worker, not trusted to finish): refused at once.
+        let r: Result<Vec<u8>, _> = decode_message(&e.bytes, dup(), u64::MAX);
+        assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("streamed")), "{r:?}");
+        // As an argument: read while the bytes are written.
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| decode_argument::<Vec<u8>>(&e.bytes, dup(), u64::MAX).unwrap());
+            deferred.expect("raw bytes above the threshold are streamed").finish(&raw);
+            assert!(reader.join().unwrap() == raw);
+        });
+        // Small, sealed, or not raw bytes: written at once.
+        for (small, how) in [(true, Bulk::Arena), (false, Bulk::Sealed)] {
+            let value = if small { vec![1u8; 100] } else { raw.clone() };
+            let (_, deferred) = encode_argument(&value, u64::MAX, how).unwrap();
+            assert!(deferred.is_none(), "small {small}, {how:?}");
+        }
+        let (_, deferred) = encode_argument(&(raw.clone(),), u64::MAX, Bulk::Arena).unwrap();
+        assert!(deferred.is_none(), "a nested Vec<u8>");
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let Some(f) = code::resolve::<fn(A) -> R>(&inv.trusted, inv.func) else {
         return Outcome::Codec("the task's function is not in this executable".into());
     };
-    let arg: A = match codec::decode_message(&inv.payload[inv.arg_at..], inv.fds, inv.max) {
+    let arg: A = match codec::decode_argument(&inv.payload[inv.arg_at..], inv.fds, inv.max) {
         Ok(arg) => arg,
         Err(e) => return Outcome::Codec(format!("the argument: {}", e.codec_detail())),
     };

@@ -18,6 +18,12 @@
 //! could change under it. The copy is the decoded value's own buffer for a
 //! top-level `Vec<u8>` or `ByteBuf` (one copy end to end on each side).
 //!
+//! A pool's big raw argument is *streamed* ([`Stream`]): its place is taken
+//! and its reference sent first, then its bytes written a chunk at a time,
+//! each published in the `WRITTEN` word, and the worker copies each out
+//! as it comes; only a worker reads a stream (it trusts its parent to
+//! finish; a parent never waits on a worker's word).
+//!
 //! Which arenas a process keeps: at most [`MAX_KEPT`] of them and
 //! [`MAX_KEPT_BYTES`] in all; a message reuses the smallest free arena that
 //! holds it and is at most [`MAX_SLACK`] times its size, else a new one.
@@ -30,8 +36,8 @@ use std::sync::{Arc, Mutex};
 use crate::Error;
 use crate::sys::shm::Region;
 
-/// Bytes before an arena's data: the `RELEASED` and `RETIRED` words on
-/// their own cache line.
+/// Bytes before an arena's data: the `RELEASED`, `RETIRED` and `WRITTEN`
+/// words on their own cache line.
 pub(crate) const HEADER: usize = 64;
 /// Offset of the `RELEASED` word: the number of the last message its
 /// reader is done with.
@@ -39,6 +45,14 @@ const RELEASED: usize = 0;
 /// Offset of the `RETIRED` word: set by the writer when it lets the arena
 /// go, so readers stop keeping it mapped (see [`Mapped`]).
 const RETIRED: usize = 8;
+/// Offset of the `WRITTEN` word: how many bytes of a streamed message are
+/// in (see [`Stream`]).
+const WRITTEN: usize = 16;
+/// A streamed message is published this many bytes at a time.
+const STREAM_CHUNK: usize = 256 << 10;
+/// `WRITTEN` of a stream its writer gave up before the end (it unwound):
+/// the reader fails instead of waiting for ever.
+const ABANDONED: u64 = u64::MAX;
 
 /// Arenas a process keeps between messages.
 pub(crate) const MAX_KEPT: usize = 8;
@@ -82,6 +96,45 @@ impl Drop for Arena {
     }
 }
 
+/// A message to write into its arena after it was sent (see
+/// [`Kept::reserve`]).
+pub(crate) struct Stream {
+    arena: Arc<Arena>,
+    len: usize,
+    done: bool,
+}
+
+impl Stream {
+    /// Write the message, `parts` one after another (`len` bytes in all),
+    /// publishing each [`STREAM_CHUNK`] in `WRITTEN` as it is in, so the
+    /// reader copies it out while the rest is written.
+    pub(crate) fn write(mut self, parts: &[&[u8]]) {
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), self.len, "a stream of another length");
+        let region = &self.arena.region;
+        let written = region.atomic_u64(WRITTEN);
+        let mut at = 0;
+        for part in parts {
+            for chunk in part.chunks(STREAM_CHUNK) {
+                // Bytes past `WRITTEN`: the reader does not read them yet.
+                region.write_bytes(HEADER + at, chunk);
+                at += chunk.len();
+                written.store(at as u64, Ordering::Release);
+            }
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped before it was written (its writer unwound): tell
+    /// the reader, which would wait for the bytes for ever.
+    fn drop(&mut self) {
+        if !self.done {
+            self.arena.region.atomic_u64(WRITTEN).store(ABANDONED, Ordering::Release);
+        }
+    }
+}
+
 /// A message written in an arena, kept as it is while this is held (a
 /// queued task's argument, which may be sent again).
 #[derive(Clone)]
@@ -122,6 +175,26 @@ impl Kept {
             .map_err(|e| Error::os("duplicating an arena's descriptor to send", e))?;
         self.keep(arena.clone());
         Ok((fd, number, Pin(arena)))
+    }
+
+    /// Take an arena for a message of `len` bytes that is written after
+    /// it is sent ([`Stream::write`], which its reader follows through
+    /// `WRITTEN`): the arena's descriptor, the message's number, a pin, and
+    /// the stream to write.
+    pub(crate) fn reserve(&self, len: usize) -> Result<(OwnedFd, u64, Pin, Stream), Error> {
+        let mut arena = self.take(len).map_err(|e| Error::os("making an arena for a big message", e))?;
+        let unique = Arc::get_mut(&mut arena).expect("a free arena is held by nobody else");
+        unique.number += 1;
+        let number = unique.number;
+        // Its last reader is done (the arena was free): nobody reads this.
+        unique.region.atomic_u64(WRITTEN).store(0, Ordering::Release);
+        let fd = unique
+            .region
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::os("duplicating an arena's descriptor to send", e))?;
+        self.keep(arena.clone());
+        Ok((fd, number, Pin(arena.clone()), Stream { arena, len, done: false }))
     }
 
     /// A free arena for `len` bytes, out of the kept ones or new.
@@ -171,6 +244,8 @@ pub(crate) struct View {
     region: Arc<Region>,
     len: usize,
     number: u64,
+    /// Its bytes come in while it is read (see [`Stream`]).
+    streamed: bool,
 }
 
 impl View {
@@ -181,10 +256,47 @@ impl View {
         View::open_in(&MAPPED, fd, len, number)
     }
 
+    /// As [`View::open`], for a message whose writer may still be writing
+    /// it: every copy waits for the bytes it reads (`WRITTEN`), without a
+    /// time limit, so only for a writer trusted to finish (the parent, for
+    /// its worker).
+    pub(crate) fn open_stream(fd: OwnedFd, len: usize, number: u64) -> io::Result<View> {
+        let mut view = View::open(fd, len, number)?;
+        view.streamed = true;
+        Ok(view)
+    }
+
     fn open_in(mapped: &Mapped, fd: OwnedFd, len: usize, number: u64) -> io::Result<View> {
         let needed = HEADER.checked_add(len).ok_or_else(|| io::Error::other("a message size overflows"))?;
         let region = mapped.open(fd, needed)?;
-        Ok(View { region, len, number })
+        Ok(View { region, len, number, streamed: false })
+    }
+
+    /// How many bytes of the message are in, at least `at + 1` (waiting
+    /// for them if it is streamed), at most its length; an error if its
+    /// writer gave it up.
+    fn ready_past(&self, at: usize) -> Result<usize, Error> {
+        if !self.streamed {
+            return Ok(self.len);
+        }
+        let written = self.region.atomic_u64(WRITTEN);
+        let past = |w: u64| w > at as u64;
+        let mut w = written.load(Ordering::Acquire);
+        if !past(w) {
+            // The writer is copying on another CPU (or waits for ours).
+            let seen = crate::backoff::Backoff::MEMORY.spin_until(|| {
+                w = written.load(Ordering::Acquire);
+                past(w)
+            });
+            while !seen && !past(w) {
+                std::thread::yield_now();
+                w = written.load(Ordering::Acquire);
+            }
+        }
+        if w == ABANDONED {
+            return Err(Error::Codec("the parent gave up writing this argument before its end".into()));
+        }
+        Ok(usize::try_from(w).unwrap_or(usize::MAX).min(self.len))
     }
 
     /// Stop keeping this arena mapped (its message did not decode: a peer
@@ -196,16 +308,29 @@ impl View {
     }
 
     /// The message's bytes `at..at + n`, copied out (never borrowed: see
-    /// the module's docs).
-    pub(crate) fn copy(&self, at: usize, n: usize) -> Vec<u8> {
-        assert!(at.checked_add(n).is_some_and(|end| end <= self.len), "a copy past the message");
-        self.region.read_bytes(HEADER + at, n)
+    /// the module's docs). Out of bounds is a caller's bug.
+    pub(crate) fn copy(&self, at: usize, n: usize) -> Result<Vec<u8>, Error> {
+        let end = at.checked_add(n).filter(|&end| end <= self.len).expect("a copy past the message");
+        let mut out = Vec::with_capacity(n);
+        let mut done = at;
+        while done < end {
+            let upto = self.ready_past(done)?.min(end);
+            self.region.append_to(HEADER + done, upto - done, &mut out);
+            done = upto;
+        }
+        Ok(out)
     }
 
     /// Fill `out` from the message's bytes at `at`.
-    pub(crate) fn copy_into(&self, at: usize, out: &mut [u8]) {
-        assert!(at.checked_add(out.len()).is_some_and(|end| end <= self.len), "a copy past the message");
-        self.region.read_into(HEADER + at, out)
+    pub(crate) fn copy_into(&self, at: usize, out: &mut [u8]) -> Result<(), Error> {
+        let end = at.checked_add(out.len()).filter(|&end| end <= self.len).expect("a copy past the message");
+        let mut done = at;
+        while done < end {
+            let upto = self.ready_past(done)?.min(end);
+            self.region.read_into(HEADER + done, &mut out[done - at..upto - at]);
+            done = upto;
+        }
+        Ok(())
     }
 
     /// The message's length.
@@ -333,7 +458,7 @@ mod tests {
         drop(pin2);
         let mapped = Mapped::new();
         let view = View::open_in(&mapped, fd, 100_000, number).unwrap();
-        assert_eq!((view.len(), view.copy(0, 3)), (100_000, vec![1, 1, 1]));
+        assert_eq!((view.len(), view.copy(0, 3).unwrap()), (100_000, vec![1, 1, 1]));
         // Opened again (the same arena, sent again): the mapping kept.
         let again = View::open_in(&mapped, first_fd.try_clone().unwrap(), 50_000, number).unwrap();
         assert!(Arc::ptr_eq(&again.region, &view.region));
@@ -365,6 +490,28 @@ mod tests {
         kept.lock().clear();
         mapped.sweep();
         assert_eq!(mapped.len(), 0, "dropped once its writer let it go");
+    }
+
+    #[test]
+    fn a_streamed_message_is_read_while_it_is_written() {
+        let kept = Kept::new();
+        let len = 5 * STREAM_CHUNK + 17;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let (fd, number, _pin, stream) = kept.reserve(len).unwrap();
+        let view = View::open_stream(fd, len, number).unwrap();
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| view.copy(0, len));
+            // Written after the reader started: it waits for each chunk.
+            let (head, rest) = data.split_at(3);
+            stream.write(&[head, rest]);
+            assert!(reader.join().unwrap().unwrap() == data);
+        });
+        // A stream its writer dropped unwritten: the reader fails, not waits.
+        let (fd, number, _pin, stream) = kept.reserve(len).unwrap();
+        let view = View::open_stream(fd, len, number).unwrap();
+        drop(stream);
+        let err = view.copy(0, len).expect_err("abandoned");
+        assert!(err.to_string().contains("gave up"), "{err}");
     }
 
     #[test]

@@ -136,12 +136,14 @@ impl Pool {
     /// fastest as bytes: a `Vec<u8>` or `serde_bytes::ByteBuf` argument or
     /// result is copied once on each side, straight into the value; a field
     /// marked `#[serde(with = "serde_bytes")]` is one copy more, and a
-    /// `Vec<u8>` inside another type goes through serde byte by byte. On
-    /// the 2-core test machine (one run), a `ByteBuf` argument of 1 MiB
-    /// takes 284 us, 16 MiB 2.9 ms, 64 MiB 55 ms, beside 42 us, 1.2 ms and
-    /// 42 ms for one copy into a fresh buffer; a 64 MiB `Vec<u8>` inside a
-    /// tuple 169 ms (BENCHMARKS.md, "Bulk data"). Thread mode moves the
-    /// value.
+    /// `Vec<u8>` inside another type goes through serde byte by byte. A big
+    /// `Vec<u8>` or `ByteBuf` argument is written after the task is queued
+    /// and the worker copies it out as it comes, so the two copies overlap:
+    /// on the 2-core test machine a `ByteBuf` argument of 1 MiB takes
+    /// 96-156 us, 16 MiB 1.6-1.7 ms, 64 MiB 39-45 ms, beside 39-44 us, 1.2
+    /// ms and 41 ms for one copy into a fresh buffer; a 64 MiB `Vec<u8>`
+    /// inside a tuple 169 ms (BENCHMARKS.md, "Bulk data"). Thread mode
+    /// moves the value.
     ///
     /// ```
     /// use serde_bytes::ByteBuf;
@@ -197,16 +199,25 @@ impl Pool {
                 });
                 enqueue(shared, id, completion, work, None, false)
             }
-            Inner::Processes(shared) => match process_work(&arg, id, f, call, self.config()) {
-                Ok(work) => enqueue_process(shared, id, completion, work, None, false),
+            Inner::Processes(shared) => match process_work(&arg, id, f, call, self.config(), true) {
+                Ok((work, deferred)) => {
+                    let handle = enqueue_process(shared, id, completion, work, None, false);
+                    // The worker may be reading already: it copies the
+                    // bytes out as they come.
+                    if let Some(deferred) = deferred {
+                        deferred.finish(&arg);
+                    }
+                    handle
+                }
                 Err(e) => {
                     completion.resolve(Err(e));
                     handle(id, completion)
                 }
             },
             #[cfg(feature = "cluster")]
-            Inner::Cluster(shared) => match process_work(&arg, id, f, call, self.config()) {
-                Ok(work) => enqueue(shared, id, completion, work, None, false),
+            // Read here before it goes across: not streamed.
+            Inner::Cluster(shared) => match process_work(&arg, id, f, call, self.config(), false) {
+                Ok((work, _)) => enqueue(shared, id, completion, work, None, false),
                 Err(e) => {
                     completion.resolve(Err(e));
                     handle(id, completion)
@@ -371,17 +382,25 @@ impl Pool {
 }
 
 /// A task's frame for a worker process (here or on an agent): its header
-/// and encoded argument.
+/// and encoded argument, and with `stream` (a worker of this process reads
+/// it) the argument's bytes to write once the frame is queued (see
+/// `codec::encode_argument`).
 fn process_work<X: Serialize + 'static, A: 'static, R: 'static>(
     arg: &X,
     id: u64,
     f: fn(A) -> R,
     call: Trampoline,
     config: &builder::Config,
-) -> Result<ProcessWork, crate::Error> {
-    let encoded = crate::codec::encode_message(arg, config.max_message_or_default(), config.bulk())?;
+    stream: bool,
+) -> Result<(ProcessWork, Option<crate::codec::Deferred>), crate::Error> {
+    let max = config.max_message_or_default();
+    let (encoded, deferred) = if stream {
+        crate::codec::encode_argument(arg, max, config.bulk())?
+    } else {
+        (crate::codec::encode_message(arg, max, config.bulk())?, None)
+    };
     let header = task::header_for(id, call, crate::sys::code::offset_of(f));
-    Ok(ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds, pin: encoded.pin })
+    Ok((ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds, pin: encoded.pin }, deferred))
 }
 
 /// A handle for task `id` resolving through `completion`.

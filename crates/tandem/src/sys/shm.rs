@@ -280,6 +280,21 @@ impl Region {
         unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), out.len()) }
     }
 
+    /// Append `len` bytes of the region at `offset` to `out` (its spare
+    /// room, never zeroed first); same contract as [`Region::write_bytes`]
+    /// (no system call).
+    pub(crate) fn append_to(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        let ptr = self.ptr(offset, len, 1);
+        out.reserve(len);
+        // SAFETY: in bounds (checked); `reserve` made room for `len` more
+        // bytes past `out.len()`, which the copy initialises before
+        // `set_len`; the source is this mapping, distinct from `out`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr().add(out.len()), len);
+            out.set_len(out.len() + len);
+        }
+    }
+
     /// Copy `len` bytes out of the region at `offset`; same contract as
     /// [`Region::write_bytes`] (no system call).
     pub(crate) fn read_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
