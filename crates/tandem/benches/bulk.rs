@@ -18,8 +18,10 @@
 //!   and returns a `ByteBuf` (`vec![7; n]`); the thread figure is making it.
 //! - `shared_64MiB`: a `SharedSliceMut<u8>` created here, filled by a
 //!   worker (`fill`), handed back and summed here; beside one touched copy.
-//! - `threshold/<bytes>/{inline,memfd}`: a `ByteBuf` argument through the
-//!   socket or through a memfd, to place the threshold.
+//! - `threshold/{inline,memfd}/<bytes>`: a `ByteBuf` argument through the
+//!   socket or through a memfd, to place the threshold; `threshold/result/
+//!   <bytes>`: a `ByteBuf` result, inline or not as the build's threshold
+//!   says (compare two builds).
 //!
 //! Run: `cargo bench -p tandem --bench bulk`
 
@@ -162,7 +164,7 @@ fn sum_bytes(bytes: &[u8]) -> u64 {
 fn threshold(c: &mut Criterion) {
     let process = process_pool();
     let mut g = c.benchmark_group("threshold");
-    for n in [64 << 10, 128 << 10, 256 << 10, 512 << 10, MIB] {
+    for n in [4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, MIB] {
         let buf = ByteBuf::from(vec![5u8; n]);
         for (name, limit) in [("inline", usize::MAX), ("memfd", 0)] {
             tandem::__fuzz::set_bulk_threshold(limit);
@@ -176,6 +178,12 @@ fn threshold(c: &mut Criterion) {
         }
     }
     tandem::__fuzz::set_bulk_threshold(256 << 10);
+    // Results: the worker's own threshold decides (the build's default).
+    for n in [4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10] {
+        g.bench_with_input(BenchmarkId::new("result", n), &n, |b, &n| {
+            b.iter(|| process.submit(n, |n| ByteBuf::from(vec![7u8; n])).join().unwrap())
+        });
+    }
     g.finish();
 }
 

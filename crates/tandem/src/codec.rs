@@ -64,9 +64,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
 }
 
 /// Above this many serialized bytes a task's argument or result travels in
-/// a sealed memfd instead of the socket (measured: see BENCHMARKS.md, "Bulk
-/// data"; below it, the memfd's own costs, a `memfd_create`, an `mmap` on
-/// each side and the seals, outweigh the two socket copies it saves).
+/// shared memory (an arena or a sealed memfd) instead of the socket. Set
+/// when each such message was a new memfd; arenas now win from 16 KiB up
+/// (BENCHMARKS.md, "Where the threshold sits with arenas"), but a queued
+/// message in shared memory holds two descriptors until its task ends, so
+/// lowering it waits for arenas that hold many messages each.
 pub(crate) const BULK_THRESHOLD: usize = 256 << 10;
 
 /// The threshold in force in this process (a knob for the benchmarks, see

@@ -26,7 +26,8 @@
 //!
 //! Which arenas a process keeps: at most [`MAX_KEPT`] of them and
 //! [`MAX_KEPT_BYTES`] in all; a message reuses the smallest free arena that
-//! holds it and is at most [`MAX_SLACK`] times its size, else a new one.
+//! holds it and is at most [`MAX_SLACK`] times its size (or the smallest
+//! size there is), else a new one.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -58,7 +59,8 @@ const ABANDONED: u64 = u64::MAX;
 pub(crate) const MAX_KEPT: usize = 8;
 /// Bytes of arenas a process keeps between messages.
 pub(crate) const MAX_KEPT_BYTES: usize = 256 << 20;
-/// A free arena serves a message at most this many times smaller.
+/// A free arena serves a message at most this many times smaller (one of
+/// the smallest, [`GRAIN`] bytes, serves any message that fits).
 const MAX_SLACK: usize = 4;
 /// Arenas are made in multiples of this many bytes (data and header).
 const GRAIN: usize = 64 << 10;
@@ -201,7 +203,8 @@ impl Kept {
     fn take(&self, len: usize) -> io::Result<Arc<Arena>> {
         let mut kept = self.lock();
         let fits = |a: &Arc<Arena>| {
-            Arc::strong_count(a) == 1 && a.released() && a.cap() >= len && a.cap() / MAX_SLACK <= len
+            let slack_ok = a.cap() / MAX_SLACK <= len || a.region.len() <= GRAIN;
+            Arc::strong_count(a) == 1 && a.released() && a.cap() >= len && slack_ok
         };
         let best =
             kept.iter().enumerate().filter(|(_, a)| fits(a)).min_by_key(|(_, a)| a.cap()).map(|(i, _)| i);
@@ -512,6 +515,17 @@ mod tests {
         drop(stream);
         let err = view.copy(0, len).expect_err("abandoned");
         assert!(err.to_string().contains("gave up"), "{err}");
+    }
+
+    #[test]
+    fn a_small_message_reuses_an_arena_of_the_smallest_size() {
+        let kept = Kept::new();
+        let mapped = Mapped::new();
+        let (fd, number, pin) = fill(&kept, 4000, 1);
+        let first = inode(&fd);
+        drop((View::open_in(&mapped, fd, 4000, number).unwrap(), pin));
+        let (again, _, _) = fill(&kept, 100, 2);
+        assert_eq!(inode(&again), first, "a 64 KiB arena serves 100 bytes");
     }
 
     #[test]
