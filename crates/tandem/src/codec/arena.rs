@@ -165,16 +165,8 @@ impl Kept {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
     ) -> Result<(OwnedFd, u64, Pin), Error> {
-        let mut arena = self.take(len).map_err(|e| Error::os("making an arena for a big message", e))?;
-        let unique = Arc::get_mut(&mut arena).expect("a free arena is held by nobody else");
-        unique.number += 1;
-        let number = unique.number;
-        fill(unique.region.slice_mut::<u8>(HEADER, len))?;
-        let fd = unique
-            .region
-            .fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::os("duplicating an arena's descriptor to send", e))?;
+        let (mut arena, number, fd) = self.claim(len)?;
+        fill(Arc::get_mut(&mut arena).expect("claimed, not kept yet").region.slice_mut::<u8>(HEADER, len))?;
         self.keep(arena.clone());
         Ok((fd, number, Pin(arena)))
     }
@@ -184,6 +176,14 @@ impl Kept {
     /// `WRITTEN`): the arena's descriptor, the message's number, a pin, and
     /// the stream to write.
     pub(crate) fn reserve(&self, len: usize) -> Result<(OwnedFd, u64, Pin, Stream), Error> {
+        let (arena, number, fd) = self.claim(len)?;
+        self.keep(arena.clone());
+        Ok((fd, number, Pin(arena.clone()), Stream { arena, len, done: false }))
+    }
+
+    /// A free arena for `len` bytes (held by nobody else), its next
+    /// message's number, and a duplicate of its descriptor to send.
+    fn claim(&self, len: usize) -> Result<(Arc<Arena>, u64, OwnedFd), Error> {
         let mut arena = self.take(len).map_err(|e| Error::os("making an arena for a big message", e))?;
         let unique = Arc::get_mut(&mut arena).expect("a free arena is held by nobody else");
         unique.number += 1;
@@ -195,8 +195,7 @@ impl Kept {
             .fd()
             .try_clone_to_owned()
             .map_err(|e| Error::os("duplicating an arena's descriptor to send", e))?;
-        self.keep(arena.clone());
-        Ok((fd, number, Pin(arena.clone()), Stream { arena, len, done: false }))
+        Ok((arena, number, fd))
     }
 
     /// A free arena for `len` bytes, out of the kept ones or new.
