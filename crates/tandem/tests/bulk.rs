@@ -604,3 +604,33 @@ fn a_sandboxed_workers_big_argument_is_a_sealed_memfd_of_its_own_and_others_shar
         assert_eq!(sum, checksum(&data));
     }
 }
+
+#[test]
+fn a_queued_big_argument_holds_one_descriptor_until_its_task_ends() {
+    let _serial = serial();
+    let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
+    // The one worker says it runs, then waits on a channel, so the tasks
+    // below queue (and its start's descriptors are counted before).
+    let (tx, rx) = tandem::ipc::channel::<u8>().unwrap();
+    let (ready_tx, ready_rx) = tandem::ipc::channel::<u8>().unwrap();
+    let blocker = pool.submit((ready_tx, rx), |(ready, rx)| {
+        ready.send(0).unwrap();
+        rx.recv().unwrap()
+    });
+    assert_eq!(ready_rx.recv().unwrap(), 0);
+    tandem::__fuzz::drop_kept_arenas();
+    let before = common::open_fds();
+    let data: Vec<Vec<u8>> = (0..20).map(|i| pattern(1 << 20, i)).collect();
+    let handles: Vec<_> =
+        data.iter().map(|d| pool.submit(ByteBuf::from(d.clone()), |d| checksum(&d))).collect();
+    assert_eq!(common::open_fds() - before, 20, "one descriptor per queued big argument (its arena's)");
+    tx.send(1).unwrap();
+    assert_eq!(blocker.join().unwrap(), 1);
+    for (h, d) in handles.into_iter().zip(&data) {
+        assert_eq!(h.join().unwrap(), checksum(d));
+    }
+    // Done: the 20 arenas' descriptors went with their tasks (and the
+    // blocker's channel ends with it).
+    tandem::__fuzz::drop_kept_arenas();
+    assert!(common::open_fds() <= before, "{} descriptors, {before} before", common::open_fds());
+}

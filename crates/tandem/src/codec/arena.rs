@@ -140,7 +140,15 @@ impl Drop for Stream {
 /// A message written in an arena, kept as it is while this is held (a
 /// queued task's argument, which may be sent again).
 #[derive(Clone)]
-pub(crate) struct Pin(#[allow(dead_code)] Arc<Arena>);
+pub(crate) struct Pin(Arc<Arena>);
+
+impl Pin {
+    /// The arena's descriptor, to send with the message (a queued task
+    /// holds no duplicate of its own).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.region.fd()
+    }
+}
 
 /// Arenas kept for reuse, oldest first.
 pub(crate) struct Kept(Mutex<Vec<Arc<Arena>>>);

@@ -51,8 +51,8 @@ pub(super) fn start(lp: &mut Loop<'_>, slot: usize, job: Job) {
             Err(BoardError::Gone) => return lp.undelivered(slot, job),
         }
     }
-    let ProcessWork { header, bytes, fds, .. } = &job.work;
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let ProcessWork { header, bytes, .. } = &job.work;
+    let borrowed = job.work.descriptors();
     if wire::send(live.peer.socket.as_fd(), Kind::Batch, &[header, bytes], &borrowed).is_err() {
         return lp.undelivered(slot, job);
     }

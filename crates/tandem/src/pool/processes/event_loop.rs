@@ -516,8 +516,8 @@ impl Loop<'_> {
             return batch::start(self, slot, job);
         }
         let live = self.slots[slot].live.as_ref().expect("an idle slot has a worker");
-        let ProcessWork { header, bytes, fds, .. } = &job.work;
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let ProcessWork { header, bytes, .. } = &job.work;
+        let borrowed = job.work.descriptors();
         let at = Instant::now();
         if wire::send(live.peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed).is_err() {
             return self.undelivered(slot, job);
@@ -694,14 +694,19 @@ impl Loop<'_> {
         match answer {
             Answer::Done(frame) if crate::task::done_id(&frame) == Some(job.id) => {
                 self.shared.slot(slot).tasks_done += 1;
-                job.completion.resolve_frame(frame);
                 let live = self.slots[slot].live.as_mut().expect("alive");
                 live.tasks += 1;
+                // The worker is parked (or replaced) before its handle
+                // resolves, so a joiner that submits again at once finds
+                // its lane open. The answer is read already; a big one's
+                // arena is not written again before it is copied out
+                // (`RELEASED`).
                 if self.shared.config.max_tasks_per_worker.is_some_and(|n| live.tasks >= n) {
                     self.replace(slot, true);
                 } else {
                     self.become_idle(slot);
                 }
+                job.completion.resolve_frame(frame);
             }
             Answer::Done(_) | Answer::Partial(_) => {
                 job.completion.resolve_err(answer::wrong_task(job.id));

@@ -175,7 +175,8 @@ pub(crate) fn claim_open_lane<'a>(shared: &'a Shared, job: &Job) -> Option<Claim
 /// Send `job` on a claimed lane.
 pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
     let Claim { slot, mut lane, peer } = claim;
-    let ProcessWork { header, bytes, fds, .. } = &job.work;
+    let ProcessWork { header, bytes, .. } = &job.work;
+    let fds = job.work.descriptors();
     job.control.set(Place::Direct { slot, pool: Arc::downgrade(shared) });
     let in_slot =
         peer.mailbox.as_ref().filter(|m| fds.is_empty() && m.takes_task(header.len() + bytes.len()));
@@ -193,8 +194,7 @@ pub(crate) fn send_direct(shared: &Arc<Shared>, claim: Claim<'_>, job: Job) {
             if let Some(mailbox) = &peer.mailbox {
                 mailbox.expect(job.id);
             }
-            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &borrowed)
+            wire::send(peer.socket.as_fd(), Kind::Task, &[header, bytes], &fds)
         }
     };
     drop(peer);
