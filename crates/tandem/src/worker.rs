@@ -236,6 +236,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     return EXIT_PROTOCOL;
                 };
                 config = new;
+                crate::codec::arena::retain(!config.drop_arenas);
                 if config.capture && capture.is_none() {
                     match crate::output::Capture::install(frame.fds) {
                         Ok(c) => capture = Some(c),

@@ -634,3 +634,27 @@ fn a_queued_big_argument_holds_one_descriptor_until_its_task_ends() {
     tandem::__fuzz::drop_kept_arenas();
     assert!(common::open_fds() <= before, "{} descriptors, {before} before", common::open_fds());
 }
+
+/// Arena memfds this worker holds (its own and its parent's, kept mapped).
+fn worker_arenas(_: ()) -> usize {
+    memfd_fds("tandem-arena")
+}
+
+#[test]
+fn a_worker_whose_memory_is_limited_or_measured_keeps_no_arena_between_tasks() {
+    let _serial = serial();
+    let data = ByteBuf::from(pattern(1 << 20, 6));
+    let plain = || Pool::builder().mode(Mode::Process).workers(1);
+    let pools = [
+        ("plain", plain().build().unwrap(), true),
+        ("worker_memory_limit", plain().worker_memory_limit(1 << 30).build().unwrap(), false),
+        ("worker_address_space_limit", plain().worker_address_space_limit(8 << 30).build().unwrap(), false),
+        ("reports", plain().reports(true).build().unwrap(), false),
+    ];
+    for (name, pool, keeps) in pools {
+        // A big argument and a big result, then a look from the next task.
+        assert_eq!(pool.submit(data.clone(), |d| d).join().unwrap(), data, "{name}");
+        let held = pool.submit((), worker_arenas).join().unwrap();
+        assert_eq!(held > 0, keeps, "{name}: {held} arenas held between tasks");
+    }
+}

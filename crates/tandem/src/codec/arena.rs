@@ -150,6 +150,17 @@ impl Pin {
     }
 }
 
+/// Whether this process keeps arenas and peers' mappings between
+/// messages (a worker whose memory is limited or measured does not: see
+/// [`retain`]).
+static RETAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Keep arenas and peers' mappings between messages, or not (each message
+/// then has its own, gone with it).
+pub(crate) fn retain(keep: bool) {
+    RETAIN.store(keep, Ordering::Relaxed);
+}
+
 /// Arenas kept for reuse, oldest first.
 pub(crate) struct Kept(Mutex<Vec<Arc<Arena>>>);
 
@@ -226,6 +237,9 @@ impl Kept {
 
     /// Keep `arena` (its newest use) and drop the oldest past the limits.
     fn keep(&self, arena: Arc<Arena>) {
+        if !RETAIN.load(Ordering::Relaxed) {
+            return;
+        }
         let mut kept = self.lock();
         kept.push(arena);
         let total = |k: &[Arc<Arena>]| k.iter().map(|a| a.region.len()).sum::<usize>();
@@ -414,6 +428,9 @@ impl Mapped {
         }
         drop(mapped);
         let region = Arc::new(Region::open_first(fd, len)?);
+        if !RETAIN.load(Ordering::Relaxed) {
+            return Ok(region);
+        }
         let mut mapped = self.lock();
         mapped.retain(|(k, r)| *k != key && r.atomic_u64(RETIRED).load(Ordering::Acquire) == 0);
         mapped.push((key, region.clone()));

@@ -102,16 +102,20 @@ pub(crate) struct WorkerConfig {
     /// Capture each task's stdout and stderr in the two memfds that come
     /// with the Config frame (`PoolBuilder::capture_output`; see `output`).
     pub capture: bool,
+    /// Keep no arena between tasks (`codec::arena`): where a worker's
+    /// memory is limited or measured, which mappings kept would skew.
+    pub drop_arenas: bool,
 }
 
 impl WorkerConfig {
-    pub(crate) fn to_bytes(self) -> [u8; 19] {
-        let mut b = [0u8; 19];
+    pub(crate) fn to_bytes(self) -> [u8; 20] {
+        let mut b = [0u8; 20];
         b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
         b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
         b[16] = u8::from(self.no_new_privs);
         b[17] = u8::from(self.reports);
         b[18] = u8::from(self.capture);
+        b[19] = u8::from(self.drop_arenas);
         b
     }
 
@@ -122,6 +126,7 @@ impl WorkerConfig {
             no_new_privs: *b.get(16)? != 0,
             reports: *b.get(17)? != 0,
             capture: *b.get(18)? != 0,
+            drop_arenas: *b.get(19)? != 0,
         })
     }
 

@@ -148,6 +148,11 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
         no_new_privs: shared.config.no_new_privs,
         reports: shared.config.reports,
         capture: shared.config.capture,
+        // A kept arena and the parent's kept mapped are resident memory of
+        // the worker's: they would count against its limits and reports.
+        drop_arenas: shared.config.resident_limit != 0
+            || shared.config.memory_limit != 0
+            || shared.config.reports,
     }
 }
 
