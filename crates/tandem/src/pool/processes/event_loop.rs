@@ -694,19 +694,26 @@ impl Loop<'_> {
         match answer {
             Answer::Done(frame) if crate::task::done_id(&frame) == Some(job.id) => {
                 self.shared.slot(slot).tasks_done += 1;
+                // Where submitters take the lanes, the worker is parked
+                // before its handle resolves, so a joiner that submits
+                // again at once finds its lane open (the answer is read
+                // already; a big one's arena is not written again before it
+                // is copied out: `RELEASED`). Elsewhere the handle resolves
+                // first: its joiner wakes sooner.
+                let mut frame = Some(frame);
+                if !lanes::used(self.shared) {
+                    job.completion.resolve_frame(frame.take().expect("one answer"));
+                }
                 let live = self.slots[slot].live.as_mut().expect("alive");
                 live.tasks += 1;
-                // The worker is parked (or replaced) before its handle
-                // resolves, so a joiner that submits again at once finds
-                // its lane open. The answer is read already; a big one's
-                // arena is not written again before it is copied out
-                // (`RELEASED`).
                 if self.shared.config.max_tasks_per_worker.is_some_and(|n| live.tasks >= n) {
                     self.replace(slot, true);
                 } else {
                     self.become_idle(slot);
                 }
-                job.completion.resolve_frame(frame);
+                if let Some(frame) = frame {
+                    job.completion.resolve_frame(frame);
+                }
             }
             Answer::Done(_) | Answer::Partial(_) => {
                 job.completion.resolve_err(answer::wrong_task(job.id));
