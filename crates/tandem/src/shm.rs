@@ -159,8 +159,12 @@ impl<'de, T: Plain> Deserialize<'de> for SharedSlice<T> {
 /// copy of the descriptor (only tandem's own code ever gets one) could
 /// still write, as it could into any `SharedSlice`.
 ///
-/// Filling 64 MiB in a worker and reading it in the parent costs about
-/// three plain memory copies of it (BENCHMARKS.md, "Bulk data"):
+/// Nothing is copied, but new shared memory costs its page faults: on the
+/// 2-core test machine, creating 64 MiB, filling it in a worker and summing
+/// it in the parent took 72-102 ms, about 40 ms of it creating the memory,
+/// against 6 ms for one copy into touched memory (BENCHMARKS.md, "Bulk
+/// data"; huge pages for shared memory, where the kernel enables them, cut
+/// it to about 30 ms):
 ///
 /// ```
 /// use tandem::shm::SharedSliceMut;
