@@ -67,8 +67,9 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
 /// shared memory (an arena or a sealed memfd) instead of the socket. Set
 /// when each such message was a new memfd; arenas now win from 16 KiB up
 /// (BENCHMARKS.md, "Where the threshold sits with arenas"), but a queued
-/// message in shared memory holds two descriptors until its task ends, so
-/// lowering it waits for arenas that hold many messages each.
+/// message in shared memory holds a descriptor and at least 64 KiB until
+/// its task ends, so lowering it waits for arenas that hold many messages
+/// each.
 pub(crate) const BULK_THRESHOLD: usize = 256 << 10;
 
 /// The threshold in force in this process (a knob for the benchmarks, see
@@ -120,7 +121,7 @@ pub(crate) fn bulk_for(sandboxed: bool) -> Bulk {
 /// its size is allocated (its size is counted first). A top-level
 /// `Vec<u8>` or `ByteBuf` is written as the bytes it is (one copy), the
 /// same bytes postcard would write element by element. A big message goes
-/// where `bulk` says.
+/// where `how` says.
 pub(crate) fn encode_message<T: Serialize + 'static>(
     value: &T,
     max: u64,
@@ -168,11 +169,8 @@ pub(crate) fn encode_argument<T: Serialize + 'static>(
     }
     over_limit(size, max)?;
     let (fd, number, pin, stream) = arena::KEPT.reserve(size)?;
-    let mut bytes = Vec::with_capacity(17);
-    bytes.push(TAG_STREAM);
-    bytes.extend_from_slice(&(size as u64).to_le_bytes());
-    bytes.extend_from_slice(&number.to_le_bytes());
-    let encoded = Encoded { bytes, fds: vec![fd], pin: Some(pin) };
+    let encoded =
+        Encoded { bytes: arena_ref(TAG_STREAM, size as u64, number), fds: vec![fd], pin: Some(pin) };
     Ok((encoded, Some(Deferred { stream, prefix, prefix_len: n })))
 }
 
@@ -292,23 +290,19 @@ fn write_big(
     how: Bulk,
     fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
 ) -> Result<Big, Error> {
-    let mut bytes = Vec::with_capacity(17);
     match how {
         Bulk::Sealed => {
             let mut writer =
                 BulkWriter::create(size).map_err(|e| Error::os("making a memfd for a big message", e))?;
             fill(writer.bytes_mut())?;
             let fd = writer.seal().map_err(|e| Error::os("sealing a big message's memfd", e))?;
-            bytes.push(TAG_BULK);
+            let mut bytes = vec![TAG_BULK];
             bytes.extend_from_slice(&(size as u64).to_le_bytes());
             Ok(Big { bytes, fd: Some(fd), pin: None })
         }
         Bulk::Arena => {
             let (fd, number, pin) = arena::KEPT.write(size, fill)?;
-            bytes.push(TAG_ARENA);
-            bytes.extend_from_slice(&(size as u64).to_le_bytes());
-            bytes.extend_from_slice(&number.to_le_bytes());
-            Ok(Big { bytes, fd: Some(fd), pin: Some(pin) })
+            Ok(Big { bytes: arena_ref(TAG_ARENA, size as u64, number), fd: Some(fd), pin: Some(pin) })
         }
     }
 }
@@ -325,7 +319,14 @@ pub(crate) fn bulk_reference(len: u64) -> Vec<u8> {
 /// The bytes of an arena message's reference (for `chaos`).
 #[cfg(feature = "chaos")]
 pub(crate) fn arena_reference(len: u64, number: u64) -> Vec<u8> {
-    let mut bytes = vec![TAG_ARENA];
+    arena_ref(TAG_ARENA, len, number)
+}
+
+/// An arena message (`tag`: [`TAG_ARENA`] or [`TAG_STREAM`]) of `len`
+/// bytes, message `number` of its arena.
+fn arena_ref(tag: u8, len: u64, number: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(17);
+    bytes.push(tag);
     bytes.extend_from_slice(&len.to_le_bytes());
     bytes.extend_from_slice(&number.to_le_bytes());
     bytes
