@@ -395,7 +395,6 @@ fn decode_from<T: DeserializeOwned + 'static>(
     max: u64,
     from_parent: bool,
 ) -> Result<T, Error> {
-    arena::MAPPED.sweep();
     match bytes.split_first() {
         Some((&TAG_INLINE, rest)) => decode_value(rest, fds),
         Some((&TAG_BULK, rest)) => {
@@ -484,6 +483,8 @@ fn open_arena(rest: &[u8], fds: &mut Vec<OwnedFd>, max: u64, streamed: bool) -> 
     }
     let len = usize::try_from(len)
         .map_err(|_| Error::Codec(format!("a message of {len} bytes does not fit this address space")))?;
+    // Only here, not for every message: small ones never take the lock.
+    arena::MAPPED.sweep();
     let fd = fds.pop().ok_or_else(|| Error::Codec("a big message came without its memfd".into()))?;
     let view =
         if streamed { arena::View::open_stream(fd, len, number) } else { arena::View::open(fd, len, number) };

@@ -375,7 +375,8 @@ impl Drop for View {
 /// each on this machine: BENCHMARKS.md). A mapping holds its memfd, so the
 /// inode it is found by cannot name another file while it is kept. At most
 /// [`MAX_MAPPED`] of them and [`MAX_KEPT_BYTES`] in all; one its writer
-/// let go (`RETIRED`) is dropped at the next message this process decodes,
+/// let go (`RETIRED`) is dropped at the next arena message this process
+/// decodes,
 /// so readers do not keep alive what the writer no longer uses (a writer
 /// that died cannot say so: its arena waits for eviction).
 pub(crate) struct Mapped {
