@@ -27,8 +27,23 @@ pub(crate) struct Encoded {
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
     /// The arena holding a big message's bytes, kept as they are while
-    /// this is (see [`arena`]).
+    /// this is (see [`arena`]); its descriptor is not in `fds` but goes
+    /// last with them ([`descriptors`]).
     pub pin: Option<arena::Pin>,
+}
+
+impl Encoded {
+    /// The descriptors to send with the bytes (see [`descriptors`]).
+    pub(crate) fn descriptors(&self) -> Vec<BorrowedFd<'_>> {
+        descriptors(&self.fds, self.pin.as_ref())
+    }
+}
+
+/// A message's descriptors as they travel: the shareables' (`fds`), then
+/// its arena's, which the pin lends rather than a duplicate held as long
+/// as the message (a queued task holds one descriptor for it, not two).
+pub(crate) fn descriptors<'a>(fds: &'a [OwnedFd], pin: Option<&'a arena::Pin>) -> Vec<BorrowedFd<'a>> {
+    fds.iter().map(AsFd::as_fd).chain(pin.map(arena::Pin::fd)).collect()
 }
 
 thread_local! {
@@ -135,11 +150,12 @@ pub(crate) fn encode_message<T: Serialize + 'static>(
     };
     let mut fds = OUTGOING.with(|slot| slot.replace(outer)).unwrap_or_default();
     let Big { bytes, fd: bulk, pin } = encoded?;
-    if fds.len() + usize::from(bulk.is_some()) > crate::wire::MAX_FDS {
+    let big = usize::from(bulk.is_some() || pin.is_some());
+    if fds.len() + big > crate::wire::MAX_FDS {
         return Err(Error::Codec(format!(
             "the value holds {} shareable objects; one message can carry at most {}",
             fds.len(),
-            crate::wire::MAX_FDS - usize::from(bulk.is_some())
+            crate::wire::MAX_FDS - big
         )));
     }
     fds.extend(bulk);
@@ -168,9 +184,9 @@ pub(crate) fn encode_argument<T: Serialize + 'static>(
         return Ok((encode_message(value, max, how)?, None));
     }
     over_limit(size, max)?;
-    let (fd, number, pin, stream) = arena::KEPT.reserve(size)?;
+    let (number, pin, stream) = arena::KEPT.reserve(size)?;
     let encoded =
-        Encoded { bytes: arena_ref(TAG_STREAM, size as u64, number), fds: vec![fd], pin: Some(pin) };
+        Encoded { bytes: arena_ref(TAG_STREAM, size as u64, number), fds: Vec::new(), pin: Some(pin) };
     Ok((encoded, Some(Deferred { stream, prefix, prefix_len: n })))
 }
 
@@ -301,8 +317,8 @@ fn write_big(
             Ok(Big { bytes, fd: Some(fd), pin: None })
         }
         Bulk::Arena => {
-            let (fd, number, pin) = arena::KEPT.write(size, fill)?;
-            Ok(Big { bytes: arena_ref(TAG_ARENA, size as u64, number), fd: Some(fd), pin: Some(pin) })
+            let (number, pin) = arena::KEPT.write(size, fill)?;
+            Ok(Big { bytes: arena_ref(TAG_ARENA, size as u64, number), fd: None, pin: Some(pin) })
         }
     }
 }
@@ -843,10 +859,15 @@ mod tests {
         assert_eq!(back, (1, "two".into(), vec![3; 10]));
     }
 
+    /// The descriptors of `e` as its receiver gets them (duplicates).
+    fn received(e: &Encoded) -> Vec<OwnedFd> {
+        e.descriptors().iter().map(|fd| fd.try_clone_to_owned().unwrap()).collect()
+    }
+
     /// Whether `e` is a big message (in a sealed memfd or an arena),
     /// checking its shape either way.
     fn is_bulk(e: &Encoded) -> bool {
-        let seals = || rustix::fs::fcntl_get_seals(e.fds.last().unwrap()).unwrap();
+        let seals = || rustix::fs::fcntl_get_seals(e.descriptors().last().unwrap()).unwrap();
         use rustix::fs::SealFlags;
         match e.bytes[0] {
             TAG_INLINE => false,
@@ -875,22 +896,26 @@ mod tests {
             for (n, bulk) in [(BULK_THRESHOLD - 3, false), (BULK_THRESHOLD - 2, true)] {
                 let raw: Vec<u8> = (0..n).map(|i| i as u8).collect();
                 let e = encode_message(&raw, u64::MAX, how).unwrap();
-                assert_eq!((is_bulk(&e), e.fds.len()), (bulk, usize::from(bulk)), "{n} bytes, raw, {how:?}");
-                let back: Vec<u8> = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+                assert_eq!(
+                    (is_bulk(&e), e.descriptors().len()),
+                    (bulk, usize::from(bulk)),
+                    "{n} bytes, raw, {how:?}"
+                );
+                let back: Vec<u8> = decode_message(&e.bytes, received(&e), u64::MAX).unwrap();
                 assert_eq!(back, raw);
                 let buf = serde_bytes::ByteBuf::from(raw.clone());
                 let e = encode_message(&buf, u64::MAX, how).unwrap();
                 assert_eq!(is_bulk(&e), bulk, "{n} bytes, ByteBuf, {how:?}");
-                let back: serde_bytes::ByteBuf = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+                let back: serde_bytes::ByteBuf = decode_message(&e.bytes, received(&e), u64::MAX).unwrap();
                 assert_eq!(back, buf);
                 let nested = (raw.clone(),);
                 let e = encode_message(&nested, u64::MAX, how).unwrap();
                 assert_eq!(
-                    (is_bulk(&e), e.fds.len()),
+                    (is_bulk(&e), e.descriptors().len()),
                     (bulk, usize::from(bulk)),
                     "{n} bytes, nested, {how:?}"
                 );
-                let back: (Vec<u8>,) = decode_message(&e.bytes, e.fds, u64::MAX).unwrap();
+                let back: (Vec<u8>,) = decode_message(&e.bytes, received(&e), u64::MAX).unwrap();
                 assert_eq!(back, nested);
             }
         }
@@ -901,7 +926,7 @@ mod tests {
         let raw: Vec<u8> = (0..BULK_THRESHOLD * 2).map(|i| (i * 3) as u8).collect();
         let e = encode_message(&raw, u64::MAX, Bulk::Arena).unwrap();
         // Over the reader's limit: refused before mapping.
-        let dup = || vec![e.fds[0].try_clone().unwrap()];
+        let dup = || received(&e);
         let r: Result<Vec<u8>, _> = decode_message(&e.bytes, dup(), 1000);
         assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("over the limit")), "{r:?}");
         // A length past the memfd's end.
@@ -926,7 +951,7 @@ mod tests {
         let raw: Vec<u8> = (0..BULK_THRESHOLD * 8).map(|i| (i * 5) as u8).collect();
         let (e, deferred) = encode_argument(&raw, u64::MAX, Bulk::Arena).unwrap();
         assert_eq!(e.bytes[0], TAG_STREAM);
-        let dup = || vec![e.fds[0].try_clone().unwrap()];
+        let dup = || received(&e);
         // As a result (from a worker, not trusted to finish): refused at once.
         let r: Result<Vec<u8>, _> = decode_message(&e.bytes, dup(), u64::MAX);
         assert!(matches!(&r, Err(Error::Codec(m)) if m.contains("streamed")), "{r:?}");

@@ -313,7 +313,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 let _ = std::io::stderr().flush();
                 let (mut header, body) = task::done_parts(id, &outcome);
                 let fds = match &outcome {
-                    Outcome::Value(e) => crate::codec::borrowed(&e.fds),
+                    Outcome::Value(e) => e.descriptors(),
                     _ => Vec::new(),
                 };
                 let usage = usage.map(|u| task::with_usage(&mut header, u));

@@ -143,8 +143,8 @@ impl Drop for Stream {
 pub(crate) struct Pin(Arc<Arena>);
 
 impl Pin {
-    /// The arena's descriptor, to send with the message (a queued task
-    /// holds no duplicate of its own).
+    /// The arena's descriptor, to send with the message (nobody holds a
+    /// duplicate of it: see `codec::descriptors`).
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.0.region.fd()
     }
@@ -177,44 +177,38 @@ impl Kept {
     }
 
     /// Write a message of `len` bytes into an arena with `fill`, which gets
-    /// exactly `len` bytes: the arena's descriptor (a duplicate, to send),
-    /// the message's number, and a pin keeping it.
+    /// exactly `len` bytes: the message's number, and a pin keeping it (and
+    /// sending the arena's descriptor with it: [`Pin::fd`]).
     pub(crate) fn write(
         &self,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<(OwnedFd, u64, Pin), Error> {
-        let (mut arena, number, fd) = self.claim(len)?;
+    ) -> Result<(u64, Pin), Error> {
+        let (mut arena, number) = self.claim(len)?;
         fill(Arc::get_mut(&mut arena).expect("claimed, not kept yet").region.slice_mut::<u8>(HEADER, len))?;
         self.keep(arena.clone());
-        Ok((fd, number, Pin(arena)))
+        Ok((number, Pin(arena)))
     }
 
     /// Take an arena for a message of `len` bytes that is written after
     /// it is sent ([`Stream::write`], which its reader follows through
-    /// `WRITTEN`): the arena's descriptor, the message's number, a pin, and
-    /// the stream to write.
-    pub(crate) fn reserve(&self, len: usize) -> Result<(OwnedFd, u64, Pin, Stream), Error> {
-        let (arena, number, fd) = self.claim(len)?;
+    /// `WRITTEN`): the message's number, a pin, and the stream to write.
+    pub(crate) fn reserve(&self, len: usize) -> Result<(u64, Pin, Stream), Error> {
+        let (arena, number) = self.claim(len)?;
         self.keep(arena.clone());
-        Ok((fd, number, Pin(arena.clone()), Stream { arena, len, done: false }))
+        Ok((number, Pin(arena.clone()), Stream { arena, len, done: false }))
     }
 
-    /// A free arena for `len` bytes (held by nobody else), its next
-    /// message's number, and a duplicate of its descriptor to send.
-    fn claim(&self, len: usize) -> Result<(Arc<Arena>, u64, OwnedFd), Error> {
+    /// A free arena for `len` bytes (held by nobody else) and its next
+    /// message's number.
+    fn claim(&self, len: usize) -> Result<(Arc<Arena>, u64), Error> {
         let mut arena = self.take(len).map_err(|e| Error::os("making an arena for a big message", e))?;
         let unique = Arc::get_mut(&mut arena).expect("a free arena is held by nobody else");
         unique.number += 1;
         let number = unique.number;
         // Its last reader is done (the arena was free): nobody reads this.
         unique.region.atomic_u64(WRITTEN).store(0, Ordering::Release);
-        let fd = unique
-            .region
-            .fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::os("duplicating an arena's descriptor to send", e))?;
-        Ok((arena, number, fd))
+        Ok((arena, number))
     }
 
     /// A free arena for `len` bytes, out of the kept ones or new.
@@ -461,12 +455,16 @@ impl Mapped {
 mod tests {
     use super::*;
 
+    /// A message of `len` bytes of `byte`: a duplicate of its arena's
+    /// descriptor (as a reader receives it), its number, its pin.
     fn fill(kept: &Kept, len: usize, byte: u8) -> (OwnedFd, u64, Pin) {
-        kept.write(len, |b| {
-            b.fill(byte);
-            Ok(())
-        })
-        .unwrap()
+        let (number, pin) = kept
+            .write(len, |b| {
+                b.fill(byte);
+                Ok(())
+            })
+            .unwrap();
+        (pin.fd().try_clone_to_owned().unwrap(), number, pin)
     }
 
     fn inode(fd: &OwnedFd) -> u64 {
@@ -525,8 +523,8 @@ mod tests {
         let kept = Kept::new();
         let len = 5 * STREAM_CHUNK + 17;
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let (fd, number, _pin, stream) = kept.reserve(len).unwrap();
-        let view = View::open_stream(fd, len, number).unwrap();
+        let (number, pin, stream) = kept.reserve(len).unwrap();
+        let view = View::open_stream(pin.fd().try_clone_to_owned().unwrap(), len, number).unwrap();
         std::thread::scope(|s| {
             let reader = s.spawn(|| view.copy(0, len));
             // Written after the reader started: it waits for each chunk.
@@ -535,8 +533,8 @@ mod tests {
             assert!(reader.join().unwrap().unwrap() == data);
         });
         // A stream its writer dropped unwritten: the reader fails, not waits.
-        let (fd, number, _pin, stream) = kept.reserve(len).unwrap();
-        let view = View::open_stream(fd, len, number).unwrap();
+        let (number, pin, stream) = kept.reserve(len).unwrap();
+        let view = View::open_stream(pin.fd().try_clone_to_owned().unwrap(), len, number).unwrap();
         drop(stream);
         let err = view.copy(0, len).expect_err("abandoned");
         assert!(err.to_string().contains("gave up"), "{err}");

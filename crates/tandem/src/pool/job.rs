@@ -23,8 +23,8 @@ pub(crate) struct ProcessWork {
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
     /// A big argument's arena, kept as it is while the task may be sent
-    /// (again); its descriptor goes last with the frame (it is not in
-    /// `fds`, so a queued task holds one descriptor for it, not two).
+    /// (again); its descriptor goes last with the frame
+    /// (`codec::descriptors`).
     pub pin: Option<crate::codec::arena::Pin>,
 }
 
@@ -32,8 +32,7 @@ impl ProcessWork {
     /// The descriptors to send with the frame: the shareables', then the
     /// arena's.
     pub(crate) fn descriptors(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        self.fds.iter().map(AsFd::as_fd).chain(self.pin.as_ref().map(|p| p.fd())).collect()
+        crate::codec::descriptors(&self.fds, self.pin.as_ref())
     }
 }
 

@@ -394,19 +394,11 @@ fn process_work<X: Serialize + 'static, A: 'static, R: 'static>(
     stream: bool,
 ) -> Result<(ProcessWork, Option<crate::codec::Deferred>), crate::Error> {
     let max = config.max_message_or_default();
-    let (mut encoded, deferred) = if stream {
+    let (encoded, deferred) = if stream {
         crate::codec::encode_argument(arg, max, config.bulk())?
     } else {
         (crate::codec::encode_message(arg, max, config.bulk())?, None)
     };
-    if stream && encoded.pin.is_some() {
-        // The arena's duplicate (last) goes: the pin sends the arena's own.
-        encoded.fds.pop();
-    } else {
-        // An agent's frame is made whole here before it leaves (the arena
-        // stays unreleased, so unused, until then); the duplicate stays.
-        encoded.pin = None;
-    }
     let header = task::header_for(id, call, crate::sys::code::offset_of(f));
     Ok((ProcessWork { header, bytes: encoded.bytes, fds: encoded.fds, pin: encoded.pin }, deferred))
 }

@@ -207,7 +207,7 @@ fn frame_of(remote: &Remote, config: &super::builder::Config, job: &Job<ProcessW
 
 /// A job's work as it can cross machines: bytes only.
 fn inline(job: &mut Job<ProcessWork>, max: u64) -> Result<(), Error> {
-    if job.work.fds.is_empty() {
+    if job.work.descriptors().is_empty() {
         return Ok(());
     }
     if job.batch.is_some() {
@@ -216,7 +216,12 @@ fn inline(job: &mut Job<ProcessWork>, max: u64) -> Result<(), Error> {
         ));
     }
     let bytes = std::mem::take(&mut job.work.bytes);
-    let fds = std::mem::take(&mut job.work.fds);
+    let mut fds = std::mem::take(&mut job.work.fds);
+    // A big argument's arena: read here, so this process's own reader
+    // releases it; the pin goes with the bytes it kept.
+    if let Some(pin) = job.work.pin.take() {
+        fds.push(pin.fd().try_clone_to_owned().map_err(|e| Error::os("reading a big argument's arena", e))?);
+    }
     job.work.bytes = crate::codec::inline_message(bytes, fds, max)?;
     Ok(())
 }

@@ -111,8 +111,7 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         let sock = unit.socket.as_ref().expect("just set");
         // A worker that died before reading its task is reported by join,
         // with its signal or exit code, so a failed send needs no error here.
-        let _ =
-            wire::send(sock.as_fd(), Kind::Task, &[&header, &encoded.bytes], &codec::borrowed(&encoded.fds));
+        let _ = wire::send(sock.as_fd(), Kind::Task, &[&header, &encoded.bytes], &encoded.descriptors());
         wire::shutdown_write(sock);
         Ok(unit)
     }
