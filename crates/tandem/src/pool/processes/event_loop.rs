@@ -25,7 +25,7 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 use super::batch::{self, Run};
 use super::cgroup::Leaf;
 use super::lanes::{self, Closed, InFlight};
-use super::{Job, Live, Shared, UNDELIVERED_TRIES, memory, starter};
+use super::{Again, Job, Live, Shared, UNDELIVERED_TRIES, memory, starter};
 use crate::Error;
 use crate::answer::{self, Answer, Asked};
 use crate::backoff::Backoff;
@@ -540,24 +540,49 @@ impl Loop<'_> {
     /// A job whose send failed: its worker died before it had the whole
     /// task, so the task never ran and (up to a few times) it does not
     /// count as a try.
-    pub(super) fn undelivered(&mut self, slot: usize, mut job: Job) {
+    pub(super) fn undelivered(&mut self, slot: usize, job: Job) {
+        let pid = match self.shared.slot(slot).unit {
+            Some(crate::UnitId::Process(pid)) => pid,
+            _ => 0,
+        };
         self.replace(slot, false);
-        if job.undelivered < UNDELIVERED_TRIES {
-            job.undelivered += 1;
-            job.control.set(Place::Queued);
-            self.shared.requeue(job);
-        } else {
-            let pid = match self.shared.slot(slot).unit {
-                Some(crate::UnitId::Process(pid)) => pid,
-                _ => 0,
-            };
-            let err = answer::died_with(
-                pid,
-                crate::child::ExitStatus { signal: None, code: None },
-                self.asked(&job),
-            );
+        let err =
+            answer::died_with(pid, crate::child::ExitStatus { signal: None, code: None }, self.asked(&job));
+        if job.batch.is_some() && job.undelivered >= UNDELIVERED_TRIES {
+            // The map counts its items' tries itself (`pool::map`).
             job.control.set(Place::Finished);
             job.completion.resolve_err(err);
+            return;
+        }
+        self.again(true, job, err);
+    }
+
+    /// Queue `job` again or fail it with `err`, its worker gone
+    /// (`never_reached`: before the worker took it); see [`again`](super::again).
+    fn again(&mut self, never_reached: bool, mut job: Job, err: Error) {
+        let terminating = self.shared.lock().terminating;
+        match super::again(
+            never_reached,
+            job.undelivered,
+            job.attempts,
+            self.shared.config.retries,
+            terminating,
+        ) {
+            Again::Free => {
+                job.undelivered += 1;
+                job.control.set(Place::Queued);
+                self.shared.requeue(job);
+            }
+            Again::Retry => {
+                job.attempts += 1;
+                crate::pool::shared::Counters::add(&self.shared.counters.retried, 1);
+                job.control.set(Place::Queued);
+                self.shared.requeue(job);
+            }
+            Again::Fail => {
+                job.control.set(Place::Finished);
+                job.completion.resolve_err(err);
+            }
         }
     }
 
@@ -821,29 +846,12 @@ impl Loop<'_> {
             // It died before it took the task left in its slot: the task
             // never reached it (as a failed send): a fresh worker runs it,
             // not counted as a try.
-            Dying::Task(mut job)
-                if job.undelivered < UNDELIVERED_TRIES
-                    && live.peer.mailbox.as_ref().is_some_and(|m| m.untaken(job.id)) =>
-            {
-                let _ = live.child.wait_or_kill(crate::child::EXIT_GRACE);
-                job.undelivered += 1;
-                job.control.set(Place::Queued);
-                self.shared.requeue(job);
-            }
-            Dying::Task(mut job) => {
+            Dying::Task(job) => {
+                let never_reached = live.peer.mailbox.as_ref().is_some_and(|m| m.untaken(job.id));
                 let err = answer::died(&mut live.child, self.asked(&job))
                     .with_output_tail(live.stderr.as_ref())
                     .over_memory(memory::kill_of(&live), self.shared.config.resident_limit);
-                let retry = job.attempts < self.shared.config.retries && !self.shared.lock().terminating;
-                if retry {
-                    job.attempts += 1;
-                    crate::pool::shared::Counters::add(&self.shared.counters.retried, 1);
-                    job.control.set(Place::Queued);
-                    self.shared.requeue(job);
-                } else {
-                    job.control.set(Place::Finished);
-                    job.completion.resolve_err(err);
-                }
+                self.again(never_reached, job, err);
             }
             Dying::Batch(run, cause) => batch::settle(self, &mut live, &mut reader, *run, cause),
         }

@@ -211,5 +211,60 @@ pub(super) struct Live {
 }
 
 /// Times a task is handed to a fresh worker after the one it was sent to
-/// died before taking it, before it fails as if that worker died under it.
+/// died before taking it, before that counts as a death under it.
 const UNDELIVERED_TRIES: u32 = 3;
+
+/// What becomes of a task whose worker is gone.
+#[derive(Debug, PartialEq, Eq)]
+enum Again {
+    /// It never reached the worker: queued again, not counted as a try.
+    Free,
+    /// Queued again as one more try.
+    Retry,
+    /// It fails with the worker's death.
+    Fail,
+}
+
+/// The fate of a task that has been `undelivered` times to workers that
+/// died before taking it and run `attempts` times past its first, whose
+/// worker has now died (`never_reached`: before it took the task), in a
+/// pool that retries `retries` times (none once `terminating`). A task
+/// that keeps meeting dying workers before they take it uses its free
+/// sends first and then its retries, as any death does: it never fails
+/// while the pool still has tries to give it.
+fn again(never_reached: bool, undelivered: u32, attempts: u32, retries: u32, terminating: bool) -> Again {
+    if never_reached && undelivered < UNDELIVERED_TRIES {
+        Again::Free
+    } else if attempts < retries && !terminating {
+        Again::Retry
+    } else {
+        Again::Fail
+    }
+}
+
+#[cfg(test)]
+mod again_tests {
+    use super::{Again, UNDELIVERED_TRIES, again};
+
+    #[test]
+    fn a_task_that_never_reached_its_worker_is_sent_again_free_then_on_its_retries() {
+        for undelivered in 0..UNDELIVERED_TRIES {
+            assert_eq!(again(true, undelivered, 0, 0, false), Again::Free);
+            assert_eq!(again(true, undelivered, 0, 0, true), Again::Free, "terminating or not");
+        }
+        // Past the free sends, each further one is a try of its own.
+        assert_eq!(again(true, UNDELIVERED_TRIES, 0, u32::MAX, false), Again::Retry);
+        assert_eq!(again(true, UNDELIVERED_TRIES, 6, 7, false), Again::Retry);
+        assert_eq!(again(true, UNDELIVERED_TRIES, 7, 7, false), Again::Fail);
+        assert_eq!(again(true, UNDELIVERED_TRIES, 0, 0, false), Again::Fail);
+        assert_eq!(again(true, UNDELIVERED_TRIES, 0, u32::MAX, true), Again::Fail);
+    }
+
+    #[test]
+    fn a_task_whose_worker_died_under_it_runs_again_only_on_its_retries() {
+        assert_eq!(again(false, 0, 0, 1, false), Again::Retry);
+        assert_eq!(again(false, 0, 1, 1, false), Again::Fail);
+        assert_eq!(again(false, 0, 0, 0, false), Again::Fail);
+        assert_eq!(again(false, 0, 0, 5, true), Again::Fail, "a terminating pool retries nothing");
+    }
+}
