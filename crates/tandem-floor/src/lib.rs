@@ -32,8 +32,42 @@ use rustix::process::{WaitId, WaitIdOptions};
 
 use crate::sys::fork::{Child, fork_child, serve_sink};
 use crate::sys::region::{
-    REPLY, REQUEST, STOP, SharedRegion, publish, serve_shm_echo, serve_shm_sink, wait_change,
+    FreshBytes, REPLY, REQUEST, STOP, SharedRegion, publish, serve_shm_echo, serve_shm_sink, wait_change,
 };
+
+/// New shared memory with no library on top: a memfd of `len` bytes
+/// mapped `MAP_SHARED`, every page allocated at once (`MADV_HUGEPAGE`
+/// where the kernel gives shared memory huge pages, then
+/// `MADV_POPULATE_WRITE`), unmapped and freed on drop. The floor of
+/// creating a `SharedSliceMut` (an error for `len` 0).
+///
+/// ```
+/// let mut fresh = tandem_floor::FreshSharedBytes::new(1 << 20).unwrap();
+/// fresh.bytes_mut().fill(1);
+/// assert_eq!(fresh.bytes_mut().iter().map(|&b| u64::from(b)).sum::<u64>(), 1 << 20);
+/// ```
+pub struct FreshSharedBytes(FreshBytes);
+
+impl FreshSharedBytes {
+    /// memfd_create(2), ftruncate(2), mmap(2), madvise(2), as above.
+    ///
+    /// ```
+    /// assert!(tandem_floor::FreshSharedBytes::new(0).is_err());
+    /// ```
+    pub fn new(len: usize) -> io::Result<FreshSharedBytes> {
+        FreshBytes::new(len).map(FreshSharedBytes)
+    }
+
+    /// The bytes, zero-filled at first.
+    ///
+    /// ```
+    /// let mut fresh = tandem_floor::FreshSharedBytes::new(4096).unwrap();
+    /// assert!(fresh.bytes_mut().iter().all(|&b| b == 0));
+    /// ```
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0.bytes_mut()
+    }
+}
 
 fn reap(pid: rustix::process::Pid) -> io::Result<()> {
     loop {

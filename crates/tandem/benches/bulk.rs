@@ -17,7 +17,9 @@
 //! - `process_bytebuf_result` / `thread_bytebuf_result`: a task that makes
 //!   and returns a `ByteBuf` (`vec![7; n]`); the thread figure is making it.
 //! - `shared_64MiB`: a `SharedSliceMut<u8>` created here, filled by a
-//!   worker (`fill`), handed back and summed here; beside one touched copy.
+//!   worker (`fill`), handed back and summed here; beside one touched copy,
+//!   and the kernel's part with no worker (`floor_fresh_shared_*`: a bare
+//!   memfd made, populated, filled and summed in this process).
 //! - `threshold/{inline,memfd}/<bytes>`: a `ByteBuf` argument through the
 //!   socket or through a memfd, to place the threshold; `threshold/result/
 //!   <bytes>`: a `ByteBuf` result, inline or not as the build's threshold
@@ -32,7 +34,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use serde_bytes::ByteBuf;
 use tandem::shm::SharedSliceMut;
 use tandem::{Mode, Pool};
-use tandem_floor::{Peer, Sink, Transport};
+use tandem_floor::{FreshSharedBytes, Peer, Sink, Transport};
 
 const MIB: usize = 1 << 20;
 
@@ -151,6 +153,18 @@ fn shared(c: &mut Criterion) {
         })
     });
     g.bench_function("create_only", |b| b.iter(|| black_box(SharedSliceMut::<u8>::new(n).unwrap())));
+    // The kernel's part: the same memory made, used and freed in this
+    // process with no library and no worker.
+    g.bench_function("floor_fresh_shared_create", |b| {
+        b.iter(|| black_box(FreshSharedBytes::new(n).unwrap()))
+    });
+    g.bench_function("floor_fresh_shared_create_fill_sum", |b| {
+        b.iter(|| {
+            let mut fresh = FreshSharedBytes::new(n).unwrap();
+            fresh.bytes_mut().fill(1);
+            assert_eq!(sum_bytes(black_box(fresh.bytes_mut())), n as u64);
+        })
+    });
     g.finish();
 }
 

@@ -158,3 +158,67 @@ pub fn serve_shm_sink(region: &SharedRegion, spin: u32) {
         region.control()[CHECKSUM].store(sum as u32, Ordering::Relaxed);
     });
 }
+
+/// A fresh memfd of `len` bytes mapped `MAP_SHARED` with every page
+/// allocated at once: the kernel's floor for creating shared memory that
+/// will be used in full, with no library on top. munmap(2) on drop.
+pub struct FreshBytes {
+    base: NonNull<u8>,
+    len: usize,
+    _memfd: OwnedFd,
+}
+
+// SAFETY: the mapping is owned by this value alone (its memfd is never
+// handed out), so it moves between threads like a `Vec<u8>`.
+unsafe impl Send for FreshBytes {}
+
+impl FreshBytes {
+    /// memfd_create(2), ftruncate(2), mmap(2) `MAP_SHARED`, then madvise(2)
+    /// `MADV_HUGEPAGE` (2 MiB or more; a hint the kernel may ignore) and
+    /// `MADV_POPULATE_WRITE`. `len` must not be 0.
+    pub fn new(len: usize) -> io::Result<FreshBytes> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty mapping"));
+        }
+        let memfd = rustix::fs::memfd_create("tandem-floor-fresh", MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&memfd, len as u64)?;
+        // SAFETY: as in `SharedRegion::new`: a fresh mapping chosen by the
+        // kernel, over a memfd of exactly `len` bytes, kept until `drop`.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &memfd,
+                0,
+            )?
+        };
+        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap returned a non-null address");
+        let fresh = FreshBytes { base, len, _memfd: memfd };
+        // SAFETY: madvise(2) on the mapping just made; neither advice
+        // changes its contents, only how and when it is backed.
+        unsafe {
+            if len >= 2 << 20 {
+                let _ = rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxHugepage);
+            }
+            rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxPopulateWrite)?;
+        }
+        Ok(fresh)
+    }
+
+    /// The mapped bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes mapped read-write for as long as `self`,
+        // initialized (zero-filled by the kernel), reachable only through
+        // this exclusive borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for FreshBytes {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`; no borrow outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
