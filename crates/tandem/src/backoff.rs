@@ -21,7 +21,12 @@
 //!   peer on the same CPU wait (and, in a VM, pause-loop exits descheduled
 //!   the spinner): the process round trip went from 5.6-6.8 us to 14-22 us
 //!   and the channel's from 5.4 to 19 us; the 20-yield budget of `MEMORY`
-//!   made answers that take 10-50 us sleep.
+//!   made answers that take 10-50 us sleep. A joiner on a pool's lane and
+//!   a worker waiting for its next task stretch it to their last wait
+//!   plus a quarter when that wait took at most 400 us
+//!   ([`Backoff::answer_after`]): a 1 MiB result, whose copies keep each
+//!   side waiting ~100 us, then costs no sleep on either side (process
+//!   result round trip 318-336 -> 229-251 us, BENCHMARKS.md).
 //!
 //! Measured with `cargo bench -p tandem --bench pool -- round_trip/tandem`
 //! and `--bench sharing -- "round_trip|queue"` (BENCHMARKS.md).
@@ -33,6 +38,10 @@ use crate::sys::robust::Spin;
 /// How long a waiter for a peer's answer looks before it sleeps (a polled
 /// future: before it hands the wait to the pool's loop).
 pub(crate) const ANSWER_BUDGET: Duration = Duration::from_micros(50);
+
+/// The longest wait worth polling through: past it a sleep and wake-up
+/// (~66 us) is under a sixth of the wait.
+const POLL_THROUGH_UP_TO: Duration = Duration::from_micros(400);
 
 /// A poll budget: busy polls (`spin_loop` hints), then polls each after a
 /// `sched_yield(2)` until a count or a time is spent; then the caller
@@ -60,6 +69,20 @@ impl Backoff {
     pub const MEMORY: Backoff = Backoff { spins: 32, yields: Yields::Count(20) };
     /// For a peer's answer (see the module docs).
     pub const ANSWER: Backoff = Backoff { spins: 0, yields: Yields::For(ANSWER_BUDGET) };
+
+    /// [`ANSWER`](Self::ANSWER) for a waiter whose last wait for the same
+    /// peer took `last`: a wait of up to 400 us (a task that moves a
+    /// megabyte, say) is polled through, with a quarter to spare, instead
+    /// of paying a sleep and a wake-up that would cost as much again as
+    /// half of it; a longer or unknown one gets the usual 50 us. Polling
+    /// yields the CPU each time, so a peer on this CPU runs meanwhile.
+    pub fn answer_after(last: Option<Duration>) -> Backoff {
+        let budget = match last {
+            Some(last) if last <= POLL_THROUGH_UP_TO => (last + last / 4).max(ANSWER_BUDGET),
+            _ => ANSWER_BUDGET,
+        };
+        Backoff { spins: 0, yields: Yields::For(budget) }
+    }
 
     /// Poll `ready` until it says `true` (then `true`) or the budget is
     /// spent (`false`: the caller should now sleep in the kernel).
@@ -122,6 +145,20 @@ impl Spin for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_that_was_short_enough_is_polled_through_next_time() {
+        let budget = |last: Option<u64>| match Backoff::answer_after(last.map(Duration::from_micros)).yields {
+            Yields::For(d) => d.as_micros() as u64,
+            Yields::Count(_) => unreachable!("an answer's budget is a time"),
+        };
+        assert_eq!(budget(None), 50);
+        assert_eq!(budget(Some(3)), 50, "never under the usual budget");
+        assert_eq!(budget(Some(100)), 125);
+        assert_eq!(budget(Some(400)), 500);
+        assert_eq!(budget(Some(401)), 50, "a long wait sleeps");
+        assert_eq!(budget(Some(1_000_000)), 50);
+    }
 
     #[test]
     fn stops_as_soon_as_ready_and_gives_up_after_its_budget() {

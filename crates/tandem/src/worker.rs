@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::batch;
 use crate::launch::WorkerConfig;
@@ -149,8 +150,27 @@ fn next_frame(
     max: u64,
     slot: Option<&crate::mailbox::Mailbox>,
     seen: &mut u64,
+    last_wait: &mut Option<Duration>,
 ) -> Result<Frame, RecvError> {
     let Some(slot) = slot else { return reader.recv_spin_then_block(sock, max, wire::Expect::Reply) };
+    // Poll as long as the last wait took, if that was short (see
+    // `Backoff::answer_after`): a parent copying out a big answer before
+    // it sends the next task would otherwise find this worker asleep.
+    let began = Instant::now();
+    let budget = crate::backoff::Backoff::answer_after(*last_wait);
+    let next = next_frame_within(reader, sock, max, slot, seen, budget);
+    *last_wait = Some(began.elapsed());
+    next
+}
+
+fn next_frame_within(
+    reader: &mut wire::FrameReader,
+    sock: BorrowedFd<'_>,
+    max: u64,
+    slot: &crate::mailbox::Mailbox,
+    seen: &mut u64,
+    budget: crate::backoff::Backoff,
+) -> Result<Frame, RecvError> {
     let from_slot = |seen: &mut u64| {
         #[cfg(feature = "chaos")]
         if EXIT_BEFORE_TAKING.load(Ordering::SeqCst) && slot.has_task_since(*seen) {
@@ -162,7 +182,7 @@ fn next_frame(
         }
     };
     loop {
-        let mut spinner = crate::backoff::Backoff::ANSWER.begin();
+        let mut spinner = budget.begin();
         while spinner.pause() {
             if let Some(task) = from_slot(seen)? {
                 return Ok(task);
@@ -211,6 +231,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
     let mut unmapped_slot: Option<OwnedFd> = None;
     // The number of the last task taken from the slot.
     let mut seen_task = 0;
+    // How long the last wait for a frame took (the next one's poll budget).
+    let mut last_wait = None;
     let mut pending = first;
     // This loop is the socket's only reader from here on: it may read ahead.
     let mut reader = wire::FrameReader::buffered();
@@ -220,7 +242,14 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
             // The next task is most often the parent's reply to the answer
             // this worker just sent: let a parent on this CPU run first.
             None => {
-                match next_frame(&mut reader, sock, config.max_message(), mailbox.as_ref(), &mut seen_task) {
+                match next_frame(
+                    &mut reader,
+                    sock,
+                    config.max_message(),
+                    mailbox.as_ref(),
+                    &mut seen_task,
+                    &mut last_wait,
+                ) {
                     Ok(frame) => frame,
                     Err(RecvError::Closed) => return 0,
                     Err(e) => {

@@ -93,6 +93,9 @@ struct LaneState {
     /// The joiners' reader, kept between tasks (its read-ahead buffer is
     /// made once); a joiner takes it while it reads.
     reader: Option<wire::FrameReader>,
+    /// How long the last task a joiner read the answer of took, from its
+    /// send: the next joiner's poll budget (`Backoff::answer_after`).
+    answered_in: Option<std::time::Duration>,
 }
 
 fn lock(shared: &Shared, slot: usize) -> MutexGuard<'_, LaneState> {
@@ -226,7 +229,7 @@ pub(crate) enum Patience {
 /// a plain answer (a death, garbage) is handed to the loop as the task's
 /// verdict. On return the task may or may not be resolved.
 pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patience) {
-    let (peer, mut reader) = {
+    let (peer, mut reader, answered_in) = {
         let mut lane = lock(shared, slot);
         let mine = lane.in_flight.as_ref().is_some_and(|f| f.job.id == id && f.verdict.is_none());
         if !mine || !lane.parked || lane.reading {
@@ -235,9 +238,10 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         }
         let Some(peer) = lane.peer.clone() else { return };
         lane.reading = true;
-        (peer, lane.reader.take().unwrap_or_else(wire::FrameReader::buffered))
+        (peer, lane.reader.take().unwrap_or_else(wire::FrameReader::buffered), lane.answered_in)
     };
-    let read = read_answer(&peer, id, patience, shared.config.max_message_or_default(), &mut reader);
+    let budget = crate::backoff::Backoff::answer_after(answered_in);
+    let read = read_answer(&peer, id, patience, budget, shared.config.max_message_or_default(), &mut reader);
     let mut lane = lock(shared, slot);
     lane.reading = false;
     if reader.is_empty() {
@@ -250,6 +254,7 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(id) => {
             let flight = lane.in_flight.take().expect("a joiner reads only while its task is in flight");
             lane.open = lane.parked;
+            lane.answered_in = Some(flight.sent_at.elapsed());
             Some((flight.job, frame))
         }
         Some(other) => {
@@ -289,6 +294,7 @@ fn read_answer(
     peer: &Peer,
     id: u64,
     patience: Patience,
+    budget: crate::backoff::Backoff,
     max: u64,
     reader: &mut wire::FrameReader,
 ) -> Option<Answer> {
@@ -298,7 +304,7 @@ fn read_answer(
         // A poll that finds the slot empty also reads the socket without
         // waiting, so a death (end of file) is seen at once, not at the end
         // of the budget; a quick answer is in the slot at the first look.
-        let mut spinner = crate::backoff::Backoff::ANSWER.begin();
+        let mut spinner = budget.begin();
         let found = loop {
             if !spinner.pause() {
                 break None;
