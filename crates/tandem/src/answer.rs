@@ -7,6 +7,12 @@ use crate::child::{self, ChildProcess};
 use crate::wire::{Frame, Kind, RecvError};
 use crate::{Error, task};
 
+/// The next lent result is read only once its worker has exited (tests:
+/// a worker gone before its parent read what it lent, without a race).
+#[cfg(feature = "fuzzing")]
+pub(crate) static READ_NEXT_LENT_AFTER_EXIT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// What a read from a worker's socket brought.
 #[derive(Debug)]
 pub(crate) enum Answer {
@@ -30,8 +36,40 @@ impl Answer {
         use crate::mailbox::Held;
         match held {
             Held::Empty | Held::OnSocket => None,
-            Held::Answer(payload) => Some(Answer::Done(Frame { kind: Kind::Done, payload, fds: Vec::new() })),
+            Held::Answer(payload) => {
+                Some(Answer::Done(Frame { kind: Kind::Done, payload, fds: Vec::new(), lent: None }))
+            }
             Held::Bad(why) => Some(Answer::Garbage(why)),
+        }
+    }
+
+    /// This answer with a lent result ([`codec::lend`](crate::codec::lend))
+    /// read out of worker `pid`'s memory into its frame, at most `max`
+    /// bytes, then released; any other answer as it is. A worker gone
+    /// before its result was read is a death (judged as one: retries
+    /// apply); a reference that does not hold is garbage.
+    pub(crate) fn fetch_lent(self, pid: u32, pidfd: std::os::fd::BorrowedFd<'_>, max: u64) -> Answer {
+        let Answer::Done(mut frame) = self else { return self };
+        let reference = match task::done_lent(&frame, max) {
+            None => return Answer::Done(frame),
+            Some(Ok(reference)) => reference,
+            Some(Err(e)) => return Answer::Garbage(e.to_string()),
+        };
+        #[cfg(feature = "fuzzing")]
+        if READ_NEXT_LENT_AFTER_EXIT.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            crate::child::poll_ready(pidfd, Some(rustix::event::Timespec { tv_sec: 10, tv_nsec: 0 }));
+        }
+        let mut bytes = Vec::new();
+        match crate::sys::remote::read_from(pid, pidfd, reference.addr, reference.len, &mut bytes) {
+            Ok(()) => {
+                crate::sys::remote::write_to(pid, pidfd, reference.flag, &crate::codec::lend::RELEASED);
+                frame.lent = Some(bytes);
+                Answer::Done(frame)
+            }
+            Err(crate::sys::remote::ReadError::Gone) => Answer::Died,
+            Err(crate::sys::remote::ReadError::Failed(e)) => {
+                Answer::Garbage(format!("its result could not be read out of its memory where it said ({e})"))
+            }
         }
     }
 

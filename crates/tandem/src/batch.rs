@@ -665,6 +665,7 @@ mod tests {
             kind: Kind::Partial,
             payload: partial_prefix(id, first, 1).to_vec(),
             fds: Vec::new(),
+            lent: None,
         };
         assert!(c.partial(frame(8, 0)).is_err());
         assert!(c.partial(frame(9, 2)).is_err());

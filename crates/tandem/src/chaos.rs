@@ -110,6 +110,28 @@ pub fn answer_with_arena(
     Ok(())
 }
 
+/// Inside a pool's process worker, make the running task's answer a lent
+/// result (`Vec<u8>` or `ByteBuf`): `len` bytes at `addr` in this worker's
+/// memory, for the parent to read out of it, as a hostile worker could name
+/// any address and any length; with `exit_after`, the worker exits as soon
+/// as the answer is sent, before the parent can read anything. Outside a
+/// worker it fails with `Unsupported`.
+///
+/// ```no_run
+/// tandem::init();
+/// let pool = tandem::Pool::builder().mode(tandem::Mode::Process).workers(1).build().unwrap();
+/// let h = pool.submit((), |()| -> Vec<u8> {
+///     tandem::chaos::answer_lent(1 << 20, 8, false).unwrap();
+///     Vec::new()
+/// });
+/// assert!(matches!(h.join(), Err(tandem::Error::Codec(_))));
+/// ```
+pub fn answer_lent(len: u64, addr: u64, exit_after: bool) -> std::io::Result<()> {
+    not_a_worker(crate::worker::parent_socket())?;
+    crate::worker::forge_lent_answer(crate::codec::lent_message(len, addr, 0), exit_after);
+    Ok(())
+}
+
 /// Inside a process worker, write `bytes` to the parent right after the
 /// running task's answer, as a broken worker could (more than the one frame
 /// it owes). Outside a worker it fails with `Unsupported`.

@@ -21,6 +21,7 @@ use crate::sys::shm::{BulkWriter, SealedBytes};
 
 pub(crate) mod arena;
 pub(crate) mod fixed;
+pub(crate) mod lend;
 
 /// Bytes and descriptors of one encoded value.
 pub(crate) struct Encoded {
@@ -110,6 +111,13 @@ const TAG_ARENA: u8 = 2;
 /// (`arena::Stream`): only from a writer trusted to finish, a worker's
 /// parent.
 const TAG_STREAM: u8 = 3;
+/// A worker's result left in its own memory for the parent to read out
+/// ([`lend`]): its length, address and release flag's address (8 bytes
+/// each, little endian) follow the tag. Only a reader that knows the
+/// worker reads it ([`lent_reference`]); [`decode_message`] refuses it.
+const TAG_LENT: u8 = 4;
+/// Bytes of a lent result's message.
+pub(crate) const LENT_MESSAGE: usize = 25;
 
 /// Where a big message's bytes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +168,89 @@ pub(crate) fn encode_message<T: Serialize + 'static>(
     }
     fds.extend(bulk);
     Ok(Encoded { bytes, fds, pin })
+}
+
+/// A task's result, encoded as [`encode_message`] does into the worker's
+/// arena, except that a big `Vec<u8>` or `ByteBuf` result is lent to the
+/// parent where it asked ([`lend`]): kept here, only its place sent.
+pub(crate) fn encode_result<T: Serialize + 'static>(value: T, max: u64) -> Result<Encoded, Error> {
+    let threshold = THRESHOLD.load(Ordering::Relaxed);
+    let big = raw_bytes(&value).is_some_and(|raw| raw.len() > threshold && raw.len() as u64 <= max);
+    if !big || !lend::enabled() {
+        return encode_message(&value, max, Bulk::Arena);
+    }
+    let boxed: Box<dyn Any> = Box::new(value);
+    let buf = match boxed.downcast::<Vec<u8>>() {
+        Ok(vec) => *vec,
+        Err(other) => {
+            other.downcast::<serde_bytes::ByteBuf>().expect("raw bytes are one of the two").into_vec()
+        }
+    };
+    let len = buf.len() as u64;
+    match lend::lend(buf) {
+        Ok((addr, flag)) => Ok(Encoded { bytes: lent_message(len, addr, flag), fds: Vec::new(), pin: None }),
+        // Too much waits for the parent already: the arena, as before.
+        Err(buf) => encode_message(&buf, max, Bulk::Arena),
+    }
+}
+
+/// A lent result's message: `len` bytes at `addr`, release flag at `flag`.
+pub(crate) fn lent_message(len: u64, addr: u64, flag: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(LENT_MESSAGE);
+    bytes.push(TAG_LENT);
+    for word in [len, addr, flag] {
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    bytes
+}
+
+/// Where a lent result is in its worker: length, address, release flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LentReference {
+    pub len: usize,
+    pub addr: u64,
+    pub flag: u64,
+}
+
+/// The reference in `message` if it is a lent result (`None` if it is
+/// another kind); a length over `max` or a short reference is an error.
+pub(crate) fn lent_reference(message: &[u8], max: u64) -> Option<Result<LentReference, Error>> {
+    let (&TAG_LENT, rest) = message.split_first()? else { return None };
+    let words: Result<[u8; 24], _> = rest.try_into();
+    let Ok(words) = words else {
+        return Some(Err(Error::Codec(format!("a lent result's reference is {} bytes, not 24", rest.len()))));
+    };
+    let [len, addr, flag] =
+        [0, 8, 16].map(|at| u64::from_le_bytes(words[at..at + 8].try_into().expect("8 bytes")));
+    if len > max {
+        return Some(Err(Error::Codec(format!(
+            "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
+        ))));
+    }
+    let Ok(len) = usize::try_from(len) else {
+        return Some(Err(Error::Codec(format!("a message of {len} bytes does not fit this address space"))));
+    };
+    Some(Ok(LentReference { len, addr, flag }))
+}
+
+/// The value of a lent result whose bytes the reader has read out.
+pub(crate) fn decode_lent<T: DeserializeOwned + 'static>(bytes: Vec<u8>) -> Result<T, Error> {
+    if !is_raw::<T>() {
+        return Err(Error::Codec("a lent result for a value that is not bytes".into()));
+    }
+    Ok(from_raw(bytes))
+}
+
+/// A lent result's bytes as an inline message (a cluster's broker).
+#[cfg(feature = "cluster")]
+pub(crate) fn inline_lent(bytes: &[u8]) -> Vec<u8> {
+    let mut prefix = [0u8; 10];
+    let n = varint(bytes.len() as u64, &mut prefix);
+    let mut out = Vec::with_capacity(1 + n + bytes.len());
+    out.push(TAG_INLINE);
+    out.extend_from_slice(&prefix[..n]);
+    out.extend_from_slice(bytes);
+    out
 }
 
 /// A task's argument, encoded as [`encode_message`] does; a big `Vec<u8>`
@@ -438,6 +529,9 @@ fn decode_from<T: DeserializeOwned + 'static>(
         }
         Some((&TAG_STREAM, _)) => {
             Err(Error::Codec("a streamed message from a peer that is not this worker's parent".into()))
+        }
+        Some((&TAG_LENT, _)) => {
+            Err(Error::Codec("a lent result reached a reader that did not read it out".into()))
         }
         Some((tag, _)) => Err(Error::Codec(format!("a message with the unknown tag {tag}"))),
         None => Err(Error::Codec("an empty message".into())),

@@ -28,6 +28,26 @@ pub fn set_bulk_threshold(bytes: usize) {
     crate::codec::set_bulk_threshold(bytes);
 }
 
+/// Let workers started from now on lend their big byte results (their
+/// parent reads them out of the worker's memory, `process_vm_readv(2)`)
+/// where this machine allows it (the default), or not (arenas, to
+/// compare).
+pub fn allow_lending(on: bool) {
+    crate::launch::allow_lending(on);
+}
+
+/// Read the next lent result only once its worker has exited (at most 10 s
+/// later), so a test can have a worker that lends and exits be gone for
+/// sure before its parent reads.
+pub fn read_next_lent_result_after_exit() {
+    crate::answer::READ_NEXT_LENT_AFTER_EXIT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Results this worker keeps for its parent to read (called in a task).
+pub fn lent_results_waiting() -> usize {
+    crate::codec::lend::waiting()
+}
+
 /// Drop the arenas this process keeps for its big messages and the peers'
 /// arenas it keeps mapped (their descriptors and mappings go once no
 /// message in flight holds them), so a test can count what else is left.
@@ -67,7 +87,7 @@ pub fn wire_frames(bytes: &[u8], max_payload: u64) -> usize {
 /// (a single result, a map batch's end, the initializer's unit), and as a
 /// map batch's Partial results, each record decoded.
 pub fn done_payload(payload: &[u8]) {
-    let frame = |kind| Frame { kind, payload: payload.to_vec(), fds: Vec::new() };
+    let frame = |kind| Frame { kind, payload: payload.to_vec(), fds: Vec::new(), lent: None };
     let _ = done(frame(Kind::Done));
     let _ = crate::task::decode_done::<()>(frame(Kind::Done));
     let _ = crate::batch::parse_done_body(payload);

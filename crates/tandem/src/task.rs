@@ -56,9 +56,10 @@ pub(crate) fn trampoline<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     };
     drop(inv.payload);
     match catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        // A worker's result goes in its arena whatever the pool: the
-        // parent copies it out, so nothing it keeps shows it anything else.
-        Ok(result) => match codec::encode_message(&result, inv.max, codec::Bulk::Arena) {
+        // A worker's result goes in its arena whatever the pool (the
+        // parent copies it out, so nothing it keeps shows it anything
+        // else), or stays here for the parent to read (`codec::lend`).
+        Ok(result) => match codec::encode_result(result, inv.max) {
             Ok(encoded) => Outcome::Value(encoded),
             Err(e) => Outcome::Codec(format!("the result: {}", e.codec_detail())),
         },
@@ -203,6 +204,7 @@ pub(crate) fn decode_done_within<R: DeserializeOwned + 'static>(frame: Frame, ma
     };
     let body = &frame.payload[at..];
     match status {
+        STATUS_VALUE if frame.lent.is_some() => codec::decode_lent(frame.lent.expect("just seen")),
         STATUS_VALUE => codec::decode_message(body, frame.fds, max),
         STATUS_PANICKED => Err(Error::Panicked { message: String::from_utf8_lossy(body).into_owned() }),
         STATUS_CODEC => Err(Error::Codec(String::from_utf8_lossy(body).into_owned())),
@@ -210,10 +212,28 @@ pub(crate) fn decode_done_within<R: DeserializeOwned + 'static>(frame: Frame, ma
     }
 }
 
+/// Where a Done frame's lent result is (`codec::lend`), if it has one.
+pub(crate) fn done_lent(frame: &Frame, max: u64) -> Option<Result<codec::LentReference, Error>> {
+    let (status, _, _, at) = done_layout(&frame.payload)?;
+    if status != STATUS_VALUE || frame.lent.is_some() {
+        return None;
+    }
+    codec::lent_reference(&frame.payload[at..], max)
+}
+
 /// A Done frame's payload with its result inline (`codec::inline_message`),
 /// for a machine that cannot receive its descriptors.
 #[cfg(feature = "cluster")]
 pub(crate) fn done_inline(frame: Frame, max: u64) -> Result<Vec<u8>, Error> {
+    if let Some(lent) = &frame.lent {
+        let Some((STATUS_VALUE, _, _, at)) = done_layout(&frame.payload) else {
+            return Err(Error::Codec("a lent result that is not a value".into()));
+        };
+        let mut payload = frame.payload;
+        payload.truncate(at);
+        payload.extend_from_slice(&codec::inline_lent(lent));
+        return Ok(payload);
+    }
     if frame.fds.is_empty() {
         return Ok(frame.payload);
     }
@@ -475,7 +495,7 @@ mod tests {
     use crate::wire::Kind;
 
     fn frame(payload: Vec<u8>) -> Frame {
-        Frame { kind: Kind::Done, payload, fds: Vec::new() }
+        Frame { kind: Kind::Done, payload, fds: Vec::new(), lent: None }
     }
 
     #[test]

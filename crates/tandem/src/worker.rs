@@ -99,6 +99,17 @@ pub(crate) fn forge_answer(body: Vec<u8>, fd: std::os::fd::OwnedFd, then: fn(std
     *FORGED.lock().unwrap_or_else(|e| e.into_inner()) = Some((body, fd, then));
 }
 
+/// A forged lent answer and whether to exit once it is sent
+/// ([`crate::chaos::answer_lent`]).
+#[cfg(feature = "chaos")]
+static FORGED_LENT: std::sync::Mutex<Option<(Vec<u8>, bool)>> = std::sync::Mutex::new(None);
+
+/// Make the running task's answer the lent result `body`.
+#[cfg(feature = "chaos")]
+pub(crate) fn forge_lent_answer(body: Vec<u8>, exit_after: bool) {
+    *FORGED_LENT.lock().unwrap_or_else(|e| e.into_inner()) = Some((body, exit_after));
+}
+
 /// Bytes to write to the parent right after the running task's answer
 /// ([`crate::chaos::write_after_answer`]).
 #[cfg(feature = "chaos")]
@@ -136,6 +147,10 @@ pub(crate) fn exit_before_taking_next_task() {
 /// place of its own, and what to run once it is sent.
 #[cfg(feature = "chaos")]
 fn take_forged() -> Option<(Outcome, fn(std::os::fd::BorrowedFd<'_>))> {
+    if let Some((bytes, exit_after)) = FORGED_LENT.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let then: fn(std::os::fd::BorrowedFd<'_>) = if exit_after { |_| fork::exit_now(0) } else { |_| {} };
+        return Some((Outcome::Value(crate::codec::Encoded { bytes, fds: Vec::new(), pin: None }), then));
+    }
     let (bytes, fd, then) = FORGED.lock().unwrap_or_else(|e| e.into_inner()).take()?;
     Some((Outcome::Value(crate::codec::Encoded { bytes, fds: vec![fd], pin: None }), then))
 }
@@ -177,7 +192,9 @@ fn next_frame_within(
             fork::exit_now(0);
         }
         match slot.take_task(seen) {
-            Ok(task) => Ok(task.map(|payload| Frame { kind: Kind::Task, payload, fds: Vec::new() })),
+            Ok(task) => {
+                Ok(task.map(|payload| Frame { kind: Kind::Task, payload, fds: Vec::new(), lent: None }))
+            }
             Err(e) => Err(RecvError::Malformed(e.to_string())),
         }
     };
@@ -266,6 +283,7 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 };
                 config = new;
                 crate::codec::arena::retain(!config.drop_arenas);
+                crate::codec::lend::enable(config.lend_results);
                 if config.capture && capture.is_none() {
                     match crate::output::Capture::install(frame.fds) {
                         Ok(c) => capture = Some(c),
@@ -318,6 +336,8 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                 }
             },
             Kind::Task | Kind::Batch => {
+                // Results the parent has read since the last task.
+                crate::codec::lend::sweep();
                 let mut usage = None;
                 let frame_kind = frame.kind;
                 #[allow(unused_mut)] // changed only by chaos
@@ -407,8 +427,10 @@ pub(crate) fn serve(link: ParentLink, first: Option<Frame>) -> i32 {
                     }
                 }
                 #[cfg(feature = "chaos")]
-                if let (Some(then), Some(fd)) = (forged, fds.first()) {
-                    then(*fd);
+                if let Some(then) = forged {
+                    // A forged lent answer has no descriptor: its `then`
+                    // looks at none.
+                    then(fds.first().copied().unwrap_or(sock));
                 }
                 #[cfg(feature = "chaos")]
                 if let Some(bytes) = AFTER_ANSWER.lock().unwrap_or_else(|e| e.into_inner()).take() {

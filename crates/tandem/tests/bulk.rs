@@ -409,6 +409,16 @@ fn resources(_: ()) -> (usize, usize, usize) {
 #[test]
 fn a_thousand_big_round_trips_leave_descriptors_and_mappings_where_they_started() {
     let _serial = serial();
+    // Results lent (the parent reads them out of the worker) and, with
+    // lending off, copied through the worker's arena.
+    for lending in [true, false] {
+        tandem::__fuzz::allow_lending(lending);
+        thousand_round_trips(lending);
+    }
+    tandem::__fuzz::allow_lending(true);
+}
+
+fn thousand_round_trips(lending: bool) {
     tandem::__fuzz::drop_kept_arenas();
     let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
     let data = ByteBuf::from(pattern(512 << 10, 3));
@@ -423,18 +433,28 @@ fn a_thousand_big_round_trips_leave_descriptors_and_mappings_where_they_started(
     let before = resources_here();
     for _ in 0..1000 {
         let back = pool.submit(data.clone(), |d| d).join().unwrap();
-        assert_eq!(back.len(), data.len());
+        assert!(back == data, "lending {lending}: the result is the argument");
     }
     let after = resources_here();
-    assert_eq!(after, before, "parent: (descriptors, bulk mappings, arena mappings, shared mappings)");
-    // Both ways, one arena served every message: each side maps its own
-    // and keeps the other's mapped.
-    assert_eq!((before.1, before.2), (0, 2), "parent: two arenas, no sealed memfd");
-    assert_eq!(worker_before.2, 2, "worker: two arenas");
+    assert_eq!(
+        after, before,
+        "lending {lending}, parent: (descriptors, bulk mappings, arena mappings, shared mappings)"
+    );
+    // One arena served every argument; results came in the worker's arena
+    // (each side maps its own and keeps the other's mapped) or, lent, in
+    // no shared memory at all.
+    let arenas = if lending { 1 } else { 2 };
+    assert_eq!((before.1, before.2), (0, arenas), "lending {lending}, parent: arenas, no sealed memfd");
+    assert_eq!(worker_before.2, arenas, "lending {lending}, worker: arenas");
     assert_eq!(
         pool.submit((), resources).join().unwrap(),
         worker_before,
-        "worker: (descriptors, bulk mappings, arena mappings)"
+        "lending {lending}, worker: (descriptors, bulk mappings, arena mappings)"
+    );
+    assert_eq!(
+        pool.submit((), |()| tandem::__fuzz::lent_results_waiting()).join().unwrap(),
+        0,
+        "every lent result was released"
     );
     assert_eq!(pool.stats().workers[0].restarts, 0);
 }
@@ -656,5 +676,106 @@ fn a_worker_whose_memory_is_limited_or_measured_keeps_no_arena_between_tasks() {
         assert_eq!(pool.submit(data.clone(), |d| d).join().unwrap(), data, "{name}");
         let held = pool.submit((), worker_arenas).join().unwrap();
         assert_eq!(held > 0, keeps, "{name}: {held} arenas held between tasks");
+    }
+}
+
+// ------------------------------------------------------------------ lent results
+
+/// A pool whose answers the lanes' joiner reads, and one whose answers the
+/// loop reads (a deadline keeps its tasks off the lanes).
+fn lent_pools(method: tandem::StartMethod) -> [(&'static str, Pool); 2] {
+    let base = || Pool::builder().mode(Mode::Process).workers(1).start_method(method);
+    [
+        ("lane", base().build().unwrap()),
+        ("loop", base().task_timeout(std::time::Duration::from_secs(600)).build().unwrap()),
+    ]
+}
+
+/// A lent result naming what this worker does not have.
+fn lie_about_lent(lie: (u64, u64)) -> Vec<u8> {
+    let (len, addr) = lie;
+    // An address in a mapping that ends 4 KiB after it, for the length lie.
+    let small = Box::leak(vec![1u8; 4096].into_boxed_slice());
+    let addr = if addr == 0 { small.as_ptr() as u64 } else { addr };
+    tandem::chaos::answer_lent(len, addr, false).unwrap();
+    Vec::new()
+}
+
+/// A worker that lends a result whose place is unmapped, longer than its
+/// buffer, or over the message limit fails its task with `Error::Codec`
+/// (the parent reads nothing it was not given) and the pool goes on with
+/// a fresh worker; read by the lane's joiner and by the loop.
+#[test]
+fn a_lent_result_that_lies_about_its_place_is_a_codec_error_and_the_pool_goes_on() {
+    let _serial = serial();
+    for method in METHODS {
+        for (path, pool) in lent_pools(method) {
+            let lies = [
+                ("unmapped", (1 << 20, 8)),
+                ("past its buffer", (256 << 20, 0)),
+                ("over the limit", (u64::MAX / 2, 8)),
+            ];
+            for (n, (what, lie)) in lies.into_iter().enumerate() {
+                match pool.submit(lie, lie_about_lent).join() {
+                    Err(Error::Codec(why)) => {
+                        let expected = if what == "over the limit" { "over the limit" } else { "memory" };
+                        assert!(why.contains(expected), "{method:?} {path} {what}: {why}");
+                    }
+                    other => panic!("{method:?} {path} {what}: {other:?}"),
+                }
+                let honest = pool.submit(1usize << 20, |n| ByteBuf::from(pattern(n, 9))).join().unwrap();
+                assert!(
+                    honest.as_slice() == pattern(1 << 20, 9).as_slice(),
+                    "{method:?} {path}: the pool goes on"
+                );
+                // The answer came from a fresh worker: the liar was ended.
+                assert_eq!(
+                    pool.stats().workers[0].restarts,
+                    n as u64 + 1,
+                    "{method:?} {path} {what}: replaced"
+                );
+            }
+        }
+    }
+}
+
+/// A worker lends a real result and exits before its parent has read it:
+/// the task failed as one whose worker died under it (no retries here),
+/// and with retries it runs again and comes back whole.
+#[test]
+fn a_worker_gone_before_its_lent_result_was_read_is_worker_died_and_retried() {
+    let _serial = serial();
+    fn lend_then_exit(n: usize) -> ByteBuf {
+        let kept = Box::leak(pattern(n, 4).into_boxed_slice());
+        tandem::chaos::answer_lent(n as u64, kept.as_ptr() as u64, true).unwrap();
+        ByteBuf::new()
+    }
+    for method in METHODS {
+        for (path, pool) in lent_pools(method) {
+            tandem::__fuzz::read_next_lent_result_after_exit();
+            match pool.submit(1usize << 20, lend_then_exit).join() {
+                Err(Error::WorkerDied { .. }) => {}
+                other => panic!("{method:?} {path}: {:?}", other.map(|b| b.len())),
+            }
+            let back = pool.submit(1usize << 20, |n| ByteBuf::from(pattern(n, 9))).join().unwrap();
+            assert!(back.as_slice() == pattern(1 << 20, 9).as_slice(), "{method:?} {path}: the pool goes on");
+        }
+        // With a retry, the task runs again; its second run lends honestly.
+        let pool =
+            Pool::builder().mode(Mode::Process).workers(1).start_method(method).retries(1).build().unwrap();
+        let marker =
+            std::env::temp_dir().join(format!("tandem-lent-retry-{}-{method:?}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        fn once_then_honest(marker: String) -> ByteBuf {
+            if std::fs::File::create_new(&marker).is_ok() {
+                return lend_then_exit(1 << 20);
+            }
+            ByteBuf::from(pattern(1 << 20, 4))
+        }
+        tandem::__fuzz::read_next_lent_result_after_exit();
+        let back = pool.submit(marker.to_string_lossy().into_owned(), once_then_honest).join().unwrap();
+        assert!(back.as_slice() == pattern(1 << 20, 4).as_slice(), "{method:?}: retried whole");
+        assert_eq!(pool.stats().workers[0].restarts, 1, "{method:?}");
+        let _ = std::fs::remove_file(&marker);
     }
 }

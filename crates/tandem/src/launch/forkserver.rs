@@ -182,7 +182,7 @@ impl Server {
             Error::os("reading the fork server's answer", std::io::Error::other(e.to_string()))
         })?;
         drop(control);
-        let Frame { kind: Kind::Forked, payload, fds } = frame else {
+        let Frame { kind: Kind::Forked, payload, fds, .. } = frame else {
             return Err(Error::Codec("the fork server sent an unexpected message".into()));
         };
         let pid = payload.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).unwrap_or(0);

@@ -105,17 +105,38 @@ pub(crate) struct WorkerConfig {
     /// Keep no arena between tasks (`codec::arena`): where a worker's
     /// memory is limited or measured, which mappings kept would skew.
     pub drop_arenas: bool,
+    /// Lend big byte results to the parent, which reads them out of the
+    /// worker's memory (`codec::lend`): a pool's workers, where
+    /// [`may_lend`] says (a one-off unit's worker exits once it has
+    /// answered, before its parent may have read anything).
+    pub lend_results: bool,
+}
+
+static LENDING_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether workers started from now on may lend their results: this
+/// process may read its children's memory (tried once), and tests or
+/// benches have not turned it off to compare.
+pub(crate) fn may_lend() -> bool {
+    !LENDING_OFF.load(std::sync::atomic::Ordering::Relaxed) && crate::sys::remote::parent_can_read_children()
+}
+
+/// Let workers started from now on lend their results, or not.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn allow_lending(on: bool) {
+    LENDING_OFF.store(!on, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl WorkerConfig {
-    pub(crate) fn to_bytes(self) -> [u8; 20] {
-        let mut b = [0u8; 20];
+    pub(crate) fn to_bytes(self) -> [u8; 21] {
+        let mut b = [0u8; 21];
         b[..8].copy_from_slice(&self.memory_limit.to_le_bytes());
         b[8..16].copy_from_slice(&self.max_message.to_le_bytes());
         b[16] = u8::from(self.no_new_privs);
         b[17] = u8::from(self.reports);
         b[18] = u8::from(self.capture);
         b[19] = u8::from(self.drop_arenas);
+        b[20] = u8::from(self.lend_results);
         b
     }
 
@@ -127,6 +148,7 @@ impl WorkerConfig {
             reports: *b.get(17)? != 0,
             capture: *b.get(18)? != 0,
             drop_arenas: *b.get(19)? != 0,
+            lend_results: *b.get(20)? != 0,
         })
     }
 

@@ -430,7 +430,7 @@ fn take_answer(shared: &RShared, bytes: &[u8]) {
     let node = answer.node;
     match answer.reply {
         Reply::Done(payload) => {
-            job.completion.resolve_frame(Frame { kind: Kind::Done, payload, fds: Vec::new() });
+            job.completion.resolve_frame(Frame { kind: Kind::Done, payload, fds: Vec::new(), lent: None });
         }
         Reply::Batch(batch) => {
             let items = job.batch.as_ref().map_or(0, |b| b.items);

@@ -19,6 +19,9 @@
 //! - [`signal`]: the few process-wide signal settings a worker needs.
 //! - [`board`]: the shared page on which a worker publishes each map item's
 //!   result before it starts the next (see `crate::batch`).
+//! - [`remote`]: a worker's memory read by its parent in one copy
+//!   (`process_vm_readv(2)`), checked against the worker's pidfd, and
+//!   whether this machine allows it at all.
 //! - [`plain`]: the `Plain` trait (which types may live in shared memory;
 //!   public as `tandem::shm::Plain`), defined here so nothing in this layer
 //!   imports from above it.
@@ -40,6 +43,7 @@ pub mod crash;
 pub mod fork;
 pub mod futex;
 pub mod plain;
+pub mod remote;
 pub mod robust;
 pub mod sandbox;
 pub mod shm;

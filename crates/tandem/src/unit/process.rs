@@ -153,7 +153,8 @@ impl<R: DeserializeOwned + 'static> ProcessUnit<R> {
         // the worker is still running).
         let socket = Some(socket);
         let asked = Asked { task: None, memory_limit: self.config.memory_limit };
-        match Answer::from_read(received) {
+        let max = self.config.max_message();
+        match Answer::from_read(received).fetch_lent(child.pid(), child.pidfd().as_fd(), max) {
             Answer::Done(frame) => {
                 let result = answer::result(frame, asked, self.config.max_message());
                 // The worker exits after answering: it saw our end of file.

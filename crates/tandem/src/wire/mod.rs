@@ -94,6 +94,9 @@ pub struct Frame {
     pub payload: Vec<u8>,
     /// Descriptors that came with it, in order.
     pub fds: Vec<OwnedFd>,
+    /// A result's bytes, read out of its worker's memory after the frame
+    /// came (`codec::lend`): what the payload's lent reference stands for.
+    pub lent: Option<Vec<u8>>,
 }
 
 /// Why no frame could be read.

@@ -233,7 +233,7 @@ impl FrameReader {
         let have = self.filled - body;
         if have >= len {
             self.at = body + len;
-            return Ok(Some(Frame { kind, payload: self.buf[body..body + len].to_vec(), fds }));
+            return Ok(Some(Frame { kind, payload: self.buf[body..body + len].to_vec(), fds, lent: None }));
         }
         // `have` is under `AHEAD`, itself under a step.
         let mut payload = Vec::with_capacity(len.min(READ_STEP));
@@ -275,7 +275,7 @@ impl FrameReader {
             return Ok(match read_payload(sock, arriving, flags)? {
                 Payload::Whole => {
                     let Arriving { kind, payload, fds, .. } = self.arriving.take().expect("arriving");
-                    Step::Frame(Frame { kind, payload, fds })
+                    Step::Frame(Frame { kind, payload, fds, lent: None })
                 }
                 Payload::More => Step::More,
                 Payload::WouldBlock => Step::WouldBlock,

@@ -716,6 +716,10 @@ impl Loop<'_> {
             return;
         };
         job.control.set(Place::Finished);
+        let answer = match &self.slots[slot].live {
+            Some(live) => answer.fetch_lent(live.child.pid(), live.child.pidfd().as_fd(), self.max),
+            None => answer,
+        };
         match answer {
             Answer::Done(frame) if crate::task::done_id(&frame) == Some(job.id) => {
                 self.shared.slot(slot).tasks_done += 1;
@@ -802,7 +806,15 @@ impl Loop<'_> {
             },
             Work::Task { job, .. } => {
                 // Its answer may have come whole before the death.
-                match self.final_answer(slot, job.id) {
+                let answer = self.final_answer(slot, job.id);
+                // A lent result went with its worker: a death.
+                let answer = match (&self.slots[slot].live, answer) {
+                    (Some(live), Some(answer)) => {
+                        Some(answer.fetch_lent(live.child.pid(), live.child.pidfd().as_fd(), self.max))
+                    }
+                    (_, answer) => answer,
+                };
+                match answer {
                     Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(job.id) => {
                         self.shared.slot(slot).tasks_done += 1;
                         job.control.set(Place::Finished);

@@ -27,6 +27,8 @@ const DIRECT_MAX: usize = 16 * 1024;
 pub(crate) struct Peer {
     pub(crate) socket: Arc<OwnedFd>,
     pub(crate) pidfd: Arc<OwnedFd>,
+    /// Its pid, to read a result it lent (checked against `pidfd`).
+    pub(crate) pid: u32,
     /// Where it leaves the answer to a task sent on the lane (none in a
     /// pool whose tasks all take the loop's path: see [`used`]).
     pub(crate) mailbox: Option<Arc<Mailbox>>,
@@ -241,7 +243,9 @@ pub(crate) fn join_direct(shared: &Shared, slot: usize, id: u64, patience: Patie
         (peer, lane.reader.take().unwrap_or_else(wire::FrameReader::buffered), lane.answered_in)
     };
     let budget = crate::backoff::Backoff::answer_after(answered_in);
-    let read = read_answer(&peer, id, patience, budget, shared.config.max_message_or_default(), &mut reader);
+    let max = shared.config.max_message_or_default();
+    let read = read_answer(&peer, id, patience, budget, max, &mut reader)
+        .map(|answer| answer.fetch_lent(peer.pid, peer.pidfd.as_fd(), max));
     let mut lane = lock(shared, slot);
     lane.reading = false;
     if reader.is_empty() {

@@ -153,6 +153,9 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
         drop_arenas: shared.config.resident_limit != 0
             || shared.config.memory_limit != 0
             || shared.config.reports,
+        // Every place the pool reads an answer reads a lent result out of
+        // its worker first (`Answer::fetch_lent`).
+        lend_results: crate::launch::may_lend(),
     }
 }
 
@@ -202,7 +205,7 @@ fn start_and_initialize(shared: &Shared, slot: usize) -> Result<Live, Error> {
     };
     shared.slot(slot).unit = Some(UnitId::Process(child.pid()));
     let pidfd = child.shared_pidfd();
-    let peer = Peer { socket: Arc::new(socket), pidfd, mailbox };
+    let peer = Peer { socket: Arc::new(socket), pidfd, pid: child.pid(), mailbox };
     let live = Live { child, peer, tasks: 0, board: None, stderr, over_memory: None, cgroup };
     if let Some(init) = shared.config.initializer {
         let header =

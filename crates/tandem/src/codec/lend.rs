@@ -1,0 +1,116 @@
+//! A worker's big byte results lent to its parent instead of copied into
+//! an arena: the parent reads them straight out of the worker's memory
+//! (`sys::remote`, one copy instead of two) and then says so.
+//!
+//! Only a `Vec<u8>` or `ByteBuf` result over the bulk threshold is lent,
+//! and only where the parent asked (its Config: it checked it may read its
+//! children, and every place it reads a worker's answer reads a lent one
+//! first). The message is [`TAG_LENT`](super) then the length, the
+//! buffer's address and the address of its release flag (8 bytes each,
+//! little endian). The worker keeps the buffer, untouched, until the
+//! parent has written a non-zero byte into the flag: a flag of its own
+//! per buffer, so no write the kernel tears into pieces can release
+//! another. At most [`MOST`] buffers and [`MOST_BYTES`] wait at once; past
+//! that a result goes to the arena as before. Released buffers are freed
+//! before each task.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Buffers waiting for their parent at most.
+const MOST: usize = 4;
+/// Bytes waiting for their parent at most.
+const MOST_BYTES: usize = 256 << 20;
+
+/// What the parent writes into a buffer's flag once it has read it.
+pub(crate) const RELEASED: [u8; 8] = 1u64.to_le_bytes();
+
+struct Lent {
+    buf: Vec<u8>,
+    released: Box<AtomicU64>,
+}
+
+impl Lent {
+    fn released(&self) -> bool {
+        self.released.load(Ordering::Acquire) != 0
+    }
+}
+
+static LENDING: AtomicBool = AtomicBool::new(false);
+static LENT: Mutex<Vec<Lent>> = Mutex::new(Vec::new());
+/// How many buffers `LENT` holds, read without its lock.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Lend results from now on (the parent's Config says it reads them).
+pub(crate) fn enable(on: bool) {
+    LENDING.store(on, Ordering::Relaxed);
+}
+
+/// Whether results are lent.
+pub(crate) fn enabled() -> bool {
+    LENDING.load(Ordering::Relaxed)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Vec<Lent>> {
+    LENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keep `buf` for the parent to read: its (address, release flag's
+/// address), or `buf` back if too much waits already.
+pub(crate) fn lend(buf: Vec<u8>) -> Result<(u64, u64), Vec<u8>> {
+    let mut lent = lock();
+    lent.retain(|l| !l.released());
+    let bytes: usize = lent.iter().map(|l| l.buf.len()).sum();
+    if lent.len() >= MOST || bytes + buf.len() > MOST_BYTES {
+        WAITING.store(lent.len(), Ordering::Relaxed);
+        return Err(buf);
+    }
+    let released = Box::new(AtomicU64::new(0));
+    let at = (buf.as_ptr() as usize as u64, &*released as *const AtomicU64 as usize as u64);
+    lent.push(Lent { buf, released });
+    WAITING.store(lent.len(), Ordering::Relaxed);
+    Ok(at)
+}
+
+/// Free the buffers the parent has read.
+pub(crate) fn sweep() {
+    if WAITING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut lent = lock();
+    lent.retain(|l| !l.released());
+    WAITING.store(lent.len(), Ordering::Relaxed);
+}
+
+/// Buffers still waiting for the parent (tests).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn waiting() -> usize {
+    let mut lent = lock();
+    lent.retain(|l| !l.released());
+    WAITING.store(lent.len(), Ordering::Relaxed);
+    lent.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_is_kept_until_its_own_flag_says_released() {
+        lend(vec![1u8; 10]).unwrap();
+        lend(vec![2u8; 10]).unwrap();
+        // The parent's write, to the second buffer's flag only.
+        for l in lock().iter().filter(|l| l.buf[0] == 2) {
+            l.released.store(u64::from_le_bytes(RELEASED), Ordering::Release);
+        }
+        sweep();
+        assert_eq!(lock().iter().map(|l| l.buf[0]).collect::<Vec<_>>(), vec![1]);
+        // At most MOST wait: the next one is handed back.
+        for _ in 0..MOST - 1 {
+            lend(vec![3u8; 10]).unwrap();
+        }
+        assert_eq!(lend(vec![4u8; 10]), Err(vec![4u8; 10]));
+        lock().clear();
+        WAITING.store(0, Ordering::Relaxed);
+    }
+}
