@@ -779,3 +779,25 @@ fn a_worker_gone_before_its_lent_result_was_read_is_worker_died_and_retried() {
         let _ = std::fs::remove_file(&marker);
     }
 }
+
+/// A task that makes its worker undumpable (as dropping privileges does:
+/// its parent could no longer read it) gets its big result through the
+/// worker's arena instead of lending it; before that, results are lent
+/// (no arena of the worker's mapped here).
+#[test]
+fn a_worker_its_parent_may_no_longer_read_sends_its_big_results_through_its_arena() {
+    let _serial = serial();
+    tandem::__fuzz::drop_kept_arenas();
+    let pool = Pool::builder().mode(Mode::Process).workers(1).build().unwrap();
+    let big = |n: usize| ByteBuf::from(pattern(n, 6));
+    assert!(pool.submit(1usize << 20, big).join().unwrap().as_slice() == pattern(1 << 20, 6).as_slice());
+    assert_eq!(memfd_mappings("tandem-arena"), 0, "a lent result maps nothing here");
+    fn undumpable_then_big(n: usize) -> ByteBuf {
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable).unwrap();
+        ByteBuf::from(pattern(n, 6))
+    }
+    let back = pool.submit(1usize << 20, undumpable_then_big).join().unwrap();
+    assert!(back.as_slice() == pattern(1 << 20, 6).as_slice(), "the result arrives whole");
+    assert_eq!(memfd_mappings("tandem-arena"), 1, "through the worker's arena, mapped here");
+    tandem::__fuzz::drop_kept_arenas();
+}

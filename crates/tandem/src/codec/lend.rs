@@ -10,7 +10,8 @@
 //! little endian). The worker keeps the buffer, untouched, until the
 //! parent has written a non-zero byte into the flag: a flag of its own
 //! per buffer, so no write the kernel tears into pieces can release
-//! another. At most [`MOST`] buffers and [`MOST_BYTES`] wait at once; past
+//! another. A task that changed the worker's ids or made it undumpable
+//! (the parent could no longer read it) makes it lend nothing more. At most [`MOST`] buffers and [`MOST_BYTES`] wait at once; past
 //! that a result goes to the arena as before. Released buffers are freed
 //! before each task.
 
@@ -37,13 +38,51 @@ impl Lent {
 }
 
 static LENDING: AtomicBool = AtomicBool::new(false);
+/// This worker's credentials when lending was turned on: the parent's
+/// permission to read it was checked against those.
+static LENT_AS: Mutex<Option<Credentials>> = Mutex::new(None);
+
+/// What decides whether the parent may read this process's memory (ptrace
+/// access): its user and group ids and whether it is dumpable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Credentials {
+    uid: u32,
+    euid: u32,
+    gid: u32,
+    egid: u32,
+    dumpable: bool,
+}
+
+impl Credentials {
+    fn now() -> Credentials {
+        use rustix::process::{getegid, geteuid, getgid, getuid};
+        Credentials {
+            uid: getuid().as_raw(),
+            euid: geteuid().as_raw(),
+            gid: getgid().as_raw(),
+            egid: getegid().as_raw(),
+            dumpable: matches!(
+                rustix::process::dumpable_behavior(),
+                Ok(rustix::process::DumpableBehavior::Dumpable)
+            ),
+        }
+    }
+}
 static LENT: Mutex<Vec<Lent>> = Mutex::new(Vec::new());
 /// How many buffers `LENT` holds, read without its lock.
 static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 /// Lend results from now on (the parent's Config says it reads them).
 pub(crate) fn enable(on: bool) {
+    *LENT_AS.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Credentials::now);
     LENDING.store(on, Ordering::Relaxed);
+}
+
+/// Whether the parent may still read this process: a task that changed
+/// its ids or made it undumpable (dropping privileges, say) lends nothing
+/// more, since the read would be refused and the result lost.
+fn still_readable() -> bool {
+    *LENT_AS.lock().unwrap_or_else(|e| e.into_inner()) == Some(Credentials::now())
 }
 
 /// Whether results are lent.
@@ -58,6 +97,9 @@ fn lock() -> std::sync::MutexGuard<'static, Vec<Lent>> {
 /// Keep `buf` for the parent to read: its (address, release flag's
 /// address), or `buf` back if too much waits already.
 pub(crate) fn lend(buf: Vec<u8>) -> Result<(u64, u64), Vec<u8>> {
+    if !still_readable() {
+        return Err(buf);
+    }
     let mut lent = lock();
     lent.retain(|l| !l.released());
     let bytes: usize = lent.iter().map(|l| l.buf.len()).sum();
@@ -97,6 +139,7 @@ mod tests {
 
     #[test]
     fn a_buffer_is_kept_until_its_own_flag_says_released() {
+        enable(true);
         lend(vec![1u8; 10]).unwrap();
         lend(vec![2u8; 10]).unwrap();
         // The parent's write, to the second buffer's flag only.
