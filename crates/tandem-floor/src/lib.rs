@@ -32,7 +32,8 @@ use rustix::process::{WaitId, WaitIdOptions};
 
 use crate::sys::fork::{Child, fork_child, serve_sink};
 use crate::sys::region::{
-    FreshBytes, REPLY, REQUEST, STOP, SharedRegion, publish, serve_shm_echo, serve_shm_sink, wait_change,
+    FreshBytes, REPLY, REQUEST, STOP, SharedRegion, publish, read_process, serve_shm_echo, serve_shm_sink,
+    wait_change,
 };
 
 /// New shared memory with no library on top: a memfd of `len` bytes
@@ -714,5 +715,52 @@ impl Drop for IdleProcesses {
         for pid in &self.pids {
             let _ = reap(*pid);
         }
+    }
+}
+
+/// A forked child holding `len` bytes (made before the fork, so at the
+/// same address in the child), which this process reads out of it with
+/// `process_vm_readv(2)`: the one-copy floor of a worker's result read
+/// straight out of its memory. The child is killed on drop.
+///
+/// ```
+/// let child = tandem_floor::ChildMemory::start(1 << 16).unwrap();
+/// assert_eq!(child.read().unwrap(), vec![0x5a; 1 << 16]);
+/// ```
+pub struct ChildMemory {
+    pid: rustix::process::Pid,
+    bytes: Vec<u8>,
+    _silent: (OwnedFd, OwnedFd),
+}
+
+impl ChildMemory {
+    /// Fill `len` bytes and fork an idle child that holds them.
+    ///
+    /// ```
+    /// let child = tandem_floor::ChildMemory::start(4096).unwrap();
+    /// # drop(child);
+    /// ```
+    pub fn start(len: usize) -> io::Result<ChildMemory> {
+        let bytes = vec![0x5a; len];
+        let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let pid = fork_child(Child::Idle { input: read_end.as_fd() })?;
+        Ok(ChildMemory { pid, bytes, _silent: (read_end, write_end) })
+    }
+
+    /// The child's bytes, read out of it into a new `Vec`.
+    ///
+    /// ```
+    /// let child = tandem_floor::ChildMemory::start(10).unwrap();
+    /// assert_eq!(child.read().unwrap().len(), 10);
+    /// ```
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        read_process(self.pid.as_raw_nonzero().get() as u32, self.bytes.as_ptr() as usize, self.bytes.len())
+    }
+}
+
+impl Drop for ChildMemory {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+        let _ = reap(self.pid);
     }
 }

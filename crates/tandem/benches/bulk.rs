@@ -16,6 +16,11 @@
 //!   `thread_vec_arg`: a thread pool (a move).
 //! - `process_bytebuf_result` / `thread_bytebuf_result`: a task that makes
 //!   and returns a `ByteBuf` (`vec![7; n]`); the thread figure is making it.
+//!   The process worker lends it (its parent reads it out of the worker's
+//!   memory); `process_bytebuf_result_arena`: the same through the
+//!   worker's arena (lending off), and `floor_read_child_memory`: one
+//!   `process_vm_readv(2)` of as many bytes out of a forked child into a
+//!   new `Vec` (tandem-floor's `ChildMemory`).
 //! - `shared_64MiB`: a `SharedSliceMut<u8>` created here, filled by a
 //!   worker (`fill`), handed back and summed here; beside one touched copy,
 //!   and the kernel's part with no worker (`floor_fresh_shared_*`: a bare
@@ -34,7 +39,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use serde_bytes::ByteBuf;
 use tandem::shm::SharedSliceMut;
 use tandem::{Mode, Pool};
-use tandem_floor::{FreshSharedBytes, Peer, Sink, Transport};
+use tandem_floor::{ChildMemory, FreshSharedBytes, Peer, Sink, Transport};
 
 const MIB: usize = 1 << 20;
 
@@ -62,6 +67,11 @@ fn memcpy_touched(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::
 
 fn sizes(c: &mut Criterion) {
     let process = process_pool();
+    // The same pool with results copied through the worker's arena
+    // instead of lent (read out of the worker by the parent).
+    tandem::__fuzz::allow_lending(false);
+    let process_arena = process_pool();
+    tandem::__fuzz::allow_lending(true);
     let threads = Pool::builder().mode(Mode::Thread).workers(1).build().unwrap();
     for n in [MIB, 16 * MIB, 64 * MIB] {
         let mut g = c.benchmark_group(format!("bulk_{}MiB", n / MIB));
@@ -126,6 +136,12 @@ fn sizes(c: &mut Criterion) {
         g.bench_function("process_bytebuf_result", |b| {
             b.iter(|| process.submit(n, |n| ByteBuf::from(vec![7u8; n])).join().unwrap())
         });
+        g.bench_function("process_bytebuf_result_arena", |b| {
+            b.iter(|| process_arena.submit(n, |n| ByteBuf::from(vec![7u8; n])).join().unwrap())
+        });
+        let child = ChildMemory::start(n).unwrap();
+        g.bench_function("floor_read_child_memory", |b| b.iter(|| black_box(child.read().unwrap())));
+        drop(child);
         g.bench_function("thread_bytebuf_result", |b| {
             b.iter(|| threads.submit(n, |n| ByteBuf::from(vec![7u8; n])).join().unwrap())
         });

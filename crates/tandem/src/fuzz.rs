@@ -28,10 +28,10 @@ pub fn set_bulk_threshold(bytes: usize) {
     crate::codec::set_bulk_threshold(bytes);
 }
 
-/// Let workers started from now on lend their big byte results (their
-/// parent reads them out of the worker's memory, `process_vm_readv(2)`)
-/// where this machine allows it (the default), or not (arenas, to
-/// compare).
+/// Let the workers of pools built from now on lend their big byte results
+/// (their parent reads them out of the worker's memory,
+/// `process_vm_readv(2)`) where this machine allows it (the default), or
+/// not (arenas, to compare).
 pub fn allow_lending(on: bool) {
     crate::launch::allow_lending(on);
 }

@@ -222,3 +222,26 @@ impl Drop for FreshBytes {
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
+
+/// Read `len` bytes at `addr` in process `pid` into a new `Vec`:
+/// `process_vm_readv(2)`, the one-copy floor of moving a child's bytes
+/// into its parent.
+pub fn read_process(pid: u32, addr: usize, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    let mut done = 0;
+    while done < len {
+        let spare = &mut out.spare_capacity_mut()[done..len];
+        let local = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        let remote = libc::iovec { iov_base: (addr + done) as *mut libc::c_void, iov_len: len - done };
+        // SAFETY: writes at most `local.iov_len` bytes into spare capacity
+        // of `out`, which this function owns; the remote side is only read.
+        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            return Err(if n < 0 { io::Error::last_os_error() } else { io::ErrorKind::UnexpectedEof.into() });
+        }
+        done += n as usize;
+    }
+    // SAFETY: all `len` bytes were written by the reads above.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}

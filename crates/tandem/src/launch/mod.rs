@@ -114,7 +114,7 @@ pub(crate) struct WorkerConfig {
 
 static LENDING_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether workers started from now on may lend their results: this
+/// Whether the workers of a pool built now may lend their results: this
 /// process may read its children's memory (tried once), and tests or
 /// benches have not turned it off to compare.
 pub(crate) fn may_lend() -> bool {

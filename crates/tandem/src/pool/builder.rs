@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) reports: bool,
     pub(crate) capture: bool,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
+    /// Its process workers lend their big byte results (`codec::lend`):
+    /// decided once, when the pool is built (`launch::may_lend`).
+    pub(crate) lend_results: bool,
     /// Cluster mode: the broker and how to treat lost nodes.
     #[cfg(feature = "cluster")]
     pub(crate) cluster: Option<super::remote::Settings>,
@@ -87,6 +90,7 @@ impl PoolBuilder {
                 reports: false,
                 capture: false,
                 sandbox: None,
+                lend_results: false,
                 #[cfg(feature = "cluster")]
                 cluster: None,
             },
@@ -439,6 +443,8 @@ impl PoolBuilder {
                 Inner::Threads(shared)
             }
             Mode::Process => {
+                let mut config = config;
+                config.lend_results = crate::launch::may_lend();
                 let memory = processes::Memory::new(config.resident_limit, config.sample_memory);
                 let shared = Arc::new(Shared::new(config, (), Processes::new(n, memory)?));
                 processes::start(&shared)?;

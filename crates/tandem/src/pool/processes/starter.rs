@@ -155,7 +155,7 @@ fn worker_config(shared: &Shared) -> WorkerConfig {
             || shared.config.reports,
         // Every place the pool reads an answer reads a lent result out of
         // its worker first (`Answer::fetch_lent`).
-        lend_results: crate::launch::may_lend(),
+        lend_results: shared.config.lend_results,
     }
 }
 
