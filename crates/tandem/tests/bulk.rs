@@ -617,7 +617,7 @@ fn a_sandboxed_workers_big_argument_is_a_sealed_memfd_of_its_own_and_others_shar
         let (sum, arenas) = pool.submit(ByteBuf::from(data.clone()), arenas_seen).join().unwrap();
         assert_eq!(sum, checksum(&data));
         assert_eq!(arenas, usize::from(!sandboxed), "sandboxed: {sandboxed}");
-        // Big results come back either way (in the worker's own arena).
+        // Big results come back either way (lent, read out of the worker).
         let back = pool.submit(data.len(), |n| ByteBuf::from(pattern(n, 4))).join().unwrap();
         assert!(back.as_slice() == data.as_slice(), "sandboxed: {sandboxed}");
         let (sum, _) = pool.submit(ByteBuf::from(data.clone()), arenas_seen).join().unwrap();

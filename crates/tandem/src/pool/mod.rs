@@ -140,10 +140,14 @@ impl Pool {
     /// `Vec<u8>` or `ByteBuf` argument is written after the task is queued
     /// and the worker copies it out as it comes, so the two copies overlap:
     /// on the 2-core test machine a `ByteBuf` argument of 1 MiB takes
-    /// 96-156 us, 16 MiB 1.6-1.7 ms, 64 MiB 39-45 ms, beside 39-44 us, 1.2
-    /// ms and 41 ms for one copy into a fresh buffer; a 64 MiB `Vec<u8>`
-    /// inside a tuple 169 ms (BENCHMARKS.md, "Bulk data"). Thread mode
-    /// moves the value.
+    /// 104-106 us, 16 MiB 1.6 ms, 64 MiB 39-43 ms, beside 37-39 us, 1.25
+    /// ms and 39-40 ms for one copy into a fresh buffer; a 64 MiB `Vec<u8>`
+    /// inside a tuple 169 ms. A big `Vec<u8>` or `ByteBuf` *result* is
+    /// lent where the machine allows a parent to read its children's
+    /// memory (most do; seccomp profiles such as Docker's default do not):
+    /// the pool reads it straight out of the worker, one copy, beyond
+    /// making it 118-127 us at 1 MiB, 1.6-1.7 ms at 16 MiB, 32-41 ms at
+    /// 64 MiB (BENCHMARKS.md, "Bulk data"). Thread mode moves the value.
     ///
     /// ```
     /// use serde_bytes::ByteBuf;
