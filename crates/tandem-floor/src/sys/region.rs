@@ -52,22 +52,7 @@ impl SharedRegion {
     pub fn new(data_words: usize) -> io::Result<SharedRegion> {
         let page = rustix::param::page_size();
         let len = (CONTROL_BYTES + data_words * 8).div_ceil(page) * page;
-        let memfd = rustix::fs::memfd_create("tandem-floor", MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&memfd, len as u64)?;
-        // SAFETY: a fresh mapping chosen by the kernel (null hint), so it
-        // overlaps no Rust object; the memfd is `len` bytes long, so every
-        // mapped page is backed; it stays mapped until `drop`.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &memfd,
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap returned a non-null address");
+        let (memfd, base) = map_new_memfd("tandem-floor", len)?;
         Ok(SharedRegion { base, len, data_words, _memfd: memfd })
     }
 
@@ -159,6 +144,28 @@ pub fn serve_shm_sink(region: &SharedRegion, spin: u32) {
     });
 }
 
+/// A new memfd of `len` bytes (not 0) and its `MAP_SHARED` read-write
+/// mapping: memfd_create(2), ftruncate(2), mmap(2). The caller unmaps it.
+fn map_new_memfd(name: &str, len: usize) -> io::Result<(OwnedFd, NonNull<u8>)> {
+    let memfd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&memfd, len as u64)?;
+    // SAFETY: a fresh mapping chosen by the kernel (null hint), so it
+    // overlaps no Rust object; the memfd is `len` bytes long, so every
+    // mapped page is backed; the caller keeps it until it unmaps it.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            &memfd,
+            0,
+        )?
+    };
+    let base = NonNull::new(ptr.cast::<u8>()).expect("mmap returned a non-null address");
+    Ok((memfd, base))
+}
+
 /// A fresh memfd of `len` bytes mapped `MAP_SHARED` with every page
 /// allocated at once: the kernel's floor for creating shared memory that
 /// will be used in full, with no library on top. munmap(2) on drop.
@@ -180,21 +187,8 @@ impl FreshBytes {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty mapping"));
         }
-        let memfd = rustix::fs::memfd_create("tandem-floor-fresh", MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&memfd, len as u64)?;
-        // SAFETY: as in `SharedRegion::new`: a fresh mapping chosen by the
-        // kernel, over a memfd of exactly `len` bytes, kept until `drop`.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &memfd,
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<u8>()).expect("mmap returned a non-null address");
+        let (memfd, base) = map_new_memfd("tandem-floor-fresh", len)?;
+        let ptr = base.as_ptr().cast::<std::ffi::c_void>();
         let fresh = FreshBytes { base, len, _memfd: memfd };
         // SAFETY: madvise(2) on the mapping just made; neither advice
         // changes its contents, only how and when it is backed.
