@@ -139,6 +139,37 @@ fn check_submits_all_succeed(method: StartMethod, tasks: u64) {
     finish(pool);
 }
 
+/// Big byte results under the killer: each is lent (read by the parent out
+/// of its worker) or, once a worker is killed before the parent read it,
+/// retried, so every task still resolves once with its own bytes, whether
+/// the kill lands while the task runs, while its result waits to be read,
+/// or during the read.
+fn check_big_results_all_succeed(method: StartMethod, tasks: u64) {
+    fn big(i: u64) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(big_bytes(i))
+    }
+    fn big_bytes(i: u64) -> Vec<u8> {
+        let mut bytes = vec![mix(i) as u8; 512 << 10];
+        bytes[..8].copy_from_slice(&i.to_le_bytes());
+        bytes[(512 << 10) - 8..].copy_from_slice(&mix(i).to_le_bytes());
+        bytes
+    }
+    let pool = chaos_pool(method, u32::MAX);
+    let start = Instant::now();
+    let (kills, rounds) = under_fire(&pool, || {
+        let handles: Vec<_> = (0..tasks).map(|i| (i, pool.submit(i, big))).collect();
+        for (i, h) in handles {
+            let back = h.join().unwrap();
+            assert!(back.as_slice() == big_bytes(i).as_slice(), "{method:?}: task {i}'s own bytes");
+        }
+    });
+    eprintln!(
+        "{method:?} big results: {rounds} x {tasks} tasks, {kills} workers killed, {:?}",
+        start.elapsed()
+    );
+    finish(pool);
+}
+
 /// Without retries a task may fail, but only as `WorkerDied` by SIGKILL; a
 /// success still has the right value.
 fn check_no_retries_fail_cleanly(method: StartMethod, tasks: u64) {
@@ -254,6 +285,7 @@ fn fork_server_pool_survives_random_sigkills() {
     let n = scale();
     check_map_all_succeed(StartMethod::ForkServer, 100_000 * n);
     check_submits_all_succeed(StartMethod::ForkServer, 1_500 * n);
+    check_big_results_all_succeed(StartMethod::ForkServer, 200 * n);
     check_no_retries_fail_cleanly(StartMethod::ForkServer, 1_000 * n);
     check_map_items_fail_alone(StartMethod::ForkServer, 20_000 * n);
 }
@@ -264,6 +296,7 @@ fn spawn_pool_survives_random_sigkills() {
     let n = scale();
     check_map_all_succeed(StartMethod::Spawn, 20_000 * n);
     check_submits_all_succeed(StartMethod::Spawn, 500 * n);
+    check_big_results_all_succeed(StartMethod::Spawn, 100 * n);
     check_map_items_fail_alone(StartMethod::Spawn, 5_000 * n);
 }
 
