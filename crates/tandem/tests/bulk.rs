@@ -801,3 +801,36 @@ fn a_worker_its_parent_may_no_longer_read_sends_its_big_results_through_its_aren
     assert_eq!(memfd_mappings("tandem-arena"), 1, "through the worker's arena, mapped here");
     tandem::__fuzz::drop_kept_arenas();
 }
+
+/// A lent result travels behind whatever else its answer carries: what the
+/// task cost (`reports`) and what it printed (`capture_output`), read by
+/// the lane's joiner and by the loop alike.
+#[test]
+fn a_lent_result_comes_back_whole_beside_its_report_and_its_output() {
+    let _serial = serial();
+    tandem::__fuzz::drop_kept_arenas();
+    fn print_then_big(n: usize) -> ByteBuf {
+        println!("making {n} bytes");
+        ByteBuf::from(pattern(n, 8))
+    }
+    for timeout in [None, Some(std::time::Duration::from_secs(600))] {
+        let mut builder = Pool::builder().mode(Mode::Process).workers(1).reports(true).capture_output(true);
+        if let Some(t) = timeout {
+            builder = builder.task_timeout(t);
+        }
+        let pool = builder.build().unwrap();
+        for _ in 0..3 {
+            let report = pool.submit(1usize << 20, print_then_big).join_report();
+            let back = report.result.unwrap();
+            assert!(back.as_slice() == pattern(1 << 20, 8).as_slice(), "{timeout:?}: the result, whole");
+            assert!(report.cpu.is_some(), "{timeout:?}: its report");
+            assert_eq!(
+                report.stdout.as_deref(),
+                Some(&b"making 1048576 bytes\n"[..]),
+                "{timeout:?}: its output"
+            );
+        }
+        // Lent: no arena of the worker's was ever mapped here.
+        assert_eq!(memfd_mappings("tandem-arena"), 0, "{timeout:?}");
+    }
+}
