@@ -117,7 +117,7 @@ const TAG_STREAM: u8 = 3;
 /// worker reads it ([`lent_reference`]); [`decode_message`] refuses it.
 const TAG_LENT: u8 = 4;
 /// Bytes of a lent result's message.
-pub(crate) const LENT_MESSAGE: usize = 25;
+const LENT_MESSAGE: usize = 25;
 
 /// Where a big message's bytes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,15 +222,7 @@ pub(crate) fn lent_reference(message: &[u8], max: u64) -> Option<Result<LentRefe
     };
     let [len, addr, flag] =
         [0, 8, 16].map(|at| u64::from_le_bytes(words[at..at + 8].try_into().expect("8 bytes")));
-    if len > max {
-        return Some(Err(Error::Codec(format!(
-            "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
-        ))));
-    }
-    let Ok(len) = usize::try_from(len) else {
-        return Some(Err(Error::Codec(format!("a message of {len} bytes does not fit this address space"))));
-    };
-    Some(Ok(LentReference { len, addr, flag }))
+    Some(claimed_len(len, max).map(|len| LentReference { len, addr, flag }))
 }
 
 /// The value of a lent result whose bytes the reader has read out.
@@ -241,15 +233,16 @@ pub(crate) fn decode_lent<T: DeserializeOwned + 'static>(bytes: Vec<u8>) -> Resu
     Ok(from_raw(bytes))
 }
 
-/// A lent result's bytes as an inline message (a cluster's broker).
-#[cfg(feature = "cluster")]
-pub(crate) fn inline_lent(bytes: &[u8]) -> Vec<u8> {
+/// Raw bytes (a `Vec<u8>` or `ByteBuf`'s) as an inline message: what
+/// postcard would write for them, after the tag. A lent result's bytes go
+/// this way to a cluster's broker.
+pub(crate) fn inline_raw(raw: &[u8]) -> Vec<u8> {
     let mut prefix = [0u8; 10];
-    let n = varint(bytes.len() as u64, &mut prefix);
-    let mut out = Vec::with_capacity(1 + n + bytes.len());
+    let n = varint(raw.len() as u64, &mut prefix);
+    let mut out = Vec::with_capacity(1 + n + raw.len());
     out.push(TAG_INLINE);
     out.extend_from_slice(&prefix[..n]);
-    out.extend_from_slice(bytes);
+    out.extend_from_slice(raw);
     out
 }
 
@@ -274,7 +267,7 @@ pub(crate) fn encode_argument<T: Serialize + 'static>(
     if size <= threshold {
         return Ok((encode_message(value, max, how)?, None));
     }
-    over_limit(size, max)?;
+    over_limit(size as u64, max)?;
     let (number, pin, stream) = arena::KEPT.reserve(size)?;
     let encoded =
         Encoded { bytes: arena_ref(TAG_STREAM, size as u64, number), fds: Vec::new(), pin: Some(pin) };
@@ -318,13 +311,34 @@ impl Big {
     }
 }
 
-fn over_limit(size: usize, max: u64) -> Result<(), Error> {
-    if size as u64 > max {
+/// A message of `size` bytes is refused over `max`.
+fn over_limit(size: impl Into<u64>, max: u64) -> Result<(), Error> {
+    let size = size.into();
+    if size > max {
         return Err(Error::Codec(format!(
             "a message of {size} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
         )));
     }
     Ok(())
+}
+
+/// A length a peer claims for a message, as this process can hold it: at
+/// most `max`, and within its address space.
+fn claimed_len(len: u64, max: u64) -> Result<usize, Error> {
+    over_limit(len, max)?;
+    usize::try_from(len)
+        .map_err(|_| Error::Codec(format!("a message of {len} bytes does not fit this address space")))
+}
+
+/// The length a sealed bulk message's reference (`rest`, after its tag)
+/// claims, at most `max`.
+fn bulk_len(rest: &[u8], max: u64) -> Result<u64, Error> {
+    let len: [u8; 8] = rest
+        .try_into()
+        .map_err(|_| Error::Codec(format!("a big message's reference is {} bytes, not 8", rest.len())))?;
+    let len = u64::from_le_bytes(len);
+    over_limit(len, max)?;
+    Ok(len)
 }
 
 /// Forget the descriptors a pass that was given up collected (duplicates:
@@ -344,7 +358,7 @@ fn encode_in_scope<T: Serialize>(value: &T, max: u64, threshold: usize, how: Bul
     let capped = Capped { buf: vec![TAG_INLINE], cap };
     match postcard::serialize_with_flavor(value, capped) {
         Ok(bytes) => {
-            over_limit(bytes.len() - 1, max)?;
+            over_limit((bytes.len() - 1) as u64, max)?;
             return Ok(Big::inline(bytes));
         }
         Err(postcard::Error::SerializeBufferFull) => {}
@@ -354,7 +368,7 @@ fn encode_in_scope<T: Serialize>(value: &T, max: u64, threshold: usize, how: Bul
     let size =
         postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).map_err(ser_error)?;
     clear_outgoing();
-    over_limit(size, max)?;
+    over_limit(size as u64, max)?;
     write_big(size, how, |out| {
         let written = match postcard::to_slice(value, out) {
             Ok(out) => out.len(),
@@ -376,13 +390,9 @@ fn encode_raw(raw: &[u8], max: u64, threshold: usize, how: Bulk) -> Result<Big, 
     let mut prefix = [0u8; 10];
     let n = varint(raw.len() as u64, &mut prefix);
     let size = n + raw.len();
-    over_limit(size, max)?;
+    over_limit(size as u64, max)?;
     if size <= threshold {
-        let mut bytes = Vec::with_capacity(1 + size);
-        bytes.push(TAG_INLINE);
-        bytes.extend_from_slice(&prefix[..n]);
-        bytes.extend_from_slice(raw);
-        return Ok(Big::inline(bytes));
+        return Ok(Big::inline(inline_raw(raw)));
     }
     write_big(size, how, |out| {
         out[..n].copy_from_slice(&prefix[..n]);
@@ -505,15 +515,7 @@ fn decode_from<T: DeserializeOwned + 'static>(
     match bytes.split_first() {
         Some((&TAG_INLINE, rest)) => decode_value(rest, fds),
         Some((&TAG_BULK, rest)) => {
-            let len: [u8; 8] = rest.try_into().map_err(|_| {
-                Error::Codec(format!("a big message's reference is {} bytes, not 8", rest.len()))
-            })?;
-            let len = u64::from_le_bytes(len);
-            if len > max {
-                return Err(Error::Codec(format!(
-                    "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
-                )));
-            }
+            let len = bulk_len(rest, max)?;
             let fd = fds.pop().ok_or_else(|| Error::Codec("a big message came without its memfd".into()))?;
             let memory = SealedBytes::open(fd, len)
                 .map_err(|e| Error::Codec(format!("refused a big message: {e}")))?;
@@ -548,15 +550,7 @@ pub(crate) fn inline_message(bytes: Vec<u8>, mut fds: Vec<OwnedFd>, max: u64) ->
     match bytes.first() {
         Some(&TAG_INLINE) if fds.is_empty() => Ok(bytes),
         Some(&TAG_BULK) if fds.len() == 1 => {
-            let len: [u8; 8] = bytes[1..].try_into().map_err(|_| {
-                Error::Codec(format!("a big message's reference is {} bytes, not 8", bytes.len() - 1))
-            })?;
-            let len = u64::from_le_bytes(len);
-            if len > max {
-                return Err(Error::Codec(format!(
-                    "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
-                )));
-            }
+            let len = bulk_len(&bytes[1..], max)?;
             let fd = fds.pop().expect("one descriptor");
             let memory = SealedBytes::open(fd, len)
                 .map_err(|e| Error::Codec(format!("refused a big message: {e}")))?;
@@ -586,13 +580,7 @@ fn open_arena(rest: &[u8], fds: &mut Vec<OwnedFd>, max: u64, streamed: bool) -> 
     })?;
     let [len, number] =
         [&reference[..8], &reference[8..]].map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
-    if len > max {
-        return Err(Error::Codec(format!(
-            "a message of {len} bytes is over the limit of {max} bytes (raise max_message_size if it is real)"
-        )));
-    }
-    let len = usize::try_from(len)
-        .map_err(|_| Error::Codec(format!("a message of {len} bytes does not fit this address space")))?;
+    let len = claimed_len(len, max)?;
     // Only here, not for every message: small ones never take the lock.
     arena::MAPPED.sweep();
     let fd = fds.pop().ok_or_else(|| Error::Codec("a big message came without its memfd".into()))?;

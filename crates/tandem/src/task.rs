@@ -231,7 +231,7 @@ pub(crate) fn done_inline(frame: Frame, max: u64) -> Result<Vec<u8>, Error> {
         };
         let mut payload = frame.payload;
         payload.truncate(at);
-        payload.extend_from_slice(&codec::inline_lent(lent));
+        payload.extend_from_slice(&codec::inline_raw(lent));
         return Ok(payload);
     }
     if frame.fds.is_empty() {
