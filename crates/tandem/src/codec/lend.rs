@@ -94,6 +94,12 @@ fn lock() -> std::sync::MutexGuard<'static, Vec<Lent>> {
     LENT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Free the buffers of `lent` the parent has read, and count what is left.
+fn drop_released(lent: &mut Vec<Lent>) {
+    lent.retain(|l| !l.released());
+    WAITING.store(lent.len(), Ordering::Relaxed);
+}
+
 /// Keep `buf` for the parent to read: its (address, release flag's
 /// address), or `buf` back if too much waits already.
 pub(crate) fn lend(buf: Vec<u8>) -> Result<(u64, u64), Vec<u8>> {
@@ -101,10 +107,9 @@ pub(crate) fn lend(buf: Vec<u8>) -> Result<(u64, u64), Vec<u8>> {
         return Err(buf);
     }
     let mut lent = lock();
-    lent.retain(|l| !l.released());
+    drop_released(&mut lent);
     let bytes: usize = lent.iter().map(|l| l.buf.len()).sum();
     if lent.len() >= MOST || bytes + buf.len() > MOST_BYTES {
-        WAITING.store(lent.len(), Ordering::Relaxed);
         return Err(buf);
     }
     let released = Box::new(AtomicU64::new(0));
@@ -119,17 +124,14 @@ pub(crate) fn sweep() {
     if WAITING.load(Ordering::Relaxed) == 0 {
         return;
     }
-    let mut lent = lock();
-    lent.retain(|l| !l.released());
-    WAITING.store(lent.len(), Ordering::Relaxed);
+    drop_released(&mut lock());
 }
 
 /// Buffers still waiting for the parent (tests).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn waiting() -> usize {
     let mut lent = lock();
-    lent.retain(|l| !l.released());
-    WAITING.store(lent.len(), Ordering::Relaxed);
+    drop_released(&mut lent);
     lent.len()
 }
 

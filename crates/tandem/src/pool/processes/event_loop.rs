@@ -806,15 +806,7 @@ impl Loop<'_> {
             },
             Work::Task { job, .. } => {
                 // Its answer may have come whole before the death.
-                let answer = self.final_answer(slot, job.id);
-                // A lent result went with its worker: a death.
-                let answer = match (&self.slots[slot].live, answer) {
-                    (Some(live), Some(answer)) => {
-                        Some(answer.fetch_lent(live.child.pid(), live.child.pidfd().as_fd(), self.max))
-                    }
-                    (_, answer) => answer,
-                };
-                match answer {
+                match self.final_answer(slot, job.id) {
                     Some(Answer::Done(frame)) if crate::task::done_id(&frame) == Some(job.id) => {
                         self.shared.slot(slot).tasks_done += 1;
                         job.control.set(Place::Finished);
@@ -830,18 +822,20 @@ impl Loop<'_> {
     }
 
     /// What is left of task `id`'s answer in a dead worker's slot or
-    /// socket, read on from where the loop stopped.
+    /// socket, read on from where the loop stopped (a result it lent went
+    /// with it: a death).
     fn final_answer(&mut self, slot: usize, id: u64) -> Option<Answer> {
         let s = &mut self.slots[slot];
         let live = s.live.as_ref()?;
-        if let Some(answer) = slot_answer_for(live, id) {
-            return Some(answer);
-        }
-        match s.reader.read_ready(live.peer.socket.as_fd(), self.max) {
-            Ok(Some(frame)) => Some(Answer::from_read(Ok(frame))),
-            Ok(None) => None,
-            Err(e) => Some(Answer::from_read(Err(e))),
-        }
+        let answer = match slot_answer_for(live, id) {
+            Some(answer) => answer,
+            None => match s.reader.read_ready(live.peer.socket.as_fd(), self.max) {
+                Ok(Some(frame)) => Answer::from_read(Ok(frame)),
+                Ok(None) => return None,
+                Err(e) => Answer::from_read(Err(e)),
+            },
+        };
+        Some(answer.fetch_lent(live.child.pid(), live.child.pidfd().as_fd(), self.max))
     }
 
     /// Settle the work of a slot whose worker has exited; the slot ends
