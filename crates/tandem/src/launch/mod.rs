@@ -121,7 +121,7 @@ pub(crate) fn may_lend() -> bool {
     !LENDING_OFF.load(std::sync::atomic::Ordering::Relaxed) && crate::sys::remote::parent_can_read_children()
 }
 
-/// Let workers started from now on lend their results, or not.
+/// Let the workers of pools built from now on lend their results, or not.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn allow_lending(on: bool) {
     LENDING_OFF.store(!on, std::sync::atomic::Ordering::Relaxed);
